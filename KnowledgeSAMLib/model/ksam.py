@@ -1,0 +1,192 @@
+"""KSAM: SAM + PrAdaptor + Knowledge Merge + Prompt Merge, decoding with SAM's mask decoder.
+
+Data flow (KSAM_SPEC §5.1)::
+
+    IE = Enc(target)                      SE = Enc(ref_image)
+    DE_0, DE_1 = PrEnc(PrAdaptor(ref_image, ref_mask))
+    mergedE = KM(IE, SE + DE_0 + DE_1)    promptE = PM(IE, SE, DE_0, DE_1)
+    logits = Decoder(mergedE, promptE)
+
+The split into :meth:`KSAM.encode`, :meth:`KSAM.encode_reference` and :meth:`KSAM.decode` lets volume
+inference encode each target slice once, cache each reference once, and run only the light heads per
+(target slice, structure) pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbone import build_image_encoder, build_mask_decoder, build_prompt_encoder
+from .config import KSAMConfig
+from .knowledge_merge import KnowledgeMerge
+from .lora import inject_lora
+from .pr_adaptor import PrAdaptor
+from .prompt_merge import PromptMerge
+
+
+@dataclass
+class ReferencePrompt:
+    """The encoded knowledge prompt: SE, DE_0 and DE_1 (each B×C×G×G). Cache it; it is reusable."""
+
+    embedding: torch.Tensor
+    de0: torch.Tensor
+    de1: torch.Tensor
+
+    def _map(self, fn) -> "ReferencePrompt":
+        return ReferencePrompt(*(fn(getattr(self, f.name)) for f in fields(self)))
+
+    def __len__(self) -> int:
+        return int(self.embedding.shape[0])
+
+    def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor) -> "ReferencePrompt":
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return self._map(lambda t: t[index])
+
+    def expand(self, batch: int) -> "ReferencePrompt":
+        if len(self) != 1:
+            raise ValueError(f"only a single reference can be expanded, this one has {len(self)}")
+        return self._map(lambda t: t.expand(batch, -1, -1, -1))
+
+    def to(self, *args, **kwargs) -> "ReferencePrompt":
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def detach(self) -> "ReferencePrompt":
+        return self._map(lambda t: t.detach())
+
+    @staticmethod
+    def cat(prompts: Iterable["ReferencePrompt"]) -> "ReferencePrompt":
+        prompts = list(prompts)
+        return ReferencePrompt(*(torch.cat([getattr(p, f.name) for p in prompts]) for f in fields(ReferencePrompt)))
+
+
+class KSAM(nn.Module):
+    def __init__(self, config: KSAMConfig, sam_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = build_image_encoder(config)
+        self.prompt_encoder = build_prompt_encoder(config)
+        self.mask_decoder = build_mask_decoder(config)
+        if sam_state_dict is not None:
+            self._load_sam(sam_state_dict)
+        self.adaptor = PrAdaptor(config.mask_input_size, config.adaptor_hidden, config.adaptor_instance_mode)
+        self.knowledge_merge = (
+            KnowledgeMerge(config.prompt_dim, config.km_widths, config.km_norm_groups) if config.use_km else None
+        )
+        self.prompt_merge = (
+            PromptMerge(
+                config.prompt_dim, config.pm_depth, config.pm_num_heads, config.pm_mlp_dim,
+                config.pm_attention_downsample, config.pm_tokens, config.mask_attention,
+                config.parser_normalise, config.parser_mix_hidden,
+            )
+            if config.use_pm
+            else None
+        )
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self._set_trainable()
+
+    # --- construction ---------------------------------------------------------------------------
+    def _load_sam(self, state_dict: dict[str, torch.Tensor]) -> None:
+        parts = nn.ModuleDict(
+            {"image_encoder": self.image_encoder, "prompt_encoder": self.prompt_encoder,
+             "mask_decoder": self.mask_decoder}
+        )
+        parts.load_state_dict(state_dict, strict=True)
+
+    def _set_trainable(self) -> None:
+        cfg = self.config
+        if cfg.encoder_training == "lora":
+            inject_lora(self.image_encoder, cfg)  # freezes the base weights, LoRA trainable
+        else:
+            self.image_encoder.requires_grad_(cfg.encoder_training == "full")
+        self.prompt_encoder.requires_grad_(cfg.train_prompt_encoder)
+        self.mask_decoder.requires_grad_(not cfg.freeze_decoder)
+
+    # --- the three stages -------------------------------------------------------------------------
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB → SAM's mean/std normalisation."""
+        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+
+    def _check_images(self, images: torch.Tensor, what: str) -> None:
+        s = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
+            raise ValueError(f"{what} must be B×3×{s}×{s}, got {tuple(images.shape)}")
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S images in [0, 1] → B×C×G×G embeddings (IE for targets, SE for references)."""
+        self._check_images(images, "images")
+        return self.image_encoder(self.normalise(images))
+
+    def encode_reference(self, ref_images: torch.Tensor, ref_masks: torch.Tensor,
+                         embeddings: torch.Tensor | None = None) -> ReferencePrompt:
+        """The knowledge prompt (image + mask of the wanted structure) → :class:`ReferencePrompt`.
+
+        Pass ``embeddings`` when the reference images were already encoded (e.g. a neighbouring target
+        slice in propagation mode) to skip the encoder.
+        """
+        self._check_images(ref_images, "reference images")
+        if ref_masks.ndim != 4 or ref_masks.shape[1] != 1 or ref_masks.shape[-2:] != ref_images.shape[-2:]:
+            raise ValueError(f"reference masks must be B×1×S×S, got {tuple(ref_masks.shape)}")
+        if embeddings is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.ref_encoder_grad):
+                embeddings = self.encode(ref_images)
+        instance, mask = self.adaptor(self.normalise(ref_images), ref_masks)
+        downscale = self.prompt_encoder.mask_downscaling  # shared PrEnc for both (DE_0, DE_1)
+        return ReferencePrompt(embeddings, downscale(instance), downscale(mask))
+
+    def decode(self, target_embeddings: torch.Tensor, reference: ReferencePrompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads on cached embeddings → (B×1×S×S logits, B IoU-head scores)."""
+        batch = target_embeddings.shape[0]
+        if len(reference) == 1 and batch > 1:
+            reference = reference.expand(batch)
+        if len(reference) != batch:
+            raise ValueError(f"{batch} target embeddings but {len(reference)} references")
+        ie, se, de0, de1 = target_embeddings, reference.embedding, reference.de0, reference.de1
+        merged = self.knowledge_merge(ie, se + de0 + de1) if self.knowledge_merge is not None else ie
+        dense_pe = self.prompt_encoder.get_dense_pe().to(ie.dtype)
+        if self.prompt_merge is not None:
+            query = merged if self.config.pm_query == "merged" else ie
+            tokens = self.prompt_merge(query, se, de0, de1, dense_pe)
+        else:
+            tokens = ie.new_zeros(batch, 0, ie.shape[1])
+        if self.config.dense_prompt == "reference":
+            dense = de0 + de1
+        else:
+            g = self.config.grid_size
+            dense = self.prompt_encoder.no_mask_embed.weight.to(ie.dtype).reshape(1, -1, 1, 1).expand(batch, -1, g, g)
+        low_res, iou = self.mask_decoder.predict_batched(merged, dense_pe, tokens, dense)
+        size = (self.config.image_size, self.config.image_size)
+        return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False), iou
+
+    def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S target and reference images in [0, 1], B×1×S×S reference mask → B×1×S×S logits."""
+        self._check_images(target, "target")
+        if self.config.ref_encoder_grad and target.shape == ref_image.shape:
+            both = self.encode(torch.cat([target, ref_image]))  # one encoder call for both
+            ie, se = both.split(target.shape[0])
+        else:
+            ie, se = self.encode(target), None
+        reference = self.encode_reference(ref_image, ref_mask, embeddings=se)
+        return self.decode(ie, reference)[0]
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, dict[str, int]]:
+        """Total and trainable parameter counts per part (LoRA counted separately from the encoder)."""
+        groups: dict[str, dict[str, int]] = {}
+        for name, param in self.named_parameters():
+            part = name.split(".")[0]
+            if part == "image_encoder" and "lora_" in name:
+                part = "lora"
+            entry = groups.setdefault(part, {"total": 0, "trainable": 0})
+            entry["total"] += param.numel()
+            entry["trainable"] += param.numel() if param.requires_grad else 0
+        return groups
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
