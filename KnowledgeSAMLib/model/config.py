@@ -161,7 +161,9 @@ def _small() -> KSAMConfig:
         encoder_global_attn_indexes=(1, 3),
         prompt_dim=64,
         encoder_training="full",
-        mask_in_chans=16,
+        # SAM's mask_downscaling LayerNorms over mask_in_chans/4 channels; with 2 channels a random init
+        # can map a 0 and a 1 patch to the same sign pattern and hide the mask entirely, so use >= 16.
+        mask_in_chans=32,
         km_widths=(64, 64, 64),
         km_norm_groups=1,
         pm_depth=4,
@@ -188,7 +190,7 @@ def _tiny() -> KSAMConfig:
         encoder_global_attn_indexes=(1,),
         prompt_dim=32,
         encoder_training="lora",
-        mask_in_chans=8,
+        mask_in_chans=16,
         km_widths=(16, 16, 16),
         pm_depth=4,
         pm_num_heads=2,

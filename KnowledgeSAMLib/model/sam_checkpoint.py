@@ -189,8 +189,6 @@ def load_sam_state_dict(
 
     ``verify=False`` allows other SAM ViT-B checkpoints with the same layout (e.g. a fine-tuned one).
     """
-    import pickle
-
     import torch
 
     path = Path(path).expanduser()
@@ -200,13 +198,22 @@ def load_sam_state_dict(
         raise WeightsError(f"SAM checkpoint not found: {path}; {_how_to_get(info)} and pass its path")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, AttributeError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    except Exception as error:  # the unpickler raises many types (IndexError, EOFError, ...) on bad files
         raise WeightsError(
-            f"{path} cannot be loaded as a plain PyTorch state dict with weights_only=True "
-            f"(refused: not a tensor-only checkpoint or a corrupt file): {first_line}"
+            f"{path} cannot be loaded safely as a plain PyTorch state dict (weights_only=True): "
+            f"{_load_error_reason(error)}; a corrupt file, or a checkpoint that pickles more than tensors "
+            f"(re-save it with torch.save(model.state_dict(), path))"
         ) from error
     return _require_state_dict(loaded, path)
+
+
+def _load_error_reason(error: Exception) -> str:
+    """The informative line of a torch.load error (torch puts generic advice first)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.rstrip(".")
+    return lines[0].rstrip(".") if lines else type(error).__name__
 
 
 def _require_state_dict(loaded: Any, path: Path) -> dict[str, Tensor]:

@@ -1,0 +1,67 @@
+"""``knowledgesam info``: versions, the device that would be used, and parameter counts per part."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+PARTS_ORDER = ["image_encoder", "lora", "prompt_encoder", "adaptor", "knowledge_merge", "prompt_merge", "mask_decoder"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="show versions, device and model size")
+    parser.add_argument("--config", default="vit_b", help="model config name: vit_b, small or tiny (default vit_b)")
+    parser.add_argument("--device", default="auto", help="device to report: auto, cpu, cuda or mps")
+    parser.add_argument("--time", action="store_true", help="also time one forward pass (batch 1) on that device")
+    parser.set_defaults(func=run)
+
+
+def describe_device(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"cuda ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import __version__
+    from ..infer.device import choose_device
+    from ..model.build import build_model
+
+    device = choose_device(args.device)
+    print(f"knowledgesam {__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    print(f"device: {describe_device(device)}  (cuda available: {torch.cuda.is_available()})")
+    model = build_model(args.config)
+    cfg = model.config
+    print(f"config: {cfg.name}  image {cfg.image_size}x{cfg.image_size}  grid {cfg.grid_size}x{cfg.grid_size}  "
+          f"encoder training: {cfg.encoder_training}")
+    counts = model.parameter_counts()
+    print(f"{'part':<16}{'total':>14}{'trainable':>14}")
+    for part in sorted(counts, key=lambda p: PARTS_ORDER.index(p) if p in PARTS_ORDER else 99):
+        print(f"{part:<16}{counts[part]['total']:>14,}{counts[part]['trainable']:>14,}")
+    total = sum(c["total"] for c in counts.values())
+    trainable = sum(c["trainable"] for c in counts.values())
+    print(f"{'all':<16}{total:>14,}{trainable:>14,}")
+    if args.time:
+        model = model.to(device).eval()
+        s = cfg.image_size
+        x = torch.rand(1, 3, s, s, device=device)
+        mask = torch.zeros(1, 1, s, s, device=device)
+        mask[..., s // 4 : s // 2, s // 4 : s // 2] = 1
+        with torch.inference_mode():
+            model.encode(x)  # warm-up
+            start = time.perf_counter()
+            model.encode(x)
+            encoder = time.perf_counter() - start
+            start = time.perf_counter()
+            model(x, x, mask)
+            full = time.perf_counter() - start
+        print(f"forward time (batch 1): encoder {encoder:.3f} s, full KSAM (2 encoder passes + heads) {full:.3f} s")
+    return 0
