@@ -250,3 +250,54 @@ def test_import_works_without_torchvision():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "torch.Size([1, 1, 64, 64])" in result.stdout
+
+
+def _synthetic_sam_checkpoint(tmp_path, config):
+    """A SAM-style checkpoint for ``config`` at twice its input size (like 1024 for a 512 model)."""
+    from KnowledgeSAMLib.model.backbone import build_image_encoder, build_mask_decoder, build_prompt_encoder
+
+    big = config.replace(image_size=2 * config.image_size)
+    torch.manual_seed(7)
+    state = {}
+    for prefix, module in (("image_encoder", build_image_encoder(big)), ("prompt_encoder", build_prompt_encoder(big)),
+                           ("mask_decoder", build_mask_decoder(big))):
+        for key, value in module.state_dict().items():
+            state[f"{prefix}.{key}"] = value + 0.01 * torch.randn_like(value) if value.is_floating_point() else value
+    path = tmp_path / "sam_synthetic.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_build_on_a_sam_checkpoint_loads_strictly_and_save_references_it(tmp_path):
+    from KnowledgeSAMLib.model.sam_checkpoint import file_sha256
+
+    config = get_config("tiny")
+    path, state = _synthetic_sam_checkpoint(tmp_path, config)
+    model = build_model(config, sam_checkpoint=path, verify_checkpoint=False)
+    assert model.config.sam_checkpoint_sha256 == file_sha256(path)
+    # Unresized weights arrive unchanged (LoRA renames qkv.weight to qkv.base_layer.weight).
+    loaded = model.state_dict()
+    torch.testing.assert_close(loaded["image_encoder.blocks.0.attn.qkv.base_layer.weight"],
+                               state["image_encoder.blocks.0.attn.qkv.weight"])
+    torch.testing.assert_close(loaded["mask_decoder.iou_token.weight"], state["mask_decoder.iou_token.weight"])
+    assert loaded["image_encoder.pos_embed"].shape[1] == config.grid_size
+    # Saved weights reference the frozen base by hash instead of copying it.
+    save_model(model, tmp_path / "trained")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "trained" / "model.safetensors"))
+    assert "image_encoder.blocks.0.attn.qkv.base_layer.weight" not in saved
+    assert any("lora_" in key for key in saved)
+    reloaded = load_model(tmp_path / "trained", sam_checkpoint=path)
+    target, ref, mask = _inputs(1, config.image_size)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(target, ref, mask), reloaded.eval()(target, ref, mask))
+
+
+def test_build_refuses_a_checkpoint_with_the_wrong_hash(tmp_path):
+    from KnowledgeSAMLib.errors import WeightsError
+
+    path, _ = _synthetic_sam_checkpoint(tmp_path, get_config("tiny"))
+    with pytest.raises(WeightsError) as error:
+        build_model("tiny", sam_checkpoint=path)
+    assert "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912" in str(error.value)

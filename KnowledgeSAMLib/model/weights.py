@@ -102,7 +102,7 @@ def load_model(directory: str | Path, sam_checkpoint: str | Path | None = None,
             sam_checkpoint = candidate
         from .build import build_model
 
-        model = build_model(config, sam_checkpoint=sam_checkpoint)
+        model = build_model(config, sam_checkpoint=sam_checkpoint, expected_sha256=config.sam_checkpoint_sha256)
     else:
         model = KSAM(config)
     try:
