@@ -51,6 +51,18 @@ class Geometry:
         matrix[:3, 3] = self.origin
         return matrix
 
+    @classmethod
+    def from_index_to_physical(cls, matrix: np.ndarray, ndim: int = 3) -> "Geometry":
+        """Inverse of :meth:`index_to_physical`: split a 4×4 (or 3×4) IJK→LPS matrix into spacing,
+        origin and direction (column norms are the spacings), e.g. slicerio's ``ijkToLPS``."""
+        matrix = np.asarray(matrix, dtype=float)
+        linear = matrix[:3, :3]
+        spacing = np.linalg.norm(linear, axis=0)
+        if np.any(spacing <= 0):
+            raise ValueError(f"index-to-physical matrix has a zero column: {matrix.tolist()}")
+        return cls(spacing=tuple(spacing), origin=tuple(matrix[:3, 3]),
+                   direction=tuple((linear / spacing).ravel()), ndim=ndim)
+
     def physical_corners(self, shape_zyx: Sequence[int]) -> np.ndarray:
         """The 8 corner voxel centres of a grid of ``shape_zyx`` in physical space (8×3)."""
         nz, ny, nx = (int(s) for s in shape_zyx[:3])
