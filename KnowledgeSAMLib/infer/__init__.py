@@ -13,9 +13,11 @@ from typing import Any
 from .cancel import CancelToken
 from .request import EngineOptions, SegmentationResult, SegmentRequest
 
-__all__ = ["segment", "SegmentRequest", "SegmentationResult", "EngineOptions", "CancelToken", "write_result"]
+__all__ = ["segment", "SegmentRequest", "SegmentationResult", "EngineOptions", "CancelToken", "write_result",
+           "ReferenceCache", "model_fingerprint"]
 
-_LAZY = {"segment": ".engine", "model_fingerprint": ".engine", "write_result": ".output"}
+_LAZY = {"segment": ".engine", "model_fingerprint": ".engine", "write_result": ".output",
+         "ReferenceCache": ".reference"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,349 @@
+"""The three ways of choosing, per target slice, which reference the heads see (KSAM_SPEC §5.12).
+
+* ``anchor``: the labelled slice(s) are the reference for every slice (the nearest one; in another
+  volume, the nearest by relative position in the scan);
+* ``propagate``: walk outward from each labelled slice, the previous slice and its prediction being
+  the next reference (its embedding is the already-computed target embedding: no extra encoder pass),
+  averaged with the anchor near the labelled slice, stopping on an empty or low-confidence prediction;
+* ``volume``: a labelled volume (another patient) is a bank of candidate slices; each target slice
+  takes the top-k by descriptor similarity and relative position and fuses them with softmax weights.
+
+All three share :class:`RunContext`: one target embedding per slice for all structures, heads run per
+(target slice, structure, reference slice), probabilities stored as uint8 on the target grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.volume import Labels, Segment
+from .cancel import Progress
+from .device import DevicePolicy
+from .reference import EmbeddingCache, ReferenceBank, SliceSource, relative
+from .request import EngineOptions
+
+__all__ = ["RunContext", "run_anchor", "run_propagate", "run_volume", "largest_component"]
+
+
+@dataclass
+class RunContext:
+    """Everything a mode needs, and where it leaves its results."""
+
+    model: object
+    policy: DevicePolicy
+    options: EngineOptions
+    progress: Progress
+    target: SliceSource
+    targets: EmbeddingCache
+    bank: ReferenceBank
+    segments: list[Segment]
+    slices: list[int]  # target slice indices to segment, ascending
+    same_volume: bool
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 (z, y, x)
+    confidence: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n,) float32, NaN = not run
+    notes: list[str] = field(default_factory=list)
+    heads_run: int = 0
+
+    def __post_init__(self) -> None:
+        shape = self.target.image.shape
+        for seg in self.segments:
+            self.probabilities.setdefault(seg.name, np.zeros(shape, dtype=np.uint8))
+            self.confidence.setdefault(seg.name, np.full(self.target.n, np.nan, dtype=np.float32))
+
+    def decode(self, embeddings: torch.Tensor, prompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads on a batch → (B×S×S probabilities float32 on CPU, B IoU scores float32 on CPU)."""
+        logits, iou = self.model.decode(embeddings, prompt)
+        self.heads_run += int(embeddings.shape[0])
+        probs = torch.sigmoid(logits.float())[:, 0].cpu()
+        return probs, iou.float().reshape(embeddings.shape[0], -1)[:, 0].cpu()
+
+    def store(self, segment: Segment, k: int, square: np.ndarray | torch.Tensor, iou: float) -> None:
+        """Write a slice's ``S×S`` probability map onto the target grid (uint8) and its confidence."""
+        square = square.numpy() if isinstance(square, torch.Tensor) else square
+        plane = self.target.to_slice(square)
+        self.target.view.put(self.probabilities[segment.name], k,
+                             np.clip(np.rint(plane * 255.0), 0, 255).astype(np.uint8))
+        self.confidence[segment.name][k] = float(iou)
+
+    def clear(self, segment: Segment, k: int, iou: float = float("nan")) -> None:
+        self.target.view.put(self.probabilities[segment.name], k, np.zeros(self.target.view.slice_shape, np.uint8))
+        self.confidence[segment.name][k] = iou
+
+    def decode_pairs(self, segment: Segment, target_slices: Sequence[int], reference_slices: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads for (target slice, reference slice) pairs of one structure, batched under the policy."""
+        n = len(target_slices)
+        probs: list[torch.Tensor | None] = [None] * n
+        ious: list[torch.Tensor | None] = [None] * n
+
+        def run(start: int, stop: int) -> None:
+            embeddings = self.targets.get(target_slices[start:stop])
+            refs = list(reference_slices[start:stop])
+            prompt = self.bank.prompts(segment, refs[:1] if len(set(refs)) == 1 else refs)
+            p, q = self.decode(embeddings, prompt)
+            for i in range(stop - start):
+                probs[start + i], ious[start + i] = p[i], q[i]
+
+        self.policy.run_chunks(n, run)
+        return torch.stack(probs), torch.stack(ious)  # type: ignore[arg-type]
+
+
+def _positions(view, ks: Sequence[int] | np.ndarray) -> np.ndarray:
+    ordered = np.asarray(view.ordered(np.asarray(ks)), dtype=np.float64)
+    return relative(ordered, 0, view.n - 1) if view.n > 1 else np.full(len(ordered), 0.5)
+
+
+def nearest_labelled(ctx: RunContext, segment: Segment, ks: Sequence[int]) -> list[int]:
+    """Anchor choice: the nearest labelled slice (same volume) or nearest relative scan position."""
+    labelled = ctx.bank.labelled_slices(segment)
+    if ctx.same_volume:
+        dist = np.abs(np.asarray(ks)[:, None] - labelled[None, :])
+    else:
+        dist = np.abs(_positions(ctx.target.view, ks)[:, None] - _positions(ctx.bank.source.view, labelled)[None, :])
+    return [int(labelled[i]) for i in np.argmin(dist, axis=1)]
+
+
+def _chunks(items: Sequence[int], size: int):
+    for start in range(0, len(items), max(1, size)):
+        yield list(items[start:start + max(1, size)])
+
+
+# ----------------------------------------------------------------------------------------- anchor
+
+def run_anchor(ctx: RunContext) -> None:
+    ctx.progress.add_total(len(ctx.slices))
+    choice = {seg.name: dict(zip(ctx.slices, nearest_labelled(ctx, seg, ctx.slices))) for seg in ctx.segments}
+    position = 0
+    while position < len(ctx.slices):
+        chunk = ctx.slices[position:position + max(1, ctx.policy.batch_size)]
+        ctx.targets.ensure(chunk)  # one encoder pass per target slice, shared by every structure
+        for seg in ctx.segments:
+            probs, ious = ctx.decode_pairs(seg, chunk, [choice[seg.name][k] for k in chunk])
+            for k, p, q in zip(chunk, probs, ious):
+                ctx.store(seg, k, p, float(q))
+        ctx.targets.release(chunk)
+        position += len(chunk)
+        ctx.progress.advance(len(chunk))
+
+
+# -------------------------------------------------------------------------------------- propagate
+
+@dataclass
+class _Walker:
+    segment: Segment
+    seed: int
+    step: int  # +1 or -1
+    limit: int  # last slice of this walker's territory (inclusive)
+    current: int  # last slice done
+    mask: torch.Tensor  # 1×1×S×S {0, 1} of ``current``
+    alive: bool = True
+
+    def remaining(self, wanted: set[int]) -> int:
+        if self.current == self.limit:
+            return 0
+        span = range(self.current + self.step, self.limit + self.step, self.step)
+        return sum(1 for k in span if k in wanted)
+
+
+def run_propagate(ctx: RunContext) -> None:
+    opts = ctx.options
+    wanted = set(ctx.slices)
+    lo, hi = min(ctx.slices), max(ctx.slices)
+    ctx.progress.add_total(len(ctx.slices) * len(ctx.segments))
+    walkers: list[_Walker] = []
+    for seg in ctx.segments:
+        seeds = sorted(int(k) for k in ctx.bank.labelled_slices(seg))
+        # the seeds' own slices: the heads with the seed as reference (confidence, and hybrid anchor)
+        probs, ious = ctx.decode_pairs(seg, seeds, seeds)
+        for i, seed in enumerate(seeds):
+            if seed in wanted:
+                ctx.store(seg, seed, probs[i], float(ious[i]))
+                ctx.progress.advance(1)
+            mask = ctx.bank.source.masks(ctx.bank.labels, seg, [seed]).to(ctx.policy.device)
+            below = (seeds[i - 1] + seed) // 2 + 1 if i > 0 else min(lo, seed)
+            above = (seed + seeds[i + 1]) // 2 if i + 1 < len(seeds) else max(hi, seed)
+            for step, limit in ((-1, max(below, min(lo, seed))), (+1, min(above, max(hi, seed)))):
+                walker = _Walker(seg, seed, step, limit, seed, mask)
+                walker.alive = walker.remaining(wanted) > 0  # nothing to do outside the slice range
+                walkers.append(walker)
+
+    while True:
+        active = [w for w in walkers if w.alive]
+        if not active:
+            break
+        nexts = [w.current + w.step for w in active]
+        # prefetch ahead of every walker so the encoder still runs in full batches
+        ahead: list[int] = list(nexts)
+        depth = 1
+        while len(set(ahead)) < max(1, ctx.policy.batch_size) and depth < ctx.target.n:
+            ahead += [w.current + w.step * (depth + 1) for w in active
+                      if (w.limit - (w.current + w.step * (depth + 1))) * w.step >= 0]
+            depth += 1
+        ctx.targets.ensure([k for k in dict.fromkeys(ahead) if k not in ctx.targets][: max(1, ctx.policy.batch_size)]
+                           + nexts)
+        results: list[tuple[torch.Tensor, float] | None] = [None] * len(active)
+
+        def run(start: int, stop: int) -> None:
+            group = active[start:stop]
+            previous = [w.current for w in group]
+            ref = ctx.model.encode_reference(
+                ctx.target.images(previous).to(ctx.policy.device),
+                torch.cat([w.mask.to(ctx.policy.device) for w in group]),
+                embeddings=ctx.targets.get(previous),
+            )
+            embeddings = ctx.targets.get(nexts[start:stop])
+            probs, ious = ctx.decode(embeddings, ref)
+            near = [i for i, w in enumerate(group) if abs(nexts[start + i] - w.seed) <= opts.hybrid_slices]
+            for i in near:  # hybrid: average with the labelled slice as anchor
+                anchor_p, anchor_q = ctx.decode(embeddings[i:i + 1], ctx.bank.prompts(group[i].segment, [group[i].seed]))
+                probs[i] = 0.5 * (probs[i] + anchor_p[0])
+                ious[i] = 0.5 * (ious[i] + anchor_q[0])
+            for i in range(len(group)):
+                results[start + i] = (probs[i], float(ious[i]))
+
+        ctx.policy.run_chunks(len(active), run)
+        for walker, k, (prob, iou) in zip(active, nexts, results):  # type: ignore[misc]
+            binary = prob > opts.threshold
+            stop = int(binary.sum()) < opts.propagate_min_pixels or iou < opts.propagate_min_confidence
+            if stop:
+                walker.alive = False
+                if k in wanted:
+                    ctx.confidence[walker.segment.name][k] = iou
+                ctx.progress.advance(walker.remaining(wanted))
+                continue
+            if k in wanted:
+                ctx.store(walker.segment, k, prob, iou)
+            walker.current = k
+            walker.mask = binary.float()[None, None].to(ctx.policy.device)
+            ctx.progress.advance(1 if k in wanted else 0)
+            if walker.current == walker.limit:
+                walker.alive = False
+        ahead_of_walkers = set()
+        for w in walkers:
+            if w.alive:
+                ahead_of_walkers.add(w.current)
+                ahead_of_walkers.update(range(w.current + w.step, w.limit + w.step, w.step))
+        ctx.targets.keep_only(ahead_of_walkers)
+
+
+# ----------------------------------------------------------------------------------------- volume
+
+def _softmax(x: np.ndarray, temperature: float) -> np.ndarray:
+    z = (x - x.max(axis=-1, keepdims=True)) / temperature
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _volume_pass(ctx: RunContext, k_refs: int, priors: dict[str, str],
+                 extents: dict[str, tuple[float, float]]) -> None:
+    """One pass over the target slices: score the candidates, fuse the top-k, store probabilities.
+
+    ``priors[name]`` is ``"extent"`` (position within ``extents[name]``, slices outside stay empty),
+    ``"scan"`` (position within the scan) or ``"none"`` (similarity only).
+    """
+    opts = ctx.options
+    descriptors = {seg.name: ctx.bank.descriptors(seg) for seg in ctx.segments}
+    target_pos = _positions(ctx.target.view, ctx.slices)
+    position = 0
+    while position < len(ctx.slices):
+        chunk = ctx.slices[position:position + max(1, ctx.policy.batch_size)]
+        chunk_pos = target_pos[position:position + len(chunk)]
+        g_target = ctx.targets.descriptors(chunk)  # (B, C); encodes the chunk once for all structures
+        for seg in ctx.segments:
+            d = descriptors[seg.name]
+            scores = (g_target @ d.vectors.T).numpy().astype(np.float64)  # cosine similarities (B, m)
+            inside = np.ones(len(chunk), dtype=bool)
+            prior = priors.get(seg.name, "none")
+            if prior == "extent":
+                low, high = extents[seg.name]
+                ordered = np.asarray(ctx.target.view.ordered(np.asarray(chunk)), dtype=np.float64)
+                inside = (ordered >= low) & (ordered <= high)
+                u = relative(ordered, low, high)
+                scores = scores - opts.position_weight * np.abs(u[:, None] - d.in_extent[None, :])
+            elif prior == "scan":
+                scores = scores - opts.position_weight * np.abs(chunk_pos[:, None] - d.in_scan[None, :])
+            k = min(k_refs, scores.shape[1])
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            weights = _softmax(top_scores, opts.temperature)
+            keep = inside.copy()
+            if opts.min_similarity is not None:
+                keep &= top_scores[:, 0] >= opts.min_similarity
+            rows = [i for i in range(len(chunk)) if keep[i]]
+            pairs_t = [chunk[i] for i in rows for _ in range(k)]
+            pairs_r = [int(d.slices[top[i, j]]) for i in rows for j in range(k)]
+            if rows:
+                probs, ious = ctx.decode_pairs(seg, pairs_t, pairs_r)
+                probs = probs.reshape(len(rows), k, *probs.shape[1:])
+                ious = ious.reshape(len(rows), k)
+            for row, i in enumerate(rows):
+                w = torch.from_numpy(weights[i]).float()
+                fused = (probs[row] * w[:, None, None]).sum(0)
+                ctx.store(seg, chunk[i], fused, float((ious[row] * w).sum()))
+            for i in range(len(chunk)):
+                if not keep[i]:
+                    ctx.clear(seg, chunk[i])
+        ctx.targets.release(chunk)  # pinned (kept) in a two-pass run
+        position += len(chunk)
+        ctx.progress.advance(len(chunk))
+
+
+def run_volume(ctx: RunContext) -> None:
+    opts = ctx.options
+    prior = opts.position_prior if ctx.target.n > 1 else "none"
+    passes = 2 if prior == "two-pass" else 1
+    ctx.progress.add_total(len(ctx.bank.all_slices()) + passes * len(ctx.slices))
+    ctx.bank.ensure_embeddings(count_progress=True)  # each reference slice encoded once
+    if passes == 1:
+        _volume_pass(ctx, opts.top_k, {seg.name: prior for seg in ctx.segments}, {})
+        return
+    # pass 1: similarity only, to find the structure's extent in the target
+    ctx.targets.pin(ctx.slices)  # keep target embeddings for pass 2 (fp16: 0.5 MiB/slice at 512)
+    try:
+        _volume_pass(ctx, opts.first_pass_k, {}, {})
+        priors: dict[str, str] = {}
+        extents: dict[str, tuple[float, float]] = {}
+        threshold = int(round(opts.threshold * 255))
+        for seg in ctx.segments:
+            mask = largest_component(ctx.probabilities[seg.name] > threshold)
+            present = np.flatnonzero(ctx.target.view.slice_has(mask))
+            if present.size:
+                ordered = np.asarray(ctx.target.view.ordered(present), dtype=np.float64)
+                extents[seg.name] = (float(ordered.min()), float(ordered.max()))
+                priors[seg.name] = "extent"
+            else:
+                priors[seg.name] = "scan"
+                ctx.notes.append(f"{seg.name}: the first pass found nothing; the second pass used the scan prior")
+            ctx.probabilities[seg.name][...] = 0
+        # pass 2: similarity + position within the predicted extent (slices outside it stay empty)
+        _volume_pass(ctx, opts.top_k, priors, extents)
+    finally:
+        ctx.targets.unpin(ctx.slices)
+        ctx.targets.keep_only([])
+
+
+# ---------------------------------------------------------------------------------- post-process
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 3D connected component (face+edge+corner connectivity) of a boolean volume."""
+    if not mask.any():
+        return mask
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(image, True), sortByObjectSize=True)
+    return sitk.GetArrayViewFromImage(components) == 1
+
+
+def labelled_override(ctx: RunContext, labels: Labels) -> None:
+    """Same volume: the slices the user labelled keep exactly the user's labels."""
+    wanted = set(ctx.slices)
+    for seg in ctx.segments:
+        for k in ctx.bank.labelled_slices(seg):
+            if int(k) in wanted:
+                plane = np.ascontiguousarray(ctx.target.view.get(labels.layers[seg.layer], int(k))) == seg.label_value
+                ctx.target.view.put(ctx.probabilities[seg.name], int(k), plane.astype(np.uint8) * 255)

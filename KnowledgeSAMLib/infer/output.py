@@ -1,0 +1,166 @@
+"""From per-structure probabilities to a :class:`Labels` in exactly the target geometry, and to files.
+
+Post-processing follows KSAM_SPEC §5.12C: optional 1-2-1 smoothing across slices, threshold, optional
+largest 3D connected component, then overlaps: structures that share a layer in the reference are
+mutually exclusive there (a labelmap cannot say otherwise), so their overlaps go to the most probable
+one; structures on different reference layers (nested, e.g. disc ⊃ cup) may overlap and are written
+on separate layers. Label values, names, colours and terminology come from the reference segments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.volume import Geometry, Labels, Segment
+from ..errors import InputError
+from .request import EngineOptions, SegmentationResult
+from .slicing import AxisView
+
+__all__ = ["postprocess", "assemble_labels", "sidecar_path", "write_result", "provenance_json"]
+
+
+def _smooth_across_slices(prob: np.ndarray, view: AxisView) -> np.ndarray:
+    """1-2-1 smoothing along the slice axis, one slice at a time (uint8 in, uint8 out)."""
+    source = np.moveaxis(prob, view.slice_axis, 0)
+    out = np.empty_like(prob)
+    target = np.moveaxis(out, view.slice_axis, 0)
+    n = source.shape[0]
+    for k in range(n):
+        below, above = source[max(k - 1, 0)], source[min(k + 1, n - 1)]
+        total = below.astype(np.uint16) + 2 * source[k].astype(np.uint16) + above
+        target[k] = (total + 2) // 4
+    return out
+
+
+def postprocess(probabilities: dict[str, np.ndarray], segments: Sequence[Segment], view: AxisView,
+                options: EngineOptions) -> dict[str, np.ndarray]:
+    """uint8 probabilities per structure → boolean masks (smoothing, threshold, component, overlaps)."""
+    from .modes import largest_component
+
+    threshold = int(round(options.threshold * 255))
+    if options.smooth_z and view.n > 1:
+        probabilities = {name: _smooth_across_slices(p, view) for name, p in probabilities.items()}
+    masks = {}
+    for seg in segments:
+        mask = probabilities[seg.name] > threshold
+        masks[seg.name] = largest_component(mask) if options.largest_component else mask
+    for group in _exclusive_groups(segments, options.overlap):
+        if len(group) < 2:
+            continue
+        names = [seg.name for seg in group]
+        for z in range(next(iter(masks.values())).shape[0]):  # one z-plane at a time: bounded memory
+            stacked = np.stack([masks[n][z] for n in names])
+            contested = stacked.sum(axis=0) > 1
+            if not contested.any():
+                continue
+            winner = np.argmax(np.stack([probabilities[n][z] for n in names]), axis=0)
+            for i, name in enumerate(names):
+                masks[name][z] &= ~contested | (winner == i)
+    return masks
+
+
+def _exclusive_groups(segments: Sequence[Segment], overlap: str) -> list[list[Segment]]:
+    if overlap == "layers":
+        return [[seg] for seg in segments]
+    if overlap == "argmax":
+        return [list(segments)]
+    by_layer: dict[int, list[Segment]] = {}
+    for seg in segments:
+        by_layer.setdefault(seg.layer, []).append(seg)
+    return list(by_layer.values())
+
+
+def assemble_labels(masks: dict[str, np.ndarray], segments: Sequence[Segment], geometry: Geometry,
+                    shape: tuple[int, int, int]) -> Labels:
+    """Put each structure on the first layer where neither its label value nor its voxels clash."""
+    top = max((seg.label_value for seg in segments), default=1)
+    dtype = np.uint8 if top <= 255 else (np.uint16 if top <= 65535 else np.int32)
+    layers: list[np.ndarray] = []
+    values: list[set[int]] = []
+    out_segments: list[Segment] = []
+    for seg in segments:
+        mask = masks[seg.name]
+        for index, layer in enumerate(layers):
+            if seg.label_value not in values[index] and not layer[mask].any():
+                break
+        else:
+            layers.append(np.zeros(shape, dtype=dtype))
+            values.append(set())
+            index = len(layers) - 1
+        layers[index][mask] = seg.label_value
+        values[index].add(seg.label_value)
+        out_segments.append(Segment(name=seg.name, label_value=seg.label_value, layer=index, color=seg.color,
+                                    terminology=seg.terminology, id=seg.id))
+    stacked = np.stack(layers) if layers else np.zeros((1,) + tuple(shape), dtype=dtype)
+    return Labels(layers=stacked, geometry=geometry, segments=out_segments)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+_LABEL_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
+
+
+def sidecar_path(output: str | Path) -> Path:
+    """``result.seg.nrrd`` → ``result.ksam.json`` (provenance beside the labels)."""
+    output = Path(output)
+    name = output.name
+    for ext in _LABEL_EXTENSIONS:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return output.with_name(name + ".ksam.json")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def provenance_json(result: SegmentationResult) -> str:
+    record = dict(result.provenance)
+    record["confidence"] = {name: values for name, values in result.confidence.items()}
+    return json.dumps(_jsonable(record), indent=2) + "\n"
+
+
+def write_result(result: SegmentationResult, path: str | Path, overwrite: bool = False,
+                 sidecar: bool = True) -> list[Path]:
+    """Write the labels (format by extension) and the provenance sidecar, each atomically.
+
+    Both destinations are checked before anything is written; if the sidecar fails after the labels
+    were newly created, the labels are removed again, so a failure leaves no output behind.
+    """
+    from ..data.io import atomic_write, write_labels
+
+    path = Path(path)
+    targets = [path] + ([sidecar_path(path)] if sidecar else [])
+    if not overwrite:
+        for target in targets:
+            if target.exists():
+                raise InputError(f"{target}: file exists; not overwriting it (use --overwrite)")
+    existed = path.exists()
+    write_labels(result.labels, path, overwrite=overwrite)
+    if sidecar:
+        try:
+            with atomic_write(targets[1], overwrite=overwrite) as temporary:
+                temporary.write_text(provenance_json(result))
+        except BaseException:
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
+    return targets

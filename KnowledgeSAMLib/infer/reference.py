@@ -1,0 +1,247 @@
+"""Model inputs from volumes, slice by slice, and the caches that make volume inference cheap.
+
+* :class:`SliceSource` turns slice ``k`` of a volume into a ``3×S×S`` model input (intensity mapping, then
+  :class:`~KnowledgeSAMLib.data.resize.SquareFit`) only when asked, so no full-volume float copy at model
+  size ever exists; it also maps ``S×S`` probabilities back onto the slice grid.
+* :class:`EmbeddingCache` encodes each slice once (batched, through the device policy) and keeps the
+  embeddings in fp16 — the only per-slice state worth keeping (KSAM_SPEC §5.12).
+* :class:`ReferenceBank` knows, per structure, which reference slices are labelled, their relative
+  positions and descriptors, and builds (and caches) the :class:`ReferencePrompt` of a (structure, slice).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..data.volume import Image, Labels, Segment
+from ..errors import InputError
+from .cancel import Progress
+from .device import DevicePolicy
+from .slicing import AxisView
+
+__all__ = ["SliceSource", "EmbeddingCache", "ReferenceBank", "Descriptors", "ReferenceCache"]
+
+
+class SliceSource:
+    """One volume seen through an axis view, an intensity mapping and a square fit to the model size."""
+
+    def __init__(self, image: Image, view: AxisView, mapping, fit) -> None:
+        self.image, self.view, self.mapping, self.fit = image, view, mapping, fit
+
+    @property
+    def n(self) -> int:
+        return self.view.n
+
+    def model_image(self, k: int) -> np.ndarray:
+        """Slice ``k`` as a ``3×S×S`` float32 array in [0, 1]."""
+        plane = np.ascontiguousarray(self.view.get(self.image.array, k))
+        rgb = np.asarray(self.mapping.apply(plane), dtype=np.float32)
+        square = np.asarray(self.fit.to_model(rgb, 1), dtype=np.float32)
+        if square.ndim == 2:
+            square = np.repeat(square[..., None], 3, axis=-1)
+        return np.ascontiguousarray(square.transpose(2, 0, 1))
+
+    def images(self, ks: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.model_image(int(k)) for k in ks]))
+
+    def model_mask(self, labels: Labels, segment: Segment, k: int) -> np.ndarray:
+        """The segment's mask on slice ``k`` as an ``S×S`` float32 {0, 1} array."""
+        plane = np.ascontiguousarray(self.view.get(labels.layers[segment.layer], k)) == segment.label_value
+        square = np.asarray(self.fit.to_model(plane.astype(np.float32), 0), dtype=np.float32)
+        return (square > 0.5).astype(np.float32)
+
+    def masks(self, labels: Labels, segment: Segment, ks: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.model_mask(labels, segment, int(k)) for k in ks]))[:, None]
+
+    def to_slice(self, square: np.ndarray) -> np.ndarray:
+        """An ``S×S`` probability map back onto the slice grid ``(h, w)``."""
+        return np.asarray(self.fit.to_original(np.asarray(square, dtype=np.float32)), dtype=np.float32)
+
+
+class EmbeddingCache:
+    """Slice index → fp16 embedding on the compute device; each slice is encoded once.
+
+    Pinned slices (e.g. the labelled slices of a same-volume reference) survive :meth:`release`.
+    """
+
+    def __init__(self, model, source: SliceSource, policy: DevicePolicy, dtype: torch.dtype = torch.float16,
+                 progress: Progress | None = None, store: dict[int, torch.Tensor] | None = None) -> None:
+        self.model, self.source, self.policy, self.dtype = model, source, policy, dtype
+        self.progress = progress
+        self._store: dict[int, torch.Tensor] = store if store is not None else {}
+        self._pinned: Counter[int] = Counter()  # pins are counted: a slice may be pinned twice
+        self.encoded = 0  # slices passed through the encoder (tests check "once per slice")
+
+    def __contains__(self, k: int) -> bool:
+        return int(k) in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def ensure(self, ks: Iterable[int], count_progress: bool = False) -> None:
+        missing = [int(k) for k in dict.fromkeys(int(k) for k in ks) if int(k) not in self._store]
+
+        def encode(start: int, stop: int) -> None:
+            idx = missing[start:stop]
+            images = self.source.images(idx).to(self.policy.device)
+            embeddings = self.model.encode(images)
+            for k, emb in zip(idx, embeddings):
+                self._store[k] = emb.detach().to(dtype=self.dtype, copy=True)
+            self.encoded += len(idx)
+            if count_progress and self.progress is not None:
+                self.progress.advance(len(idx))
+
+        self.policy.run_chunks(len(missing), encode)
+
+    def get(self, ks: Sequence[int]) -> torch.Tensor:
+        """Embeddings of slices ``ks`` as one float32 ``B×C×G×G`` batch on the current device."""
+        self.ensure(ks)
+        return torch.stack([self._store[int(k)] for k in ks]).to(self.policy.device, torch.float32)
+
+    def move_to(self, device: torch.device) -> None:
+        """Move every cached embedding (e.g. to the CPU after a GPU ran out of memory)."""
+        for k in list(self._store):
+            self._store[k] = self._store[k].to(device)
+
+    def pin(self, ks: Iterable[int]) -> None:
+        self._pinned.update(int(k) for k in ks)
+
+    def unpin(self, ks: Iterable[int]) -> None:
+        self._pinned.subtract(int(k) for k in ks)
+        self._pinned = +self._pinned  # drop non-positive counts
+
+    def release(self, ks: Iterable[int]) -> None:
+        for k in ks:
+            if int(k) not in self._pinned:
+                self._store.pop(int(k), None)
+
+    def keep_only(self, wanted: Iterable[int]) -> None:
+        keep = set(int(k) for k in wanted) | set(self._pinned)
+        for k in [k for k in self._store if k not in keep]:
+            del self._store[k]
+
+    def descriptors(self, ks: Sequence[int]) -> torch.Tensor:
+        """L2-normalised global-average-pooled embeddings (``B×C`` float32, on the CPU)."""
+        self.ensure(ks)
+        pooled = torch.stack([self._store[int(k)].float().mean(dim=(-1, -2)).cpu() for k in ks])
+        return F.normalize(pooled, dim=1)
+
+
+@dataclass
+class Descriptors:
+    """Per structure: labelled reference slices, their descriptors and relative positions."""
+
+    slices: np.ndarray  # (m,) reference slice indices
+    vectors: torch.Tensor  # (m, C) L2-normalised
+    in_extent: np.ndarray  # (m,) position within the structure's extent along the axis, [0, 1]
+    in_scan: np.ndarray  # (m,) position within the scan along the axis, [0, 1]
+
+
+def relative(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map positions to [0, 1] over [low, high]; a one-slice range maps to 0.5 there."""
+    values = np.asarray(values, dtype=np.float64)
+    if high <= low:
+        return 0.5 + (values - low)
+    return (values - low) / (high - low)
+
+
+class ReferenceBank:
+    """The labelled reference: which slices carry each structure, their embeddings and prompts."""
+
+    def __init__(self, model, source: SliceSource, labels: Labels, segments: Sequence[Segment],
+                 policy: DevicePolicy, reference_slices: Sequence[int] | None = None,
+                 cache: EmbeddingCache | None = None, prompt_cache_size: int = 64,
+                 embedding_dtype: torch.dtype = torch.float16, progress: Progress | None = None,
+                 shared: "ReferenceCache | None" = None, shared_key: tuple | None = None) -> None:
+        self.model, self.source, self.labels, self.policy = model, source, labels, policy
+        entry = shared.entry(shared_key) if shared is not None and shared_key is not None else None
+        self.cache = cache if cache is not None else EmbeddingCache(
+            model, source, policy, embedding_dtype, progress, store=entry["embeddings"] if entry else None)
+        self._prompts: OrderedDict[tuple[str, int], object] = entry["prompts"] if entry else OrderedDict()
+        self._prompt_cache_size = max(1, int(prompt_cache_size))
+        self.prompts_built = 0
+        self.segments = list(segments)
+        self._slices: dict[str, np.ndarray] = {}
+        view = source.view
+        allowed = None if reference_slices is None else set(int(k) for k in reference_slices)
+        where = source.image.source or labels.source or "the reference"
+        for seg in self.segments:
+            present = np.flatnonzero(view.slice_has(labels.layers[seg.layer] == seg.label_value))
+            if allowed is not None:
+                present = np.array([k for k in present if k in allowed], dtype=int)
+            if present.size == 0:
+                on = "" if allowed is None else f" on slice(s) {', '.join(str(k) for k in sorted(allowed))}"
+                raise InputError(f"{labels.source or where}: segment {seg.name!r} is empty in the reference labels{on}")
+            self._slices[seg.name] = present.astype(int)
+        self.cache.pin(self.all_slices())
+
+    def move_to(self, device: torch.device) -> None:
+        self.cache.move_to(device)
+        for key in list(self._prompts):
+            self._prompts[key] = self._prompts[key].to(device)
+
+    def labelled_slices(self, segment: Segment) -> np.ndarray:
+        return self._slices[segment.name]
+
+    def all_slices(self) -> list[int]:
+        return sorted(set(int(k) for v in self._slices.values() for k in v))
+
+    def ensure_embeddings(self, count_progress: bool = False) -> None:
+        self.cache.ensure(self.all_slices(), count_progress=count_progress)
+
+    def descriptors(self, segment: Segment) -> Descriptors:
+        ks = self._slices[segment.name]
+        view = self.source.view
+        ordered = np.asarray(view.ordered(ks), dtype=np.float64)
+        return Descriptors(
+            slices=ks,
+            vectors=self.cache.descriptors(ks.tolist()),
+            in_extent=relative(ordered, ordered.min(), ordered.max()),
+            in_scan=relative(ordered, 0, view.n - 1) if view.n > 1 else np.full(ks.shape, 0.5),
+        )
+
+    def prompts(self, segment: Segment, ks: Sequence[int]):
+        """The :class:`ReferencePrompt` batch for (segment, slice k) pairs, built once per pair (LRU)."""
+        keys = [(segment.name, int(k)) for k in ks]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._prompts]
+        if missing:
+            slices = [k for _, k in missing]
+            images = self.source.images(slices).to(self.policy.device)
+            masks = self.source.masks(self.labels, segment, slices).to(self.policy.device)
+            built = self.model.encode_reference(images, masks, embeddings=self.cache.get(slices))
+            self.prompts_built += len(missing)
+            for i, key in enumerate(missing):
+                self._prompts[key] = built[i].detach().to(self.policy.device, copy=True)  # not a view of the batch
+        for key in keys:
+            self._prompts.move_to_end(key)
+        batch = [self._prompts[key].to(self.policy.device) for key in keys]
+        while len(self._prompts) > max(self._prompt_cache_size, len(set(keys))):
+            self._prompts.popitem(last=False)
+        return batch[0] if len(batch) == 1 else type(batch[0]).cat(batch)
+
+
+class ReferenceCache:
+    """Keeps reference embeddings and prompts across ``segment`` calls that share one reference.
+
+    The engine keys an entry by everything the cached tensors depend on (reference voxels and labels,
+    axis, intensity mapping, model weights, model size, dtype), so a stale entry is never reused. Pass one
+    instance to every call of a batch (the CLI does for many targets with one reference).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, dict] = {}
+
+    def entry(self, key: tuple) -> dict:
+        return self._entries.setdefault(key, {"embeddings": {}, "prompts": OrderedDict()})
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()

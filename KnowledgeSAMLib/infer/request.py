@@ -1,0 +1,246 @@
+"""What the engine is asked to do (:class:`SegmentRequest`), how (:class:`EngineOptions`) and what it
+returns (:class:`SegmentationResult`), plus the checks that turn bad input into one clear line.
+
+Why validation lives here and not in the CLI: the Slicer module, the batch script and the CLI all call
+the engine, and each must refuse the same bad input with the same message before any compute starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.volume import Image, Labels, Segment
+from ..errors import InputError
+
+__all__ = [
+    "AXES", "MODES", "DEVICES", "EngineOptions", "SegmentRequest", "SegmentationResult",
+    "PreparedRequest", "prepare_request",
+]
+
+AXES = ("axial", "sagittal", "coronal")
+MODES = ("auto", "anchor", "propagate", "volume")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Tuning knobs of the slice-wise engine (KSAM_SPEC §5.12); defaults are the spec's suggestions."""
+
+    threshold: float = 0.5  # probability above which a pixel is foreground
+    # volume mode: score s(r) = cos(g_z, g_r) - position_weight * |u_z - u_r|, top-k softmax(s / T) fusion
+    top_k: int = 3
+    position_weight: float = 1.0
+    temperature: float = 0.1
+    position_prior: str = "two-pass"  # "two-pass" | "scan" | "none"
+    first_pass_k: int = 1  # references fused in the similarity-only first pass (only its extent is used)
+    min_similarity: float | None = None  # below this best score the slice is left empty
+    # propagate mode: stop walking when the prediction is empty or the IoU head falls below this
+    propagate_min_confidence: float = 0.3
+    propagate_min_pixels: int = 1
+    hybrid_slices: int = 2  # within this many slices of a labelled slice, average anchor and propagated
+    # post-processing (§5.12C)
+    largest_component: bool = False
+    smooth_z: bool = False  # 1-3-1 smoothing of probabilities across slices before thresholding
+    overlap: str = "auto"  # "auto" (as the reference: shared layer => argmax), "layers", "argmax"
+    keep_reference_labels: bool = True  # same volume: the user's labelled slices are kept as drawn
+    # compute
+    mixed_precision: bool = True  # bf16 autocast on CUDA (fp32 elsewhere)
+    # caches
+    embedding_dtype: str = "float16"
+    prompt_cache_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.position_prior not in ("two-pass", "scan", "none"):
+            raise ValueError(f"position_prior must be two-pass, scan or none, not {self.position_prior!r}")
+        if self.overlap not in ("auto", "layers", "argmax"):
+            raise ValueError(f"overlap must be auto, layers or argmax, not {self.overlap!r}")
+        if self.top_k < 1 or self.first_pass_k < 1:
+            raise ValueError("top_k and first_pass_k must be at least 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+@dataclass
+class SegmentRequest:
+    """One target, one labelled reference, the structures wanted.
+
+    ``segments`` are segments of ``reference_labels`` (an empty list means all of them).
+    ``reference_slices`` restricts the reference labels to these slice indices along ``axis`` (e.g. the
+    one slice a user drew); ``slice_range`` = ``(start, stop)`` limits the target slices segmented.
+    """
+
+    target: Image
+    reference: Image
+    reference_labels: Labels
+    segments: list[Segment] = field(default_factory=list)
+    mode: str = "auto"
+    axis: str = "axial"
+    reference_slices: Sequence[int] | None = None
+    slice_range: tuple[int, int] | None = None
+    device: str = "auto"
+    batch_size: int = 8
+    preset: str = "auto"  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
+    options: EngineOptions = field(default_factory=EngineOptions)
+
+
+@dataclass
+class SegmentationResult:
+    """Labels in exactly the target geometry, per-slice IoU-head confidence, and provenance."""
+
+    labels: Labels
+    confidence: dict[str, np.ndarray]  # segment name -> (n slices along the axis,), NaN where not run
+    provenance: dict[str, Any]
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request: labels on the reference grid, resolved segments and mode."""
+
+    request: SegmentRequest
+    reference_labels: Labels
+    segments: list[Segment]
+    mode: str
+    same_volume: bool
+
+
+def _name(image: Image | Labels, role: str) -> str:
+    return image.source or f"the {role}"
+
+
+def _check_image(image: Image, role: str) -> None:
+    if not isinstance(image, Image):
+        raise InputError(f"{role} must be an Image, got {type(image).__name__}")
+    array = image.array
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] != 3):
+        raise InputError(f"{_name(image, role)}: expected a 2D or 3D image, got array shape {array.shape}")
+    if min(image.shape) < 1:
+        raise InputError(f"{_name(image, role)}: image is empty (shape {image.shape})")
+    if np.issubdtype(array.dtype, np.floating):
+        # chunked over slices so a big volume is never copied as a whole boolean mask
+        for k in range(array.shape[0]):
+            if not np.isfinite(array[k]).all():
+                raise InputError(f"{_name(image, role)}: image contains NaN or infinite intensities")
+    elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise InputError(f"{_name(image, role)}: unsupported pixel type {array.dtype}")
+
+
+def is_same_volume(target: Image, reference: Image) -> bool:
+    """True when the reference *is* the target (same-volume modes): same object, file or voxels."""
+    if target is reference:
+        return True
+    if target.shape != reference.shape or not target.geometry.same_grid(reference.geometry):
+        return False
+    if target.source and target.source == reference.source:
+        return True
+    return bool(np.shares_memory(target.array, reference.array) or np.array_equal(target.array, reference.array))
+
+
+def _labels_on_reference_grid(labels: Labels, reference: Image) -> Labels:
+    if labels.shape == reference.shape and labels.geometry.same_grid(reference.geometry):
+        return labels
+    from ..data.io import resample_labels_to  # owner: data; nearest neighbour as Slicer does
+
+    return resample_labels_to(labels, reference.geometry, reference.shape)
+
+
+def _resolve_segments(labels: Labels, wanted: Sequence[Segment]) -> list[Segment]:
+    if not labels.segments:
+        raise InputError(f"{_name(labels, 'reference labels')}: the reference labels contain no segments")
+    if not wanted:
+        return list(labels.segments)
+    resolved = []
+    for seg in wanted:
+        key: str | int = seg.name if isinstance(seg, Segment) else seg
+        try:
+            found = labels.find(key)
+        except KeyError:
+            if isinstance(seg, Segment):
+                try:
+                    found = labels.find(seg.label_value)
+                except KeyError:
+                    found = None
+            else:
+                found = None
+            if found is None:
+                raise InputError(
+                    f"{_name(labels, 'reference labels')}: segment {key!r} is not in the reference labels "
+                    f"({', '.join(f'{s.name}={s.label_value}' for s in labels.segments)})"
+                ) from None
+        if found not in resolved:
+            resolved.append(found)
+    return resolved
+
+
+def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedRequest:
+    """Check everything that can be checked before compute; raise :class:`InputError` on bad input.
+
+    ``slice_count_fn(image, axis) -> int`` gives the number of slices along the axis (from slicing.py);
+    injected to keep this module free of geometry code.
+    """
+    target, reference = request.target, request.reference
+    _check_image(target, "target")
+    _check_image(reference, "reference")
+    if not isinstance(request.reference_labels, Labels):
+        raise InputError(f"reference labels must be Labels, got {type(request.reference_labels).__name__}")
+    if target.geometry.ndim != reference.geometry.ndim:
+        raise InputError(
+            f"{_name(target, 'target')} is {target.geometry.ndim}D but the reference "
+            f"{_name(reference, 'reference')} is {reference.geometry.ndim}D; both must be 2D or both 3D"
+        )
+    if request.axis not in AXES:
+        raise InputError(f"unknown axis {request.axis!r}; choose one of {', '.join(AXES)}")
+    if target.geometry.ndim == 2 and request.axis != "axial":
+        raise InputError(f"{_name(target, 'target')} is a 2D image; only --axis axial applies")
+    if request.mode not in MODES:
+        raise InputError(f"unknown mode {request.mode!r}; choose one of {', '.join(MODES)}")
+    if str(request.device).split(":")[0] not in DEVICES:
+        raise InputError(f"unknown device {request.device!r}; choose one of {', '.join(DEVICES)}")
+    if int(request.batch_size) < 1:
+        raise InputError(f"batch size must be at least 1, got {request.batch_size}")
+
+    labels = request.reference_labels
+    if labels.layers.ndim != 4:
+        raise InputError(f"{_name(labels, 'reference labels')}: expected (layers, z, y, x) labels")
+    labels = _labels_on_reference_grid(labels, reference)
+    segments = _resolve_segments(labels, request.segments)
+
+    same = is_same_volume(target, reference)
+    mode = request.mode
+    if mode == "auto":
+        mode = "anchor" if same else "volume"
+    if mode == "propagate" and not same:
+        raise InputError(
+            f"propagate mode walks from a labelled slice of the target itself; the reference "
+            f"{_name(reference, 'reference')} is another image (use --mode volume or anchor)"
+        )
+
+    n_ref = slice_count_fn(reference, request.axis) if slice_count_fn else None
+    n_tgt = slice_count_fn(target, request.axis) if slice_count_fn else None
+    if request.reference_slices is not None:
+        ref_slices = [int(k) for k in request.reference_slices]
+        if not ref_slices:
+            raise InputError("reference_slices is empty; give at least one labelled slice")
+        if n_ref is not None:
+            bad = [k for k in ref_slices if not 0 <= k < n_ref]
+            if bad:
+                raise InputError(
+                    f"{_name(reference, 'reference')}: slice {bad[0]} is outside 0..{n_ref - 1} along the "
+                    f"{request.axis} axis"
+                )
+    if request.slice_range is not None and n_tgt is not None:
+        start, stop = (int(v) for v in request.slice_range)
+        if not 0 <= start < stop <= n_tgt:
+            raise InputError(
+                f"{_name(target, 'target')}: slice range {start}..{stop} is not within 0..{n_tgt} along the "
+                f"{request.axis} axis"
+            )
+    return PreparedRequest(request=request, reference_labels=labels, segments=segments, mode=mode,
+                           same_volume=same)
+
+
+def with_options(request: SegmentRequest, **changes: Any) -> SegmentRequest:
+    """A copy of ``request`` with some :class:`EngineOptions` changed (convenience for callers)."""
+    return replace(request, options=replace(request.options, **changes))
