@@ -1,0 +1,132 @@
+"""Hidden module that registers the "Knowledge SAM" Segment Editor effect (Slicer's effect template pattern).
+
+Must stay importable by Slicer 5.8 (Python 3.9); the effect itself reports that KnowledgeSAM needs
+Slicer >= 5.10 when the library cannot be used.
+"""
+
+import os
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+
+class SegmentEditorKnowledgeSAM(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Segment Editor Knowledge SAM")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "KnowledgeSAM"]
+        self.parent.contributors = ["KnowledgeSAM developers"]
+        self.parent.hidden = True
+        self.parent.helpText = _("This hidden module registers the Knowledge SAM Segment Editor effect.")
+        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.acknowledgementText = _("See the Knowledge SAM module.")
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
+
+        instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
+        effectFilename = os.path.join(os.path.dirname(__file__), self.__class__.__name__ + "Lib/SegmentEditorEffect.py")
+        instance.setPythonSource(effectFilename.replace("\\", "/"))
+        instance.self().register()
+
+
+class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
+    """Drives the effect in a real Segment Editor widget with a stand-in engine (no model needed):
+    preview, masking honoured on apply, and one undo step."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        from KnowledgeSAMSlicer import environment
+
+        reason = environment.libraryUnavailableReason()
+        if reason:
+            self.delayDisplay(f"Skipping: {reason}")
+            return
+        self.setUp()
+        self.test_fill_from_labelled_slice_respects_mask_and_undo()
+
+    @staticmethod
+    def _fillEveryAxialSlice(request, model, progress, cancel):
+        """Stand-in engine: copies the union of the labelled slices to every axial slice."""
+        import numpy as np
+
+        from KnowledgeSAMLib.data.volume import Labels
+        from KnowledgeSAMLib.infer.request import SegmentationResult
+
+        labels = request.reference_labels
+        segment = request.segments[0]
+        mask = labels.mask(segment)
+        footprint = mask.any(axis=0)
+        layers = np.zeros((1,) + request.target.shape, dtype=np.uint8)
+        layers[0][:, footprint] = 1
+        if progress is not None:
+            progress(1, 1)
+        result = Labels(layers, request.target.geometry, [segment.__class__(segment.name, 1, 0, segment.color)])
+        return SegmentationResult(result, {}, {"device": "cpu"})
+
+    def _waitForJob(self, effect, timeoutSeconds=60):
+        import time
+
+        start = time.time()
+        while effect._job is not None and time.time() - start < timeoutSeconds:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+            effect.onPoll()
+        self.assertIsNone(effect._job, "the effect's job did not finish")
+
+    def test_fill_from_labelled_slice_respects_mask_and_undo(self):
+        import numpy as np
+
+        self.delayDisplay("Knowledge SAM effect: fill from one labelled slice")
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
+        slicer.util.updateVolumeFromArray(volume, np.zeros((10, 20, 20), dtype=np.int16))
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        regionId = segmentationNode.GetSegmentation().AddEmptySegment("", "editable region", [0, 0, 1])
+        targetId = segmentationNode.GetSegmentation().AddEmptySegment("", "kidney", [1, 0, 0])
+        drawn = np.zeros((10, 20, 20), np.uint8)
+        drawn[5, 5:15, 5:15] = 1
+        region = np.zeros_like(drawn)
+        region[0:7] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, segmentationNode, targetId, volume)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(region, segmentationNode, regionId, volume)
+
+        editorWidget = slicer.qMRMLSegmentEditorWidget()
+        editorWidget.setMRMLScene(slicer.mrmlScene)
+        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editorWidget.setMRMLSegmentEditorNode(editorNode)
+        editorWidget.setSegmentationNode(segmentationNode)
+        editorWidget.setSourceVolumeNode(volume)
+        editorWidget.setCurrentSegmentID(targetId)
+        # editable area: inside 'editable region' only (slices 0-6); other segments are never overwritten
+        editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+        editorNode.SetMaskSegmentID(regionId)
+        editorNode.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+
+        editorWidget.setActiveEffectByName("Knowledge SAM")
+        effect = editorWidget.activeEffect().self()
+        effect.engine = self._fillEveryAxialSlice
+        effect.onPreview()
+        self._waitForJob(effect)
+        self.assertIsNotNone(effect._previewMask, effect.statusLabel.text)
+        effect.onApply()
+
+        result = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, targetId, volume)
+        expected = np.zeros_like(drawn)
+        expected[0:7, 5:15, 5:15] = 1  # filled on every slice, but only inside the editable area
+        np.testing.assert_array_equal(result, expected)
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, regionId, volume), region)
+
+        editorWidget.undo()
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, targetId, volume), drawn)
+        editorWidget.setActiveEffect(None)
+        self.delayDisplay("Effect test passed")
