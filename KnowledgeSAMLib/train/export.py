@@ -1,0 +1,163 @@
+"""Ship a finished training run as a model folder with a model card (e.g. the embedded default model).
+
+``knowledgesam train --export RUN_DIR [--out DEST]`` copies ``RUN_DIR/model`` (safetensors + KSAM
+config) and writes ``training.json`` (the training config, which cases were trained on, validated on and
+held out, the final validation Dice) and ``MODEL_CARD.md`` generated from the same facts, so the card can
+never disagree with the run. DEST defaults to ``default_model_dir()`` (``Resources/Models/default``); an
+existing model there is replaced only with ``overwrite=True``, and the new folder is assembled beside it
+and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = ["export_model", "model_card"]
+
+_MODEL_FILES = ("model.safetensors", "config.json")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise InputError(f"{path}: missing; is {path.parent} a finished `knowledgesam train` run folder?")
+    return json.loads(path.read_text())
+
+
+def _val_rows(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "val_log.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def model_card(train_config: dict, data: dict, summary: dict, model_config: dict, parameters: dict[str, int],
+               name: str) -> str:
+    """Markdown model card from the run's recorded facts."""
+    optim, loss, run = train_config["optim"], train_config["loss"], train_config["run"]
+    lines = [
+        f"# KnowledgeSAM model `{name}`",
+        "",
+        "A KSAM model (knowledge-prompted segmentation: a reference image plus its mask of one structure says "
+        "which structure to segment in the target). Trained with `knowledgesam train` from this repository; "
+        "`training.json` holds the exact config and the case lists.",
+        "",
+        "## Model",
+        "",
+        f"- preset `{model_config.get('name')}`, input {model_config.get('image_size')} × "
+        f"{model_config.get('image_size')} px, encoder training `{model_config.get('encoder_training')}`, "
+        f"Knowledge Merge {'on' if model_config.get('use_km') else 'off'}, Prompt Merge "
+        f"{'on' if model_config.get('use_pm') else 'off'}.",
+        f"- parameters: {parameters.get('total', 0):,} in total, {parameters.get('trainable', 0):,} trained.",
+        f"- SAM checkpoint: {model_config.get('sam_checkpoint_sha256') or 'none (trained from scratch)'}.",
+        "",
+        "## Training data",
+        "",
+        "| source | tasks | weight | training cases | validation cases | held out (never read) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, info in data.items():
+        train, val = info.get("train_cases", []), info.get("val_cases", [])
+        lines.append(f"| {source} | {', '.join(info.get('tasks', []))} | {info.get('weight')} | "
+                     f"{len(train)} ({info.get('train_slices', '?')} slices) | {', '.join(val) or '-'} | "
+                     f"{', '.join(info.get('held_out', [])) or '-'} |")
+    lines += [
+        "",
+        "Training case names are listed in `training.json` (`data`).",
+        "",
+        "## Recipe",
+        "",
+        f"- {summary.get('steps')} steps of batch {optim['batch_size']} × {summary.get('world_size', 1)} "
+        f"process(es) on {summary.get('device')}; Adam lr {optim['lr']} (betas {optim['betas']}), "
+        f"{optim['warmup_steps']} warmup steps then poly {optim['poly_power']} decay, gradient clip "
+        f"{optim['grad_clip']}.",
+        f"- loss {loss['dice_weight']} × Dice + {1 - loss['dice_weight']:.2f} × BCE (pos_weight "
+        f"{loss['pos_weight']}), IoU-head MSE weight {loss.get('iou_weight', 0)}.",
+        f"- pairs: {train_config['pairs']['tasks_per_target']} tasks per target, "
+        f"{train_config['pairs']['negative_fraction']:.0%} negatives, independent reference/target "
+        f"augmentation; seed {run['seed']}.",
+        f"- speed: {summary.get('train_steps_per_s', 0):.3f} steps/s.",
+        "",
+        "## Validation Dice (held-out validation cases, cross-case references)",
+        "",
+    ]
+    last = summary.get("last_val") or {}
+    best = summary.get("best_val") or {}
+    if last:
+        lines += ["| structure | last epoch | best epoch (step " + str(best.get("step", "?")) + ") |", "|---|---|---|"]
+        for key in sorted(k for k in last if k != "mean") + ["mean"]:
+            if key in last:
+                lines.append(f"| {key} | {last[key]:.3f} | {best.get(key, float('nan')):.3f} |")
+    else:
+        lines.append("No validation was run.")
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "- Research and demonstration; not a medical device. Check every result.",
+        f"- Trained only on: {', '.join(data) or 'nothing'}. Expect it to work on images like those, with a "
+        "reference from a similar image, and to fail elsewhere.",
+    ]
+    kinds = {info.get("kind") for info in data.values()}
+    if kinds & {"hippocampus", "papila"}:
+        lines.append("- Data licences: MSD hippocampus CC-BY-SA 4.0, PAPILA CC BY 4.0 (see the datasets' "
+                     "SOURCE_AND_LICENSE.md); weights trained on CC-BY-SA data may carry its share-alike terms.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite: bool = False,
+                 name: str = "default") -> Path:
+    """Copy a run's model into ``dest`` with ``training.json`` and ``MODEL_CARD.md``; returns ``dest``."""
+    run_dir = Path(run_dir)
+    model_dir = run_dir / "model"
+    for filename in _MODEL_FILES:
+        if not (model_dir / filename).is_file():
+            raise InputError(f"{model_dir / filename}: missing; is {run_dir} a finished training run?")
+    if dest is None:
+        from ..model.registry import default_model_dir
+
+        dest = default_model_dir()
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise InputError(f"{dest}: already holds a model; pass --overwrite to replace it")
+    train_config = _read_json(run_dir / "config.json")
+    data = _read_json(run_dir / "data.json")
+    summary = _read_json(run_dir / "summary.json")
+    model_config = _read_json(model_dir / "config.json")
+
+    from ..model.weights import load_model
+
+    model = load_model(model_dir)
+    parameters = {"total": sum(p.numel() for p in model.parameters()),
+                  "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    record = {"name": name, "train_config": train_config, "data": data, "summary": summary,
+              "val_log": _val_rows(run_dir), "parameters": parameters}
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for filename in _MODEL_FILES:
+            shutil.copy2(model_dir / filename, tmp / filename)
+        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name))
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

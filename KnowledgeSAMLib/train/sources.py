@@ -1,0 +1,339 @@
+"""Training data as pre-computed 2D slice cases at model size (uint8), built once per run.
+
+Why pre-compute: a training step needs a handful of slices, but reading a volume, fitting its intensity
+preset and resampling it to the model grid costs far more than the step itself on a CPU. Every source
+(phantom or real dataset) is turned once into :class:`SliceCase` arrays (images ``(n, S, S, 3)`` uint8,
+masks ``(n, T, S, S)`` uint8), optionally cached to disk as ``.npz`` so restarts and every DDP process
+skip the work. The pair sampler then only indexes numpy arrays.
+
+Loading, intensity mapping and square fitting are the data layer's (``KnowledgeSAMLib.data``); this module
+only decides *which* volumes, slices and tasks become training cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..data.volume import Image, Labels
+from ..errors import InputError
+from .config import SourceConfig
+
+__all__ = ["SliceCase", "Source", "volume_to_case", "build_source", "build_sources", "DEFAULT_TASKS",
+           "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET"]
+
+DEFAULT_TASKS: dict[str, list[str]] = {
+    "kidney_phantom": ["artery", "medulla", "cortex"],
+    "kidney_roi_phantom": ["artery", "medulla", "cortex"],
+    "fundus_phantom": ["disc", "cup"],
+    "hippocampus": ["head", "body"],
+    "papila": ["disc", "cup"],
+}
+DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abdomen", "fundus_phantom": "rgb",
+                   "hippocampus": "mr", "papila": "rgb"}
+VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
+HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
+_CACHE_VERSION = 2
+
+
+@dataclass(eq=False)  # identity comparison: cases hold big arrays
+class SliceCase:
+    """One volume (or 2D image) as model-size slices, with per-task masks and relative positions.
+
+    ``images``: ``(n, S, S, 3)`` uint8; ``masks``: ``(n, T, S, S)`` uint8 in {0, 1} for ``tasks``;
+    ``slice_index``: the original slice number of each stored slice (slices are consecutive).
+    ``u[i, t]``: relative position of slice i within task t's extent (0 = first slice with the structure,
+    1 = last; outside [0, 1] beyond it), the quantity cross-case references are matched on.
+    """
+
+    name: str
+    source: str
+    images: np.ndarray
+    masks: np.ndarray
+    tasks: list[str]
+    slice_index: np.ndarray
+    is_volume: bool = True
+    present: np.ndarray = field(init=False)
+    u: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n, s = self.images.shape[0], self.images.shape[1]
+        if self.images.dtype != np.uint8 or self.images.shape != (n, s, s, 3):
+            raise ValueError(f"{self.name}: images must be (n, S, S, 3) uint8, got {self.images.shape} {self.images.dtype}")
+        if self.masks.shape != (n, len(self.tasks), s, s):
+            raise ValueError(f"{self.name}: masks must be (n, T, S, S) = {(n, len(self.tasks), s, s)}, got {self.masks.shape}")
+        self.masks = self.masks.astype(np.uint8, copy=False)
+        self.slice_index = np.asarray(self.slice_index, dtype=np.int64)
+        self.present = self.masks.reshape(n, len(self.tasks), -1).any(-1)
+        self.u = np.full((n, len(self.tasks)), 0.5, dtype=np.float32)
+        for t in range(len(self.tasks)):
+            rows = np.flatnonzero(self.present[:, t])
+            if len(rows) and n > 1:
+                z0, z1 = self.slice_index[rows[0]], self.slice_index[rows[-1]]
+                self.u[:, t] = (self.slice_index - z0) / max(1, z1 - z0)
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    def task_index(self, task: str) -> int:
+        return self.tasks.index(task)
+
+
+@dataclass
+class Source:
+    """A named family of cases with a sampling weight; ``train`` and ``val`` never share a case."""
+
+    name: str
+    kind: str
+    weight: float
+    tasks: list[str]
+    train: list[SliceCase]
+    val: list[SliceCase]
+    held_out: list[str] = field(default_factory=list)  # test cases this source keeps out (for the model card)
+
+
+# ------------------------------------------------------------------------------------ volume -> case
+def _axis_slicer(axis: str, shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float]):
+    """(count, take(array, i) -> 2D(+rgb) slice, in-plane spacing (row, col)) for an axis name."""
+    sx, sy, sz = spacing_xyz
+    if axis == "axial":
+        return shape_zyx[0], (lambda a, i: a[i]), (sy, sx)
+    if axis == "coronal":
+        return shape_zyx[1], (lambda a, i: a[:, i]), (sz, sx)
+    if axis == "sagittal":
+        return shape_zyx[2], (lambda a, i: a[:, :, i]), (sz, sy)
+    raise InputError(f"unknown slicing axis {axis!r} (axial, coronal, sagittal)")
+
+
+def volume_to_case(name: str, source: str, image: Image, labels: Labels, tasks: list[str], preset: str,
+                   size: int, axis: str = "axial", margin: int = 3) -> SliceCase | None:
+    """Slice one labelled volume (or 2D image) into a :class:`SliceCase` at ``size`` × ``size``.
+
+    Keeps the slices spanned by the union of the tasks' extents plus ``margin`` on each side (the
+    negatives pool). Returns None when none of the tasks is present.
+    """
+    from ..data.intensity import get_preset
+    from ..data.resize import SquareFit
+
+    if labels.shape != image.shape:
+        raise InputError(f"{name}: labels grid {labels.shape} differs from image grid {image.shape}")
+    try:
+        task_masks = [labels.mask(t) for t in tasks]
+    except KeyError as error:
+        raise InputError(f"{name}: {error.args[0]}") from None
+    is_volume = image.geometry.ndim != 2 and image.shape[0] > 1
+    if not is_volume:
+        axis = "axial"
+    count, take, spacing_hw = _axis_slicer(axis, image.shape, image.geometry.spacing)
+    present = np.array([[take(m, i).any() for m in task_masks] for i in range(count)])
+    rows = np.flatnonzero(present.any(1))
+    if not len(rows):
+        return None
+    lo, hi = max(0, rows[0] - margin), min(count, rows[-1] + 1 + margin)
+    mapping = get_preset(preset).fit(image)
+    rows_kept = range(lo, hi)
+    fit = SquareFit(take(image.array, lo).shape[:2], spacing_hw, size)
+    planes = mapping.apply(np.stack([take(image.array, i) for i in rows_kept]))  # (n, h, w, 3) in [0, 1]
+    rgb = np.asarray(fit.to_model(np.ascontiguousarray(planes.transpose(0, 3, 1, 2)), order=1))
+    images = np.clip(np.rint(rgb.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+    # "area" (box average when shrinking, linear when enlarging) then 0.5: thin structures survive
+    # shrinking better than with nearest, and enlarged masks get smooth edges.
+    stack = np.stack([[take(m, i) for m in task_masks] for i in rows_kept]).astype(np.float32)
+    masks = (np.asarray(fit.to_model(stack, order="area")) > 0.5).astype(np.uint8)
+    return SliceCase(name=name, source=source, images=images, masks=masks,
+                     tasks=list(tasks), slice_index=np.arange(lo, hi), is_volume=is_volume)
+
+
+# ------------------------------------------------------------------------------------ per-kind loaders
+Volumes = Iterator[tuple[str, Image, Labels]]
+
+
+def _kidney_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
+    from ..data.phantoms import make_kidney_phantom
+
+    def gen(seeds: range) -> Volumes:
+        for seed in seeds:
+            try:
+                image, labels = make_kidney_phantom(seed, shape=tuple(src.shape))
+            except ValueError as error:
+                raise InputError(f"kidney_phantom source: {error}") from None
+            yield f"kidney_phantom_{seed:04d}", image, labels
+
+    return (gen(range(src.seed, src.seed + src.train_cases)),
+            gen(range(src.seed + VAL_PHANTOM_SEED_OFFSET, src.seed + VAL_PHANTOM_SEED_OFFSET + src.val_cases)),
+            [f"seeds >= {HELD_OUT_PHANTOM_SEED} (evaluation phantoms)"])
+
+
+def _kidney_roi_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
+    from ..data.phantoms import make_kidney_roi_phantom
+
+    def gen(seeds: range) -> Volumes:
+        for seed in seeds:
+            image, labels = make_kidney_roi_phantom(seed)
+            yield f"kidney_roi_phantom_{seed:04d}", image, labels
+
+    return (gen(range(src.seed, src.seed + src.train_cases)),
+            gen(range(src.seed + VAL_PHANTOM_SEED_OFFSET, src.seed + VAL_PHANTOM_SEED_OFFSET + src.val_cases)),
+            [f"seeds >= {HELD_OUT_PHANTOM_SEED} (evaluation phantoms)"])
+
+
+def _fundus_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
+    from ..data.phantoms import make_fundus_phantom
+
+    def gen(seeds: range) -> Volumes:
+        for seed in seeds:
+            try:
+                image, labels = make_fundus_phantom(seed, src.size)
+            except ValueError as error:
+                raise InputError(f"fundus_phantom source: {error}") from None
+            yield f"fundus_phantom_{seed:04d}", image, labels
+
+    return (gen(range(src.seed, src.seed + src.train_cases)),
+            gen(range(src.seed + VAL_PHANTOM_SEED_OFFSET, src.seed + VAL_PHANTOM_SEED_OFFSET + src.val_cases)),
+            [f"seeds >= {HELD_OUT_PHANTOM_SEED} (evaluation phantoms)"])
+
+
+def _split_train_val(ids: list[str], src: SourceConfig) -> tuple[list[str], list[str]]:
+    """Validation = the last ``val_cases`` of the train split; ``train_cases`` caps the rest (0 = all)."""
+    if src.val_cases >= len(ids):
+        raise InputError(f"{src.root}: val_cases={src.val_cases} leaves no training case out of {len(ids)}")
+    train, val = (ids[:-src.val_cases], ids[-src.val_cases:]) if src.val_cases else (ids, [])
+    if src.train_cases:
+        train = train[:src.train_cases]
+    return train, val
+
+
+def _hippocampus_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
+    from ..data.datasets import hippocampus_cases, hippocampus_split, load_hippocampus
+
+    train_ids, test_ids = hippocampus_split(hippocampus_cases(src.root))  # the test split never reaches training
+    train, val = _split_train_val(sorted(train_ids), src)
+
+    def gen(ids: list[str]) -> Volumes:
+        for case_id in ids:
+            image, labels = load_hippocampus(src.root, case_id)
+            yield case_id if case_id.startswith("hippocampus") else f"hippocampus_{case_id}", image, labels
+
+    return gen(train), gen(val), list(test_ids)
+
+
+def _papila_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
+    from ..data.datasets import load_papila, papila_eyes, papila_split
+
+    train_eyes, test_eyes = papila_split(papila_eyes(src.root))  # RET087OS (test) never reaches training
+    train, val = _split_train_val(sorted(train_eyes), src)
+
+    def gen(eyes: list[str]) -> Volumes:
+        for eye in eyes:
+            image, labels = load_papila(src.root, eye, expert=src.expert, crop=True)
+            yield f"papila_{eye}", image, labels
+
+    return gen(train), gen(val), list(test_eyes)
+
+
+_LOADERS: dict[str, Callable[[SourceConfig], tuple[Volumes, Volumes, list[str]]]] = {
+    "kidney_phantom": _kidney_volumes,
+    "kidney_roi_phantom": _kidney_roi_volumes,
+    "fundus_phantom": _fundus_volumes,
+    "hippocampus": _hippocampus_volumes,
+    "papila": _papila_volumes,
+}
+
+
+# ------------------------------------------------------------------------------------ building + cache
+def _cache_key(src: SourceConfig, size: int) -> str:
+    payload = json.dumps({"source": asdict(src), "model_size": size, "version": _CACHE_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _save_cases(path: Path, train: list[SliceCase], val: list[SliceCase], held_out: list[str]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    for split, cases in (("train", train), ("val", val)):
+        for i, case in enumerate(cases):
+            key = f"{split}{i}"
+            arrays[f"{key}_images"], arrays[f"{key}_masks"], arrays[f"{key}_index"] = (
+                case.images, case.masks, case.slice_index)
+            meta.append({"key": key, "split": split, "name": case.name, "source": case.source,
+                         "tasks": case.tasks, "is_volume": case.is_volume})
+    arrays["meta"] = np.frombuffer(json.dumps({"cases": meta, "held_out": held_out}).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cases(path: Path) -> tuple[list[SliceCase], list[SliceCase], list[str]]:
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        out: dict[str, list[SliceCase]] = {"train": [], "val": []}
+        for m in meta["cases"]:
+            out[m["split"]].append(SliceCase(
+                name=m["name"], source=m["source"], images=data[f"{m['key']}_images"],
+                masks=data[f"{m['key']}_masks"], tasks=m["tasks"], slice_index=data[f"{m['key']}_index"],
+                is_volume=m["is_volume"]))
+    return out["train"], out["val"], list(meta["held_out"])
+
+
+def build_source(src: SourceConfig, size: int, name: str, cache_dir: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> Source:
+    """Turn one configured source into train/val :class:`SliceCase` lists at ``size`` (cached if asked)."""
+    tasks = list(src.tasks) or list(DEFAULT_TASKS[src.kind])
+    preset = src.preset or DEFAULT_PRESETS[src.kind]
+    cache_path = Path(cache_dir) / f"{src.kind}_{_cache_key(src, size)}.npz" if cache_dir else None
+    if cache_path is not None and cache_path.is_file():
+        train, val, held_out = _load_cases(cache_path)
+        for case in train + val:
+            case.source = name
+    else:
+        train_volumes, val_volumes, held_out = _LOADERS[src.kind](src)
+        train, val = [], []
+        for out, volumes in ((train, train_volumes), (val, val_volumes)):
+            for case_name, image, labels in volumes:
+                if progress:
+                    progress(case_name)
+                case = volume_to_case(case_name, name, image, labels, tasks, preset, size, src.axis,
+                                      src.margin_slices)
+                if case is not None:
+                    out.append(case)
+        if cache_path is not None:
+            _save_cases(cache_path, train, val, held_out)
+    if not train:
+        raise InputError(f"data source {name} ({src.kind}) produced no training case with {', '.join(tasks)}")
+    return Source(name=name, kind=src.kind, weight=src.weight, tasks=tasks, train=train, val=val, held_out=held_out)
+
+
+def build_sources(sources: list[SourceConfig], size: int, cache_dir: str | Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> list[Source]:
+    """Build every configured source; names are the kind, suffixed ``#i`` when a kind repeats."""
+    kinds = [s.kind for s in sources]
+    built = []
+    for i, src in enumerate(sources):
+        name = src.kind if kinds.count(src.kind) == 1 else f"{src.kind}#{kinds[:i + 1].count(src.kind)}"
+        built.append(build_source(src, size, name, cache_dir, progress))
+    return built
+
+
+def sources_summary(sources: list[Source]) -> dict[str, dict[str, object]]:
+    """Which cases went where (recorded in the run folder and the model card)."""
+    return {s.name: {"kind": s.kind, "weight": s.weight, "tasks": s.tasks,
+                     "train_cases": [c.name for c in s.train], "val_cases": [c.name for c in s.val],
+                     "held_out": s.held_out,
+                     "train_slices": int(sum(c.n for c in s.train))} for s in sources}

@@ -1,0 +1,407 @@
+"""The training loop: pairs → augmentation → KSAM → BCE + Dice → Adam, with validation and checkpoints.
+
+One :class:`Trainer` runs one configured job, single-process or as one rank of a torchrun/DDP job. It
+writes into ``run.out_dir``: ``config.json`` (the resolved config), ``data.json`` (which cases were used
+for training and validation), ``train_log.csv`` (loss terms, lr, grad norm, speed every ``log_every``
+steps), ``val_log.csv`` (Dice per structure each epoch), ``checkpoints/`` (trainable tensors + optimiser,
+scheduler, scaler and sampler state for ``--resume``) and ``model/`` (``save_model`` output) at the end.
+
+Reproducibility: the model is built right after ``torch.manual_seed(run.seed)`` on every rank, so
+random-init frozen weights agree across ranks and across resumes (checked by fingerprint); pair sampling
+and augmentation draw from one numpy generator per rank whose state is checkpointed, so a resumed run
+continues with the batches the uninterrupted run would have drawn (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CancelledError, InputError, KnowledgeSAMError
+from .augment import augment_pair_batch
+from .checkpoint import frozen_fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_to_dict
+from .distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
+                          init_distributed)
+from .loss import BceDiceLoss
+from .pairs import PairBatch, PairSampler
+from .schedule import warmup_poly_scheduler
+from .sources import Source, build_sources, sources_summary
+from .validate import validation_dice
+
+__all__ = ["Trainer", "TrainResult", "build_train_model", "ProgressFn"]
+
+#: ``progress(event, done, total, info)``; events: "data" (a case was built), "step", "val", "checkpoint".
+ProgressFn = Callable[[str, int, int, dict], None]
+
+_TRAIN_FIELDS = ["step", "epoch", "lr", "loss", "bce", "dice_loss", "iou_loss", "grad_norm", "negatives",
+                 "skipped", "steps_per_s", "elapsed_s"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    steps: int
+    first_loss: float  # mean of the first logged interval
+    last_loss: float  # mean of the last logged interval
+    val: dict[str, float] = field(default_factory=dict)  # last validation Dice per structure
+    model_dir: Path | None = None
+    steps_per_s: float = 0.0  # training steps per second (excluding data building and validation)
+
+
+def build_train_model(cfg: TrainConfig) -> nn.Module:
+    """The model a config asks for (preset + overrides, or ``init_from`` a trained model)."""
+    from ..model.config import KSAMConfig, get_config
+
+    m = cfg.model
+    try:
+        if m.init_from:
+            from ..model.registry import resolve_model
+
+            base = resolve_model(m.init_from)
+            if not m.overrides:
+                return base
+            config = base.config.replace(**m.overrides)
+        else:
+            config = get_config(m.name).replace(**m.overrides) if m.overrides else get_config(m.name)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"model: {error}") from None
+    assert isinstance(config, KSAMConfig)
+    from .. import build_model
+
+    model = build_model(config, sam_checkpoint=m.sam_checkpoint)
+    if m.init_from:
+        # overrides may add or drop heads (e.g. an ablation): load what fits, new parts keep their init
+        own = model.state_dict()
+        fitting = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fitting, strict=False)
+    return model
+
+
+class _PairForward(nn.Module):
+    """What DDP wraps: one forward giving logits (and IoU-head scores when the model can decode)."""
+
+    def __init__(self, model: nn.Module, with_iou: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_iou = with_iou
+
+    def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor):
+        if not self.with_iou:
+            return self.model(target, ref_image, ref_mask), None
+        m = self.model
+        if getattr(m.config, "ref_encoder_grad", True):
+            ie, se = m.encode(torch.cat([target, ref_image])).split(target.shape[0])
+        else:
+            ie, se = m.encode(target), None
+        logits, iou = m.decode(ie, m.encode_reference(ref_image, ref_mask, embeddings=se))
+        return logits, iou
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or choice == "off":
+        return None
+    if choice == "bf16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class _CsvLog:
+    """Append-only CSV written by rank 0; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, fields: list[str], keep_until_step: int | None) -> None:
+        self.path, self.fields = path, fields
+        rows: list[dict] = []
+        if keep_until_step is not None and path.is_file():
+            with path.open(newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(float(r.get("step", 0))) <= keep_until_step]
+            old_fields = list(rows[0].keys()) if rows else []
+            self.fields = fields + [f for f in old_fields if f not in fields]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, self.fields, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+class Trainer:
+    """Runs one training job described by a :class:`TrainConfig`.
+
+    ``model`` and ``sources`` may be given (tests, benchmarks); otherwise they are built from the config.
+    ``resume``: None (fresh run; the run folder must not hold one), ``"auto"`` (latest checkpoint of
+    ``out_dir``) or a checkpoint folder.
+    """
+
+    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None,
+                 sources: list[Source] | None = None, resume: str | Path | None = None,
+                 ctx: DistContext | None = None, progress: ProgressFn | None = None,
+                 cancel: Any | None = None) -> None:
+        self.cfg = config
+        self.resume = resume
+        self.ctx = ctx or init_distributed(config.run.device)
+        self.progress = progress or (lambda *a: None)
+        self.cancel = cancel
+        self.out_dir = Path(config.run.out_dir)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        _seed_everything(config.run.seed)
+        self.model = (model if model is not None else build_train_model(config)).to(self.ctx.device)
+        self.size = int(self.model.config.image_size)
+        self._sources = sources
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and getattr(self.cancel, "cancelled", False):
+            raise CancelledError("training was cancelled; a checkpoint was saved, continue with --resume")
+
+    def _cancel_requested(self, step: int) -> bool:
+        """Single process: the token. DDP: a collective check every ``log_every`` steps, so that all
+        ranks stop at the same step (a lone rank leaving would hang the others in the all-reduce)."""
+        flag = self.cancel is not None and bool(getattr(self.cancel, "cancelled", False))
+        if not self.ctx.distributed:
+            return flag
+        if step % self.cfg.run.log_every:
+            return False
+        return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0]), self.ctx)[0] > 0)
+
+    def _build_sources(self) -> list[Source]:
+        if self._sources is not None:
+            return self._sources
+        cfg, ctx = self.cfg, self.ctx
+        report = lambda name: self.progress("data", 0, 0, {"case": name})  # noqa: E731
+        if cfg.data.cache_dir and ctx.distributed:  # rank 0 fills the cache, the others read it
+            if ctx.is_main:
+                build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report)
+            barrier(ctx)
+        return build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report if ctx.is_main else None)
+
+    def _prepare_out_dir(self) -> Path | None:
+        """The checkpoint to resume from (None = fresh); refuses to overwrite an existing run."""
+        if self.resume is None:
+            taken = (self.out_dir / "train_log.csv").exists() or latest_checkpoint(self.out_dir) is not None
+            if broadcast_object(taken if self.ctx.is_main else None, self.ctx):  # every rank stops, none hangs
+                raise InputError(f"{self.out_dir}: already holds a training run; pass --resume to continue it "
+                                 f"or choose another run.out_dir")
+            return None
+        path = latest_checkpoint(self.out_dir) if str(self.resume) == "auto" else Path(self.resume)
+        if path is None:
+            raise InputError(f"{self.out_dir}: no checkpoint to resume from")
+        if not path.is_dir():
+            raise InputError(f"{path}: checkpoint folder not found")
+        return path
+
+    # ------------------------------------------------------------------------------------------ run
+    def fit(self) -> TrainResult:
+        cfg, ctx, model = self.cfg, self.ctx, self.model
+        device = ctx.device
+        resume_from = self._prepare_out_dir()
+        barrier(ctx)
+        sources = self._build_sources()
+        seq = np.random.SeedSequence([cfg.run.seed, ctx.rank])
+        sampler = PairSampler(sources, cfg.pairs, seed=int(seq.generate_state(1)[0]))
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise KnowledgeSAMError("the model has no trainable parameters")
+        optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                     weight_decay=cfg.optim.weight_decay)
+        total = cfg.total_steps
+        scheduler = warmup_poly_scheduler(optimizer, total, cfg.optim.warmup_steps, cfg.optim.poly_power,
+                                          cfg.optim.min_lr_ratio)
+        amp_dtype = _amp_dtype(cfg.run.amp, device)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        loss_fn = BceDiceLoss(cfg.loss.dice_weight, cfg.loss.pos_weight, cfg.loss.dice_smooth).to(device)
+        with_iou = cfg.loss.iou_weight > 0 and hasattr(model, "decode")
+        if cfg.loss.iou_weight > 0 and not with_iou:
+            raise InputError("loss.iou_weight > 0 needs a model with encode/encode_reference/decode")
+        net: nn.Module = _PairForward(model, with_iou)
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True)  # ablations and the IoU head leave parameters unused
+        fingerprint = frozen_fingerprint(model)
+
+        step = 0
+        best: dict[str, float] = {}
+        if resume_from is not None:
+            state, meta = load_checkpoint(resume_from, model, map_location=device)
+            if meta.get("frozen_fingerprint") != fingerprint:
+                raise KnowledgeSAMError(f"{resume_from}: the frozen weights differ from the checkpoint's "
+                                        f"(different model.name, sam_checkpoint or run.seed?)")
+            if meta.get("world_size") != ctx.world_size:
+                raise InputError(f"{resume_from}: saved by {meta.get('world_size')} processes, resumed with "
+                                 f"{ctx.world_size}; resume with the same number")
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            sampler.load_state_dict(meta["samplers"][ctx.rank])
+            torch.set_rng_state(state["torch_rng"][ctx.rank].cpu())
+            step = int(meta["step"])
+            best = meta.get("best_val", {})
+
+        labels = [f"{s.name}/{t}" for s in sources for t in s.tasks if s.val]
+        train_log = val_log = None
+        if ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+            (self.out_dir / "data.json").write_text(json.dumps(sources_summary(sources), indent=1))
+            keep = step if resume_from is not None else None
+            train_log = _CsvLog(self.out_dir / "train_log.csv", _TRAIN_FIELDS, keep)
+            val_log = _CsvLog(self.out_dir / "val_log.csv", ["epoch", "step", "mean", *labels], keep)
+
+        spe = cfg.optim.steps_per_epoch
+        interval = torch.zeros(6, dtype=torch.float64)  # loss, bce, dice, iou, negatives, count
+        skipped = 0
+        logged: list[float] = []
+        train_time, t_interval, t_start = 0.0, time.perf_counter(), time.perf_counter()
+        last_val: dict[str, float] = {}
+        grad_norm = torch.zeros(())
+        net.train()
+        try:
+            while step < total:
+                if self._cancel_requested(step):
+                    raise CancelledError(f"training was cancelled at step {step}; a checkpoint was saved, "
+                                         f"continue with --resume")
+                t0 = time.perf_counter()
+                batch = sampler.sample(cfg.optim.batch_size)
+                target, target_mask, ref_image, ref_mask = self._to_device(batch, device)
+                target, target_mask, ref_image, ref_mask = augment_pair_batch(
+                    target, target_mask, ref_image, ref_mask, sampler.rng, cfg.augment)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits, iou = net(target, ref_image, ref_mask)
+                parts = loss_fn(logits, target_mask)
+                loss = parts.total
+                iou_loss = torch.zeros((), device=device)
+                if iou is not None:
+                    with torch.no_grad():
+                        pred = logits.detach() > 0
+                        gt = target_mask > 0.5
+                        inter = (pred & gt).flatten(1).sum(1).float()
+                        union = (pred | gt).flatten(1).sum(1).float()
+                        true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+                    iou_loss = torch.mean((iou.float().reshape(-1) - true_iou) ** 2)
+                    loss = loss + cfg.loss.iou_weight * iou_loss
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss))
+                stepped = False
+                if finite or ctx.distributed:  # every rank must join the gradient all-reduce
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    grad_norm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
+                    # the decision uses the all-reduced gradients, so all ranks agree; a non-finite loss on
+                    # any rank makes them non-finite everywhere. The fp16 scaler skips such steps itself.
+                    if scaler.is_enabled() or bool(torch.isfinite(grad_norm)):
+                        scaler.step(optimizer)
+                        stepped = bool(torch.isfinite(grad_norm))
+                    scaler.update()
+                if not stepped:
+                    skipped += 1
+                scheduler.step()
+                step += 1
+                train_time += time.perf_counter() - t0
+                interval += torch.tensor([float(loss.detach()) if finite else 0.0, float(parts.bce),
+                                          float(parts.dice), float(iou_loss.detach()), float(batch.negative.mean()),
+                                          1.0 if finite else 0.0], dtype=torch.float64)
+                self.progress("step", step, total, {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]})
+
+                if step % cfg.run.log_every == 0 or step == total:
+                    summed = all_reduce_sum(interval, ctx)
+                    n = max(1.0, float(summed[5]))
+                    now = time.perf_counter()
+                    mean_loss = float(summed[0]) / n
+                    logged.append(mean_loss)
+                    if train_log is not None:
+                        train_log.write({
+                            "step": step, "epoch": (step - 1) // spe + 1, "lr": scheduler.get_last_lr()[0],
+                            "loss": mean_loss, "bce": float(summed[1]) / n, "dice_loss": float(summed[2]) / n,
+                            "iou_loss": float(summed[3]) / n, "grad_norm": float(grad_norm),
+                            "negatives": float(summed[4]) / n, "skipped": skipped,
+                            "steps_per_s": float(summed[5]) / ctx.world_size / max(1e-9, now - t_interval),
+                            "elapsed_s": now - t_start})
+                    interval.zero_()
+                    t_interval = now
+
+                if step % spe == 0 or step == total:
+                    epoch = (step - 1) // spe + 1
+                    if cfg.validation.enabled and labels:
+                        last_val = validation_dice(
+                            model, sources, device, cfg.validation.max_slices_per_case,
+                            cfg.validation.batch_size, cfg.validation.threshold, ctx, amp_dtype,
+                            cancel=None if ctx.distributed else self._check_cancel)
+                        if val_log is not None:
+                            val_log.write({"epoch": epoch, "step": step, **last_val})
+                        if last_val.get("mean", -1) > best.get("mean", -1):
+                            best = dict(last_val, step=step)
+                        self.progress("val", epoch, cfg.optim.epochs, last_val)
+                    if epoch % cfg.run.checkpoint_every == 0 or step == total:
+                        self._save(step, epoch, model, optimizer, scheduler, scaler, sampler, fingerprint, best)
+                    t_interval = time.perf_counter()
+        except CancelledError:
+            epoch = (step - 1) // spe + 1 if step else 0
+            if step:  # keep what was learnt: resume continues from here
+                self._save(step, epoch, model, optimizer, scheduler, scaler, sampler, fingerprint, best)
+            raise
+
+        model_dir = None
+        if ctx.is_main:
+            from ..model.weights import save_model
+
+            model_dir = self.out_dir / "model"
+            save_model(model, model_dir, overwrite=True,
+                       metadata={"trained_steps": str(step), "train_config": json.dumps(config_to_dict(cfg))})
+            summary = {"steps": step, "best_val": best, "last_val": last_val,
+                       "train_steps_per_s": (step / train_time) if train_time else 0.0,
+                       "world_size": ctx.world_size, "device": str(device)}
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        barrier(ctx)
+        return TrainResult(out_dir=self.out_dir, steps=step, first_loss=logged[0] if logged else math.nan,
+                           last_loss=logged[-1] if logged else math.nan, val=last_val, model_dir=model_dir,
+                           steps_per_s=(step / train_time) if train_time else 0.0)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _to_device(batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, ...]:
+        def images(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+        def masks(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device, non_blocking=True)[:, None].float()
+
+        return images(batch.target), masks(batch.target_mask), images(batch.ref_image), masks(batch.ref_mask)
+
+    def _save(self, step: int, epoch: int, model: nn.Module, optimizer, scheduler, scaler, sampler: PairSampler,
+              fingerprint: str, best: dict) -> None:
+        ctx = self.ctx
+        samplers = all_gather_objects(sampler.state_dict(), ctx)
+        rngs = all_gather_objects(torch.get_rng_state(), ctx)
+        if ctx.is_main:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "torch_rng": rngs}
+            meta = {"epoch": epoch, "world_size": ctx.world_size, "samplers": samplers,
+                    "frozen_fingerprint": fingerprint, "best_val": best,
+                    "config": config_to_dict(self.cfg)}
+            path = save_checkpoint(self.out_dir, step, model, state, meta, keep=self.cfg.run.keep_checkpoints)
+            self.progress("checkpoint", step, self.cfg.total_steps, {"path": str(path)})
+        barrier(ctx)
+
