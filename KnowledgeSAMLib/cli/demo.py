@@ -1,6 +1,7 @@
 """``knowledgesam demo``: the main job end to end on phantoms, in one command.
 
-It makes a labelled reference phantom and a target phantom (another "patient"), segments the target
+It makes a labelled reference phantom and a target phantom (another "patient": kidney-centred CT crops,
+as kidney-parsing data comes), segments the target
 with the embedded default model in ``volume`` mode (the reference is another image), writes the result
 as a Slicer ``.seg.nrrd`` with its provenance, a PNG montage (target, reference, prediction and truth
 overlays), and prints the Dice per structure. The inputs are written too, with the equivalent
@@ -23,7 +24,8 @@ FILES = {
     "reference": "reference.nrrd", "reference_labels": "reference.seg.nrrd", "target": "target.nrrd",
     "truth": "target_truth.seg.nrrd", "prediction": "prediction.seg.nrrd", "montage": "montage.png",
 }
-REFERENCE_SEED, TARGET_SEED = 1, 2
+# Held-out phantoms (training uses seeds < 5000): the demo never shows the model a case it was trained on.
+REFERENCE_SEED, TARGET_SEED = 5001, 5002
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="default", help="model to use (default: the embedded default model)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--batch-size", type=int, default=8, metavar="N")
-    parser.add_argument("--shape", metavar="Z,Y,X", help="phantom size (default: the phantom's own)")
+    parser.add_argument("--shape", metavar="Z,Y,X",
+                        help="phantom crop size; Y and X give the square in-plane size (default 40,96,96)")
     parser.add_argument("--overwrite", action="store_true", help="replace files of an earlier demo")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -76,9 +79,21 @@ def _shape(text: str | None) -> tuple[int, int, int] | None:
 
 
 def _phantom(seed: int, shape):
-    from ..data.phantoms import make_kidney_phantom
+    """A kidney ROI phantom; ``shape`` rescales the 72 mm in-plane window to Y×Y pixels (cheaper to render)."""
+    from ..data.phantoms import make_kidney_roi_phantom
+    from ..data.phantoms.kidney_roi import KidneyROIConfig
 
-    return make_kidney_phantom(seed) if shape is None else make_kidney_phantom(seed, shape=shape)
+    if shape is None:
+        return make_kidney_roi_phantom(seed)
+    base = KidneyROIConfig()
+    z, side = shape[0], min(shape[1:])
+    factor = side / base.crop_xy
+    render = max(side, round(base.render_shape[1] * factor))
+    config = KidneyROIConfig(render_shape=(z, render, render), crop_xy=side,
+                             render_spacing=(base.render_spacing[0] / factor, base.render_spacing[1] / factor,
+                                             base.render_spacing[2]),
+                             jitter_px=max(1, round(base.jitter_px * factor)))
+    return make_kidney_roi_phantom(seed, config=config)
 
 
 # ---------------------------------------------------------------------------------------- montage
