@@ -46,7 +46,7 @@ def ui_widgets() -> dict[str, ElementTree.Element]:
 
 def parameter_fields() -> dict[str, str]:
     """Field name -> "node" / builtin type name, from the @parameterNodeWrapper class."""
-    tree = ast.parse(MODULE.read_text())
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KnowledgeSAMParameterNode")
     fields = {}
     for statement in cls.body:
@@ -66,7 +66,7 @@ def test_ui_parses_and_is_a_qmrmlwidget():
 
 def test_every_ui_name_used_by_the_module_exists():
     names = set(ui_widgets())
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     used = set(re.findall(r"\bui\.(\w+)", source))
     assert used, "the module does not use self.ui at all?"
     missing = sorted(used - names)
@@ -93,7 +93,7 @@ def test_parameter_names_match_fields_and_widget_types():
     for parameter, (widget_name, widget_class) in bound.items():
         assert fields[parameter] in CONNECTABLE.get(widget_class, set()), (
             f"{widget_name} ({widget_class}) cannot be connected to {parameter}: {fields[parameter]}")
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     for parameter, (widget_name, widget_class) in bound.items():
         if widget_class in ("QComboBox", "ctkComboBox"):
             assert re.search(rf"{parameter}: Annotated\[\w+, Choice\(", source), f"{parameter} needs Choice(...)"
@@ -117,7 +117,7 @@ def _pep604_annotations(tree: ast.AST) -> list[str]:
 
 @pytest.mark.parametrize("path", SLICER_SIDE, ids=lambda p: p.name)
 def test_slicer_side_files_parse_as_python39(path):
-    tree = ast.parse(path.read_text(), feature_version=(3, 9))
+    tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
     has_future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in tree.body)
     if not has_future:
         assert not _pep604_annotations(tree), f"{path.name} uses X | Y annotations: {_pep604_annotations(tree)}"
@@ -132,7 +132,7 @@ def test_slicer_side_files_parse_as_python39(path):
 @pytest.mark.parametrize("folder", ["KnowledgeSAM", "SegmentEditorKnowledgeSAM"])
 def test_cmake_lists_every_python_file(folder):
     directory = ROOT / folder
-    cmake = (directory / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", folder)
+    cmake = (directory / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", folder)
     python_files = [p.relative_to(directory).as_posix() for p in directory.rglob("*.py")
                     if "Testing" not in p.parts and "Scripts" not in p.parts and "__pycache__" not in p.parts]
     missing = [f for f in python_files if f not in cmake]
@@ -143,14 +143,14 @@ def test_cmake_lists_every_python_file(folder):
 
 
 def test_root_cmake_declares_the_extension():
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
         assert re.search(rf'set\({key} "[^"]+"\)', cmake), key
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in cmake
     assert re.search(r"licen[cs]e", cmake, re.IGNORECASE), "the description must name the weights' licence"
     assert "add_subdirectory(KnowledgeSAM)" in cmake and "add_subdirectory(SegmentEditorKnowledgeSAM)" in cmake
     assert "KnowledgeSAMLib/*.py" in cmake and "Resources/Models/default" in cmake
-    module_cmake = (ROOT / "KnowledgeSAM" / "CMakeLists.txt").read_text()
+    module_cmake = (ROOT / "KnowledgeSAM" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in module_cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module_cmake
 
 
