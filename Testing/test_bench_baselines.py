@@ -99,7 +99,7 @@ def test_unet_quick_command_on_real_data(tmp_path, capsys):
     assert main(["--quick", "--threads", "1", "--json", str(out)]) == 0
     import json
 
-    results = json.loads(out.read_text())
+    results = json.loads(out.read_text(encoding="utf-8"))
     assert results["summary"]["cases"] == 2
     if results["training"]["steps"] < QUICK.max_steps:
         pytest.skip(f"machine too busy: {results['training']['steps']} steps in the one-minute cap")

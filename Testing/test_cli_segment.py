@@ -67,7 +67,7 @@ def test_same_volume_from_one_labelled_slice(files, fake, tmp_path, capsys):
     labels = read_labels(out)
     assert labels.geometry.same_grid(files["image"].geometry) and labels.shape == files["image"].shape
     assert dice(labels.mask("bright"), files["labels"].mask("bright")) > 0.95
-    record = json.loads((tmp_path / "kidney.ksam.json").read_text())
+    record = json.loads((tmp_path / "kidney.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "anchor" and record["target"].endswith("ct.nrrd") and record["reference_slices"]["bright"] == [6]
     assert "kidney.seg.nrrd" in capsys.readouterr().out
 
@@ -90,7 +90,7 @@ def test_segments_by_name_keep_name_and_colour(files, fake, tmp_path):
     labels = read_labels(out)
     assert [s.label_value for s in labels.segments] == [3]
     assert dice(labels.mask(3), files["labels"].mask("dim")) > 0.85
-    record = json.loads((tmp_path / "dim.ksam.json").read_text())
+    record = json.loads((tmp_path / "dim.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "volume" and record["segments"] == [{"name": "dim", "label_value": 3, "layer": 0}]
 
 
@@ -106,7 +106,7 @@ def test_real_tiny_model_from_a_saved_folder(files, tmp_path):
                 "--output", out) == 0
     labels = read_labels(out)
     assert labels.geometry.same_grid(files["image"].geometry)
-    record = json.loads((tmp_path / "tiny.ksam.json").read_text())
+    record = json.loads((tmp_path / "tiny.ksam.json").read_text(encoding="utf-8"))
     assert record["model"]["name"] == "tiny" and record["model"]["source"].endswith("model")
 
 
@@ -116,8 +116,8 @@ def test_many_targets_reuse_the_reference_and_torchrun_shards_them(files, fake, 
     args = ["--target", files["targets"], "--reference", r / "atlas.nrrd", "--reference-labels",
             r / "atlas.seg.nrrd", "--output", out]
     assert _run(*args) == 0
-    first = json.loads((out / "patient3.ksam.json").read_text())
-    second = json.loads((out / "patient4.ksam.json").read_text())
+    first = json.loads((out / "patient3.ksam.json").read_text(encoding="utf-8"))
+    second = json.loads((out / "patient4.ksam.json").read_text(encoding="utf-8"))
     assert first["counts"]["reference_slices_encoded"] > 0
     assert second["counts"]["reference_slices_encoded"] == 0  # cached from the first target
     assert read_labels(out / "patient4.seg.nrrd").shape == (10, 40, 48)
@@ -131,7 +131,7 @@ def test_many_targets_reuse_the_reference_and_torchrun_shards_them(files, fake, 
 
 def test_a_list_file_of_targets(files, fake, tmp_path):
     listing = tmp_path / "targets.txt"
-    listing.write_text(f"{files['targets'] / 'patient3.nrrd'}\n# comment\n\n")
+    listing.write_text(f"{files['targets'] / 'patient3.nrrd'}\n# comment\n\n", encoding="utf-8")
     r = files["root"]
     assert _run("--target", listing, "--reference", r / "atlas.nrrd", "--reference-labels", r / "atlas.seg.nrrd",
                 "--output", tmp_path / "o", "--format", "nii.gz") == 0
@@ -177,11 +177,11 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_output(case, files, fake, 
 def test_existing_output_is_refused_then_overwritten_on_request(files, fake, tmp_path, capsys):
     r = files["root"]
     out = tmp_path / "r.seg.nrrd"
-    out.write_text("precious")
+    out.write_text("precious", encoding="utf-8")
     argv = ["--target", r / "ct.nrrd", "--reference-labels", r / "ct.seg.nrrd", "--slice", 6, "--output", out]
     assert _run(*argv) == 2
     err = capsys.readouterr().err
-    assert "r.seg.nrrd" in err and "exists" in err and out.read_text() == "precious"
+    assert "r.seg.nrrd" in err and "exists" in err and out.read_text(encoding="utf-8") == "precious"
     assert fake.encoded_images == 0
     assert _run(*argv, "--overwrite") == 0
     assert read_labels(out).segments
@@ -227,4 +227,4 @@ def test_2d_fundus_pair(fake, tmp_path):
     labels = read_labels(out)
     assert labels.geometry.ndim == 2 and labels.shape == (1, 64, 64)
     assert [s.name for s in labels.segments] == ["disc", "cup"]
-    assert json.loads((tmp_path / "pred.ksam.json").read_text())["mode"] == "volume"
+    assert json.loads((tmp_path / "pred.ksam.json").read_text(encoding="utf-8"))["mode"] == "volume"

@@ -298,7 +298,7 @@ def test_writer_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
 def test_atomic_write_success_keeps_extension_for_format_detection(tmp_path):
     with atomic_write(tmp_path / "a.seg.nrrd") as temporary:
         assert temporary.name.endswith(".seg.nrrd") and temporary.parent == tmp_path
-        temporary.write_text("x")
+        temporary.write_text("x", encoding="utf-8")
     assert _only_files(tmp_path) == ["a.seg.nrrd"]
 
 
@@ -446,3 +446,24 @@ def test_file_extension_handles_compound_suffixes():
     assert io.file_extension("a/b.SEG.NRRD") == ".seg.nrrd"
     assert io.file_extension("x.nii.gz") == ".nii.gz"
     assert io.file_extension("x.nrrd") == ".nrrd"
+
+
+def test_reading_dicom_keeps_the_process_locale(tmp_path):
+    """GDCM sets the locale to "C"; afterwards text files must still default to the caller's encoding."""
+    import locale
+
+    import SimpleITK as sitk
+
+    before = locale.setlocale(locale.LC_ALL)
+    image = sitk.GetImageFromArray(np.arange(2 * 4 * 5, dtype=np.int16).reshape(2, 4, 5))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(2):
+        slice_image = image[:, :, k]
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0020|0032", f"0\\0\\{k}")
+        slice_image.SetMetaData("0020|000e", "1.2.3.4")
+        writer.SetFileName(str(tmp_path / f"s{k}.dcm"))
+        writer.Execute(slice_image)
+    read_image(tmp_path)
+    assert locale.setlocale(locale.LC_ALL) == before

@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert prediction.geometry.same_grid(target.geometry) and prediction.shape == target.shape == (10, 64, 64)
     assert [s.name for s in prediction.segments] == ["artery", "medulla", "cortex"]
     assert [s.label_value for s in prediction.segments] == [1, 2, 3]
-    record = json.loads((out / "prediction.ksam.json").read_text())
+    record = json.loads((out / "prediction.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "volume" and record["reference"].endswith("reference.nrrd")
     from PIL import Image
 
@@ -36,11 +36,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_refuses_to_overwrite_an_earlier_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()
-    (out / "montage.png").write_text("mine")
+    (out / "montage.png").write_text("mine", encoding="utf-8")
     assert main(["demo", "--output", str(out), "--shape", "6,32,32", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "montage.png" in err and "exists" in err
-    assert (out / "montage.png").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["montage.png"]
+    assert (out / "montage.png").read_text(encoding="utf-8") == "mine" and sorted(p.name for p in out.iterdir()) == ["montage.png"]
 
 
 def test_demo_rejects_a_bad_shape(tmp_path, capsys):

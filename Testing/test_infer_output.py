@@ -56,7 +56,7 @@ def test_plain_labelmap_outputs(result, tmp_path, name):
 
 def test_sidecar_records_provenance(result, tmp_path):
     write_result(result, tmp_path / "p.seg.nrrd")
-    record = json.loads((tmp_path / "p.ksam.json").read_text())
+    record = json.loads((tmp_path / "p.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "anchor" and record["axis"] == "axial"
     assert len(record["model"]["sha256"]) == 64 and record["target"] == "ct.nrrd"
     assert len(record["confidence"]["bright"]) == 24 and record["slice_axis_index"] == 1
@@ -66,12 +66,12 @@ def test_sidecar_records_provenance(result, tmp_path):
 
 def test_existing_output_is_refused_and_untouched(result, tmp_path):
     path = tmp_path / "keep.seg.nrrd"
-    path.write_text("precious")
+    path.write_text("precious", encoding="utf-8")
     with pytest.raises(InputError, match="exists"):
         write_result(result, path)
-    assert path.read_text() == "precious" and not sidecar_path(path).exists()
+    assert path.read_text(encoding="utf-8") == "precious" and not sidecar_path(path).exists()
     sidecar_only = tmp_path / "b.seg.nrrd"
-    sidecar_path(sidecar_only).write_text("{}")
+    sidecar_path(sidecar_only).write_text("{}", encoding="utf-8")
     with pytest.raises(InputError, match="b.ksam.json"):
         write_result(result, sidecar_only)
     assert not sidecar_only.exists()

@@ -150,7 +150,7 @@ def test_verified_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch, i
     assert len(hashed) == 3
 
     # use_cache=False always re-reads; a corrupt cache file is ignored, not fatal.
-    (isolated_cache / sc.HASH_CACHE_NAME).write_text("{not json")
+    (isolated_cache / sc.HASH_CACHE_NAME).write_text("{not json", encoding="utf-8")
     with pytest.raises(WeightsError):
         verify_checkpoint(source, info, use_cache=False)
     assert len(hashed) == 4

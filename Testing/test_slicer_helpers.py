@@ -93,7 +93,7 @@ def test_model_cache_reuses_until_the_source_changes(tmp_path):
 def test_requirements_file_matches_pyproject_minus_slicers_own_packages():
     tomllib = pytest.importorskip("tomllib", reason="Python < 3.11 has no tomllib")
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     name = lambda r: dependencies._NAME.match(r).group(1).lower()  # noqa: E731
     wanted = {name(r) for r in project} - {"torch", "numpy", "simpleitk"}
     listed = {name(r) for r in dependencies.readRequirements(ROOT / "KnowledgeSAM" / "Resources" / "requirements.txt")}

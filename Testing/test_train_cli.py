@@ -21,7 +21,7 @@ def test_describe_lists_settings_and_docs_are_current(capsys):
     assert main(["train", "--describe"]) == 0
     text = capsys.readouterr().out
     assert "`optim.lr`" in text and "`data.sources[*].kind`" in text
-    doc = (REPO / "docs" / "training.md").read_text()
+    doc = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
     generated = doc.split(MARKER, 1)[1].split("\n", 1)[1]
     assert generated.strip() == text.strip(), "docs/training.md is stale: regenerate it with --describe"
 
@@ -30,7 +30,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["train"]) == 2
     assert "--config FILE is required" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: {sources: [{kind: kidney_phantom}]}\noptim: {lr: -1}\n")
+    bad.write_text("data: {sources: [{kind: kidney_phantom}]}\noptim: {lr: -1}\n", encoding="utf-8")
     assert main(["train", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"knowledgesam: error: {bad}: optim.lr: must be > 0, got -1.0"
@@ -52,16 +52,16 @@ def _tiny_run(tmp_path, name="run"):
 def test_train_then_export_with_model_card(tmp_path, capsys):
     run = _tiny_run(tmp_path)
     assert "trained 4 steps" in capsys.readouterr().out
-    data = json.loads((run / "data.json").read_text())
+    data = json.loads((run / "data.json").read_text(encoding="utf-8"))
     assert data["kidney_phantom"]["train_cases"] == ["kidney_phantom_0000", "kidney_phantom_0001"]
     assert data["kidney_phantom"]["val_cases"] == ["kidney_phantom_1000"]
     dest = tmp_path / "shipped"
     assert main(["train", "--export", str(run), "--out", str(dest)]) == 0
     assert sorted(p.name for p in dest.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors",
                                                        "training.json"]
-    card = (dest / "MODEL_CARD.md").read_text()
+    card = (dest / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "kidney_phantom_1000" in card and "seeds >= 5000" in card and "| mean |" in card
-    record = json.loads((dest / "training.json").read_text())
+    record = json.loads((dest / "training.json").read_text(encoding="utf-8"))
     assert record["summary"]["steps"] == 4 and record["data"] == data
     from KnowledgeSAMLib.model.registry import resolve_model
 
@@ -90,6 +90,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
         env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained 4 steps") == 1  # only rank 0 reports
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # rank 0 filled the cache once per source

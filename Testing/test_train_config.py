@@ -38,10 +38,10 @@ def test_every_setting_is_documented_and_described():
 
 def test_yaml_and_json_give_the_same_config(tmp_path):
     data = {**MINIMAL, "optim": {"lr": 3e-4, "epochs": 2, "steps_per_epoch": 300}, "run": {"seed": 7}}
-    (tmp_path / "a.json").write_text(json.dumps(data))
+    (tmp_path / "a.json").write_text(json.dumps(data), encoding="utf-8")
     import yaml
 
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     a, b = C.load_config(tmp_path / "a.json"), C.load_config(tmp_path / "a.yaml")
     assert a == b
     assert a.optim.lr == 3e-4 and a.total_steps == 600 and a.run.seed == 7
@@ -50,7 +50,7 @@ def test_yaml_and_json_give_the_same_config(tmp_path):
 
 
 def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
-    (tmp_path / "c.yaml").write_text("data: {sources: [{kind: kidney_phantom}]}\noptim: {lr: 1e-4}\n")
+    (tmp_path / "c.yaml").write_text("data: {sources: [{kind: kidney_phantom}]}\noptim: {lr: 1e-4}\n", encoding="utf-8")
     assert C.load_config(tmp_path / "c.yaml").optim.lr == pytest.approx(1e-4)
 
 
@@ -78,20 +78,20 @@ def test_invalid_settings_name_file_and_key(data, message):
 def test_file_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         C.load_config(tmp_path / "missing.yaml")
-    (tmp_path / "x.txt").write_text("{}")
+    (tmp_path / "x.txt").write_text("{}", encoding="utf-8")
     with pytest.raises(InputError, match=r"must end in \.yaml, \.yml or \.json"):
         C.load_config(tmp_path / "x.txt")
-    (tmp_path / "bad.yaml").write_text("optim: [1, 2\n")
+    (tmp_path / "bad.yaml").write_text("optim: [1, 2\n", encoding="utf-8")
     with pytest.raises(InputError, match="bad.yaml: not valid YAML"):
         C.load_config(tmp_path / "bad.yaml")
-    (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(InputError, match="bad.json: not valid JSON"):
         C.load_config(tmp_path / "bad.json")
 
 
 def test_relative_roots_resolve_against_the_config_folder(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "c.yaml").write_text("data: {sources: [{kind: hippocampus, root: ../data}]}\n")
+    (tmp_path / "sub" / "c.yaml").write_text("data: {sources: [{kind: hippocampus, root: ../data}]}\n", encoding="utf-8")
     cfg = C.load_config(tmp_path / "sub" / "c.yaml")
     assert cfg.data.sources[0].root == str((tmp_path / "data").resolve())
 

@@ -89,9 +89,9 @@ def test_two_gloo_processes_train_in_sync(straight_run):
     assert r0["val"] == r1["val"] and "mean" in r0["val"]
 
     # rank 0 wrote one log and the checkpoints; each rank's sampler state was kept
-    with (tmp_path / "train_log.csv").open() as handle:
+    with (tmp_path / "train_log.csv").open(encoding="utf-8") as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == list(range(1, 7))
-    meta = json.loads((tmp_path / "checkpoints" / "step_0000006" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "checkpoints" / "step_0000006" / "meta.json").read_text(encoding="utf-8"))
     assert meta["world_size"] == 2 and len(meta["samplers"]) == 2
     assert meta["samplers"][0] != meta["samplers"][1], "ranks must draw different pairs"
 

@@ -26,12 +26,12 @@ def test_quick_table(tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "table2.md"
     assert bench.main(["--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if re.match(r"\| [1-4] \|", line)]
     assert [r.split("|")[2].strip() for r in rows] == ["KP only", "+PM", "+KM", "+KM+PM"]
     for row in rows:
         assert len(re.findall(r"\d\.\d{3} ± \d\.\d{3}", row)) == 4  # artery, medulla, cortex, mean
-    records = json.loads(out.with_suffix(".json").read_text())
+    records = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert len(records) == 8 and {r["seed"] for r in records} == {0, 1}
     assert all(r["steps"] == 40 and set(r["dice"]) >= {"kidney_phantom/artery", "mean"} for r in records)
     params = {r["variant"]: r["trainable_parameters"] for r in records}
@@ -40,4 +40,4 @@ def test_quick_table(tmp_path, capsys):
     assert "--quick (smoke settings" in text
     capsys.readouterr()
     assert bench.main(["--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
-    assert json.loads(out.with_suffix(".json").read_text()) == records
+    assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == records

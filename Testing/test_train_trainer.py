@@ -44,13 +44,13 @@ def test_short_run_lowers_the_loss_and_writes_the_run(tmp_path, sources):
                       run={"log_every": 10})
     result = Trainer(cfg, sources=sources).fit()
     assert result.steps == 80
-    with (tmp_path / "run" / "train_log.csv").open() as handle:
+    with (tmp_path / "run" / "train_log.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     losses = [float(r["loss"]) for r in rows]
     assert len(losses) == 8
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
     assert last < 0.8 * first, f"loss did not go down: {losses}"
-    with (tmp_path / "run" / "val_log.csv").open() as handle:
+    with (tmp_path / "run" / "val_log.csv").open(encoding="utf-8") as handle:
         val = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in val] == [1, 2]
     assert {"synth3d/square", "synth3d/disc", "synth2d/square", "synth2d/disc", "mean"} <= set(val[0])
@@ -59,7 +59,7 @@ def test_short_run_lowers_the_loss_and_writes_the_run(tmp_path, sources):
     from KnowledgeSAMLib import load_model
 
     loaded = load_model(result.model_dir)
-    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    data = json.loads((tmp_path / "run" / "data.json").read_text(encoding="utf-8"))
     assert data["synth3d"]["train_cases"] == ["s3d_0", "s3d_1", "s3d_2", "s3d_3"]
     assert data["synth3d"]["val_cases"] == ["s3d_val_0"]
     assert loaded.config.name == "tiny"
@@ -81,7 +81,7 @@ def test_resume_continues_exactly(tmp_path, sources):
         first.fit()
     checkpoint = latest_checkpoint(tmp_path / "b")
     assert checkpoint is not None and checkpoint.name == "step_0000010"
-    assert json.loads((checkpoint / "meta.json").read_text())["step"] == 10
+    assert json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))["step"] == 10
     # the checkpoint holds exactly the trainable tensors (no frozen encoder weights)
     from safetensors.torch import load_file
 
@@ -93,7 +93,7 @@ def test_resume_continues_exactly(tmp_path, sources):
     assert result.steps == 20
     a, b = trainable(straight.model), trainable(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    with (tmp_path / "b" / "train_log.csv").open() as handle:
+    with (tmp_path / "b" / "train_log.csv").open(encoding="utf-8") as handle:
         steps = [int(r["step"]) for r in csv.DictReader(handle)]
     assert steps == [5, 10, 15, 20]
 
@@ -157,7 +157,7 @@ def test_a_stand_in_model_without_decode_trains_without_the_iou_loss(tmp_path, s
     trainer = Trainer(cfg, model=Unstable(), sources=sources)
     assert trainer.fit().steps == 4
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    with (tmp_path / "nan" / "train_log.csv").open() as handle:
+    with (tmp_path / "nan" / "train_log.csv").open(encoding="utf-8") as handle:
         assert [int(r["skipped"]) for r in csv.DictReader(handle)] == [1]
     with pytest.raises(InputError, match="iou_weight"):
         Trainer(make_config(tmp_path / "s2"), model=StandIn(), sources=sources).fit()

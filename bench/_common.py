@@ -77,7 +77,7 @@ def write_json(payload: dict[str, Any], path: str | Path, overwrite: bool = True
 
     path = Path(path)
     with atomic_write(path, overwrite=overwrite) as temporary:
-        Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 

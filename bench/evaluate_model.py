@@ -208,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summaries, indent=2) + "\n")
+        args.json.write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+        args.markdown.write_text(text + "\n", encoding="utf-8")
     return 0
 
 

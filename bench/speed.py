@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "parts": parts, "ratios": ratios,
                                          "batch_scaling": scaling, "memory": memory, "precision": precision},
-                                        indent=2))
+                                        indent=2), encoding="utf-8")
     return 0
 
 

@@ -130,7 +130,7 @@ def run_one(args, variant: Variant, seed: int, training, evaluation) -> dict:
     run_dir = args.work_dir / variant.slug / f"seed{seed}"
     done = run_dir / "eval.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return json.loads(done.read_text(encoding="utf-8"))
     cfg = base_config(args, variant, seed, run_dir)
     resume = "auto" if latest_checkpoint(run_dir) else None
     trainer = Trainer(cfg, sources=training, resume=resume)
@@ -142,7 +142,7 @@ def run_one(args, variant: Variant, seed: int, training, evaluation) -> dict:
               "train_steps_per_s": result.steps_per_s, "seconds": time.perf_counter() - t0,
               "device": str(trainer.ctx.device),
               "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))}
-    done.write_text(json.dumps(record, indent=1))
+    done.write_text(json.dumps(record, indent=1), encoding="utf-8")
     del trainer
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return record
@@ -214,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     text = write_table(args, records, size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(args.out)
-    args.out.with_suffix(".json").write_text(json.dumps(records, indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     print(text)
     return 0
 

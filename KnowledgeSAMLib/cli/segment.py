@@ -92,7 +92,7 @@ def expand_targets(items: Sequence[str]) -> list[Path]:
     for item in items:
         path = Path(item).expanduser()
         if path.is_file() and path.suffix.lower() == ".txt":
-            lines = [line.strip() for line in path.read_text().splitlines()]
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
             targets.extend(Path(line).expanduser() if Path(line).is_absolute() else path.parent / line
                            for line in lines if line and not line.startswith("#"))
         elif path.is_dir() and not _is_dicom_folder(path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import locale
 import os
 import re
 import struct
@@ -414,7 +415,29 @@ def _check_nifti_complete(path: Path) -> None:
         raise truncated
 
 
+@contextlib.contextmanager
+def _locale_preserved():
+    """GDCM resets the process locale to "C" when it scans DICOM files; put the caller's back.
+
+    Otherwise every later ``open()`` without an explicit encoding in the same process (ours, a test's,
+    or a Slicer user's script) silently switches to ASCII.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        try:
+            locale.setlocale(locale.LC_ALL, saved)
+        except locale.Error:  # pragma: no cover - a composite locale the C library will not take back
+            pass
+
+
 def _read_dicom_series(folder: Path) -> Image:
+    with _locale_preserved():
+        return _read_dicom_series_unguarded(folder)
+
+
+def _read_dicom_series_unguarded(folder: Path) -> Image:
     import SimpleITK as sitk
 
     try:

@@ -158,7 +158,7 @@ def write_result(result: SegmentationResult, path: str | Path, overwrite: bool =
     if sidecar:
         try:
             with atomic_write(targets[1], overwrite=overwrite) as temporary:
-                temporary.write_text(provenance_json(result))
+                temporary.write_text(provenance_json(result), encoding="utf-8")
         except BaseException:
             if not existed:
                 path.unlink(missing_ok=True)

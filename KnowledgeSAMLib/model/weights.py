@@ -66,7 +66,7 @@ def save_model(model: KSAM, directory: str | Path, overwrite: bool = False,
     meta = {"format": "knowledgesam", "format_version": str(FORMAT_VERSION), **(metadata or {})}
     _atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     config_text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(config_text, encoding="utf-8"))
     return directory
 
 
@@ -75,7 +75,7 @@ def read_config(directory: str | Path) -> KSAMConfig:
     if not path.is_file():
         raise WeightsError(f"{path} not found: not a saved KnowledgeSAM model folder")
     try:
-        return KSAMConfig.from_dict(json.loads(path.read_text()))
+        return KSAMConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as error:
         raise WeightsError(f"{path} is not a valid KnowledgeSAM config: {error}") from None
 

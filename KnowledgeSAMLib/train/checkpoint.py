@@ -75,7 +75,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
     try:
         save_file(trainable_state(model), str(tmp / _TENSORS))
         torch.save(state, tmp / _STATE)
-        (tmp / _META).write_text(json.dumps({"step": step, **meta}, indent=1, default=str))
+        (tmp / _META).write_text(json.dumps({"step": step, **meta}, indent=1, default=str), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -93,7 +93,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str 
     path = Path(path)
     if not (path / _META).is_file():
         raise InputError(f"{path}: not a training checkpoint (no {_META})")
-    meta = json.loads((path / _META).read_text())
+    meta = json.loads((path / _META).read_text(encoding="utf-8"))
     tensors = load_file(str(path / _TENSORS))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}

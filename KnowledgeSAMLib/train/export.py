@@ -28,14 +28,14 @@ _MODEL_FILES = ("model.safetensors", "config.json")
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise InputError(f"{path}: missing; is {path.parent} a finished `knowledgesam train` run folder?")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _val_rows(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / "val_log.csv"
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -147,8 +147,8 @@ def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite:
     try:
         for filename in _MODEL_FILES:
             shutil.copy2(model_dir / filename, tmp / filename)
-        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-        (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name))
+        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name), encoding="utf-8")
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)

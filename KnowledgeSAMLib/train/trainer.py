@@ -131,17 +131,17 @@ class _CsvLog:
         self.path, self.fields = path, fields
         rows: list[dict] = []
         if keep_until_step is not None and path.is_file():
-            with path.open(newline="") as handle:
+            with path.open(newline="", encoding="utf-8") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(float(r.get("step", 0))) <= keep_until_step]
             old_fields = list(rows[0].keys()) if rows else []
             self.fields = fields + [f for f in old_fields if f not in fields]
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
     def write(self, row: dict) -> None:
-        with self.path.open("a", newline="") as handle:
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
             csv.DictWriter(handle, self.fields, extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
@@ -264,8 +264,8 @@ class Trainer:
         train_log = val_log = None
         if ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-            (self.out_dir / "data.json").write_text(json.dumps(sources_summary(sources), indent=1))
+            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1), encoding="utf-8")
+            (self.out_dir / "data.json").write_text(json.dumps(sources_summary(sources), indent=1), encoding="utf-8")
             keep = step if resume_from is not None else None
             train_log = _CsvLog(self.out_dir / "train_log.csv", _TRAIN_FIELDS, keep)
             val_log = _CsvLog(self.out_dir / "val_log.csv", ["epoch", "step", "mean", *labels], keep)
@@ -373,7 +373,7 @@ class Trainer:
             summary = {"steps": step, "best_val": best, "last_val": last_val,
                        "train_steps_per_s": (step / train_time) if train_time else 0.0,
                        "world_size": ctx.world_size, "device": str(device)}
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         barrier(ctx)
         return TrainResult(out_dir=self.out_dir, steps=step, first_loss=logged[0] if logged else math.nan,
                            last_loss=logged[-1] if logged else math.nan, val=last_val, model_dir=model_dir,
