@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = FULL_DEFAULTS
     p.add_argument("--steps", type=int, help=f"training steps of every trained method, per seed (default {d['steps']})")
     p.add_argument("--papila-steps", type=int,
-                   help=f"PAPILA: fine-tuning steps per leave-one-out fold, every trained method (default {d['papila_steps']})")
+                   help="PAPILA: fine-tuning steps per leave-one-out fold, every trained method "
+                        f"(default {d['papila_steps']})")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds shared by all trained methods")
     p.add_argument("--batch-size", type=int, help=f"pairs per step, all trained methods (default {d['batch_size']})")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the training config's)")
@@ -70,17 +71,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SAM ViT-B checkpoint: adds the KSAM vit_b row (trained with the same budget)")
     p.add_argument("--train-config", default=str(REPO / "configs/default_model.yaml"),
                    help="training config whose data, pairs, augmentation, loss and optimiser every method uses")
-    p.add_argument("--datasets", default=",".join(DATASET_KEYS), help="comma-separated subset of " + ", ".join(DATASET_KEYS))
-    p.add_argument("--kidney-cases", type=int, help=f"held-out kidney ROI phantoms, seeds 5000+ (default {d['kidney_cases']})")
-    p.add_argument("--fundus-cases", type=int, help=f"held-out fundus phantoms, seeds 5000+ (default {d['fundus_cases']})")
+    p.add_argument("--datasets", default=",".join(DATASET_KEYS),
+                   help="comma-separated subset of " + ", ".join(DATASET_KEYS))
+    p.add_argument("--kidney-cases", type=int,
+                   help=f"held-out kidney ROI phantoms, seeds 5000+ (default {d['kidney_cases']})")
+    p.add_argument("--fundus-cases", type=int,
+                   help=f"held-out fundus phantoms, seeds 5000+ (default {d['fundus_cases']})")
     p.add_argument("--hippocampus-cases", type=int, help="held-out hippocampus cases (default 0 = all 10)")
     p.add_argument("--papila-folds", help="PAPILA target eyes: 'all' (default) or comma-separated eye ids")
     p.add_argument("--no-unseen", action="store_true", help="skip the prompt-free model without the artery")
-    p.add_argument("--data", default=None, help="shared data folder (default: $KNOWLEDGESAM_SHARED_DATA or ../shared/data)")
+    p.add_argument("--data", default=None,
+                   help="shared data folder (default: $KNOWLEDGESAM_SHARED_DATA or ../shared/data)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--work-dir", default=None, help="trained models (reused on reruns), default runs/accuracy[_quick]")
-    p.add_argument("--out", default=None, help="Markdown output (default docs/results.md; --quick: <work-dir>/results.md)")
+    p.add_argument("--out", default=None,
+                   help="Markdown output (default docs/results.md; --quick: <work-dir>/results.md)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: defaults become " + ", ".join(f"{k}={v}" for k, v in QUICK_DEFAULTS.items())
                         + ", tiny training sets, affine-only 3D atlas; KSAM = a tiny model trained here "
@@ -96,20 +102,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.seed_list or args.steps < 1 or args.papila_steps < 1:
         p.error(f"unknown datasets {unknown}" if unknown else "need at least one seed and positive step counts")
     args.work_dir = Path(args.work_dir or REPO / ("runs/accuracy_quick" if args.quick else "runs/accuracy"))
-    args.out = Path(args.out) if args.out else (args.work_dir / "results.md" if args.quick else REPO / "docs/results.md")
+    default_out = args.work_dir / "results.md" if args.quick else REPO / "docs/results.md"
+    args.out = Path(args.out) if args.out else default_out
     return args
 
 
 def base_train_config(args: argparse.Namespace):
     """The training config every method shares (data sources without PAPILA: it is trained per fold)."""
     from KnowledgeSAMLib.train.config import config_from_dict, config_to_dict, load_config
+    from bench.baselines.protocol import dataset_available
 
     if args.quick:
         sources = [{"kind": "kidney_roi_phantom", "train_cases": 2, "val_cases": 0, "seed": 0},
                    {"kind": "fundus_phantom", "train_cases": 4, "val_cases": 0, "seed": 0, "size": 64,
                     "weight": 0.6}]
-        from bench.baselines.protocol import dataset_available
-
         if "hippocampus" in args.dataset_list and dataset_available("hippocampus", args.data) is None:
             root = str(Path(args.data).resolve()) if args.data else None
             from KnowledgeSAMLib.data.datasets import hippocampus_root
@@ -133,6 +139,9 @@ def base_train_config(args: argparse.Namespace):
                     src.root = str(root / "msd-hippocampus") if (root / "msd-hippocampus").is_dir() else str(root)
                 if src.kind == "papila":
                     src.root = str(root / "papila") if (root / "papila").is_dir() else str(root)
+        # a real dataset missing on this machine is left out of training (and its table says why)
+        cfg.data.sources = [src for src in cfg.data.sources if src.kind not in ("hippocampus", "papila")
+                            or dataset_available(src.kind, src.root) is None]
     data = config_to_dict(cfg)
     papila = [s for s in data["data"]["sources"] if s["kind"] == "papila"]
     data["data"]["sources"] = [s for s in data["data"]["sources"] if s["kind"] != "papila"]
@@ -192,7 +201,22 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return fn(), time.perf_counter() - start
 
 
-def _ksam(args, cfg, sources, init=None, checkpoint: str | None = None):
+_SECONDS_FILE = "bench_train_seconds.json"
+
+
+def _remember(out: Path, seconds: float) -> float:
+    """Keep a model's training time beside it, so a rerun that reuses the model still reports it."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _SECONDS_FILE).write_text(json.dumps({"seconds": seconds}))
+    return seconds
+
+
+def _recall(out: Path) -> float:
+    path = out / _SECONDS_FILE
+    return float(json.loads(path.read_text())["seconds"]) if path.is_file() else math.nan
+
+
+def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
     """A KSAM trained by the project's Trainer (reused when its run folder holds the final model)."""
     from KnowledgeSAMLib.model.weights import load_model
     from KnowledgeSAMLib.train.checkpoint import latest_checkpoint
@@ -200,11 +224,11 @@ def _ksam(args, cfg, sources, init=None, checkpoint: str | None = None):
 
     out = Path(cfg.run.out_dir)
     if (out / "model" / "config.json").is_file():
-        return load_model(out / "model", sam_checkpoint=checkpoint), 0.0
+        return load_model(out / "model", sam_checkpoint=checkpoint).eval(), _recall(out)
     resume = "auto" if latest_checkpoint(out) else None
     trainer = Trainer(cfg, model=copy.deepcopy(init) if init is not None else None, sources=sources, resume=resume)
     _, seconds = _timed(trainer.fit)
-    return trainer.model.eval(), seconds
+    return trainer.model.eval(), _remember(out, seconds)
 
 
 def _baseline(cfg, sources, out: Path, build: Callable[[], Any], init=None):
@@ -213,16 +237,18 @@ def _baseline(cfg, sources, out: Path, build: Callable[[], Any], init=None):
     from bench.baselines.train_baseline import seed_everything, train_baseline
 
     if (out / "model.safetensors").is_file():
-        return load_baseline(out), 0.0
+        return load_baseline(out).eval(), _recall(out)
     seed_everything(cfg.run.seed)
     model = copy.deepcopy(init) if init is not None else build()
     result = train_baseline(model, cfg, sources, device=_device(cfg.run.device))
     save_baseline(model, out)
-    return model, result.seconds
+    return model, _remember(out, result.seconds)
 
 
 def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
     """A fixed-task U-Net on ``cases`` (reused when saved in ``out``)."""
+    from dataclasses import asdict
+
     from safetensors.torch import load_file, save_file
 
     from bench.baselines.unet_adapter import ClassCoding, train_unet_on_cases
@@ -236,17 +262,15 @@ def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
         coding = ClassCoding(tuple(meta["tasks"]), tuple(tuple(p) for p in meta["patterns"]))
         model = UNet2D(1 + 2 * config.context, config.classes, config.base_channels, config.depth)
         model.load_state_dict(load_file(str(weights)))
-        return (model.eval(), config, coding), 0.0
+        return (model.eval(), config, coding), _recall(out)
     (model, config, coding, stats), seconds = _timed(
         lambda: train_unet_on_cases(cases, tasks, size, steps, batch, seed, base))
     out.mkdir(parents=True, exist_ok=True)
-    from dataclasses import asdict
-
     meta = {"config": {**asdict(config), "minutes": None}, "tasks": list(coding.tasks),
             "patterns": [list(p) for p in coding.patterns], "stats": stats}
     meta_path.write_text(json.dumps(meta, indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    return (model, config, coding), seconds
+    return (model, config, coding), _remember(out, seconds)
 
 
 def _device(name: str):
@@ -265,11 +289,11 @@ def train_all(args, base: dict, sources, seed: int, log: Callable[[str], None]) 
     trained = Trained()
     cfg = config_for(args, base, args.steps, seed, root / "ksam_same")
     log(f"seed {seed}: training KSAM ({args.model}, {args.steps} steps)")
-    trained.models["ksam_same"], trained.seconds["ksam_same"] = _ksam(args, cfg, sources)
+    trained.models["ksam_same"], trained.seconds["ksam_same"] = _ksam(cfg, sources)
     if args.sam_checkpoint:
         cfg_b = config_for(args, base, args.steps, seed, root / "ksam_vit_b", "vit_b", args.sam_checkpoint)
         log(f"seed {seed}: training KSAM vit_b ({args.steps} steps)")
-        trained.models["ksam_vit_b"], trained.seconds["ksam_vit_b"] = _ksam(args, cfg_b, sources,
+        trained.models["ksam_vit_b"], trained.seconds["ksam_vit_b"] = _ksam(cfg_b, sources,
                                                                             checkpoint=args.sam_checkpoint)
     structures = all_structures(sources)
     builders = {"point": lambda: build_prompted_sam(args.model, "point"),
@@ -311,11 +335,11 @@ def train_fold(args, base: dict, sources, main: Trained, seed: int, eye: str, ey
     log(f"seed {seed}, PAPILA fold {eye}: fine-tuning every trained method ({args.papila_steps} steps)")
     for key in ("ksam_same", "ksam_vit_b"):
         if key in main.models:
-            cfg = config_for(args, base, args.papila_steps, seed, root / key,
-                             "vit_b" if key == "ksam_vit_b" else None, args.sam_checkpoint if key == "ksam_vit_b" else None)
-            trained.models[key], trained.seconds[key] = _ksam(
-                args, cfg, fold_sources, init=main.models[key],
-                checkpoint=args.sam_checkpoint if key == "ksam_vit_b" else None)
+            vit_b = key == "ksam_vit_b"
+            checkpoint = args.sam_checkpoint if vit_b else None
+            cfg = config_for(args, base, args.papila_steps, seed, root / key, "vit_b" if vit_b else None, checkpoint)
+            trained.models[key], trained.seconds[key] = _ksam(cfg, fold_sources, init=main.models[key],
+                                                              checkpoint=checkpoint)
     for key in ("point", "box", "prompt_free"):
         cfg = config_for(args, base, args.papila_steps, seed, root / key)
         trained.models[key], trained.seconds[key] = _baseline(cfg, fold_sources, root / key, None,
@@ -377,11 +401,12 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
     structures = list(spec.structures)
     records: list[Record] = []
 
-    def add(method: str, seed, fn, scored: bool = False) -> None:
-        """Time ``fn`` (masks per structure, or Dice per structure when ``scored``) and record its Dice."""
+    def add(method: str, seed, fn, scored: bool = False, extra_s: float = 0.0) -> None:
+        """Time ``fn`` (masks per structure, or Dice per structure when ``scored``) and record its Dice;
+        ``extra_s``: shared preparation this method also needs (counted in its seconds per case)."""
         result, seconds = _timed(fn)
         scores = result if scored else dice_of(result, pair.truth, structures)
-        records.append(Record(spec.key, method, pair.case, seed, scores, seconds))
+        records.append(Record(spec.key, method, pair.case, seed, scores, seconds + extra_s))
 
     def ksam(model):
         request = SegmentRequest(pair.target, pair.reference, pair.reference_labels,
@@ -392,55 +417,60 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
 
     if default_model is not None and default_ok:
         add("ksam_default", None, lambda: ksam(default_model))
-    if spec.volumetric:
-        # --quick: affine only (the B-spline stage's optimiser-scale estimation takes minutes per volume)
-        quick_atlas = AtlasConfig(stages="affine", affine_iterations=20, threads=1) if args.quick else \
+
+    if spec.volumetric:  # --quick: affine only (the B-spline stage takes minutes per volume)
+        config_3d = AtlasConfig(stages="affine", affine_iterations=20, threads=1) if args.quick else \
             AtlasConfig(threads=max(1, args.threads))
-        atlas = lambda: atlas_segment(pair.target, pair.reference, pair.reference_labels, quick_atlas)  # noqa: E731
+        register = lambda: atlas_segment(pair.target, pair.reference, pair.reference_labels, config_3d)  # noqa: E731
     else:
         config_2d = Atlas2DConfig(affine_iterations=20, bspline_iterations=5, max_side=64) if args.quick else \
             Atlas2DConfig(threads=max(1, args.threads))
-        atlas = lambda: atlas_segment_2d(pair.target, pair.reference, pair.reference_labels, config_2d)  # noqa: E731
+        register = lambda: atlas_segment_2d(pair.target, pair.reference, pair.reference_labels, config_2d)  # noqa: E731
+
     def atlas_masks():
-        labels = atlas()
+        labels = register()
         return {name: labels.mask(name) for name in structures}
 
     add("atlas", None, atlas_masks)
 
-    sources: dict[int, tuple] = {}
+    # the slice-wise baselines' shared preparation (intensity mapping, square fit, the user's truth at
+    # model size for the clicks), timed once and charged to each of them
+    views: dict[int, tuple] = {}
 
-    def views(size: int):
-        if size not in sources:
-            t_src = slice_source(pair.target, spec.preset, size)
-            r_src = slice_source(pair.reference, spec.preset, size)
-            truth = {name: truth_on_model(t_src, pair.truth, name) for name in structures}
-            sources[size] = (t_src, r_src, truth)
-        return sources[size]
+    def view(size: int):
+        if size not in views:
+            def build():
+                t_src = slice_source(pair.target, spec.preset, size)
+                r_src = slice_source(pair.reference, spec.preset, size)
+                return t_src, r_src, {name: truth_on_model(t_src, pair.truth, name) for name in structures}
+            views[size] = _timed(build)
+        return views[size]
 
     for seed, trained in seed_models.items():
         models = trained.models
         for key in ("ksam_same", "ksam_vit_b"):
             if key in models:
                 add(key, seed, lambda m=models[key]: ksam(m))
-        size = models["point"].config.image_size
+        (t_src, r_src, truth), prep_s = view(models["point"].config.image_size)
         for key in ("point", "box"):
             rng = np.random.default_rng([seed, zlib.crc32(pair.case.encode())])  # box jitter, reproducible
-            add(key, seed, lambda k=key, r=rng: run_prompted(models[k], views(size)[0], views(size)[2], device, rng=r))
-        add("prompt_free", seed, lambda: run_prompt_free(models["prompt_free"], views(size)[0], structures, device))
+            add(key, seed, lambda k=key, r=rng: run_prompted(models[k], t_src, truth, device, rng=r), extra_s=prep_s)
+        add("prompt_free", seed, lambda: run_prompt_free(models["prompt_free"], t_src, structures, device),
+            extra_s=prep_s)
         unseen = models.get("prompt_free_unseen")
         if unseen is not None and spec.key == UNSEEN_STRUCTURE[0]:
             def unseen_run():
-                outputs = run_prompt_free(unseen, views(size)[0], unseen.structures, device)
+                outputs = run_prompt_free(unseen, t_src, unseen.structures, device)
                 scores = dice_of(outputs, pair.truth, [s for s in structures if s in unseen.structures])
-                target = UNSEEN_STRUCTURE[1]  # not in the head: the best any of its outputs does
-                scores[target] = max(dice(m, pair.truth.mask(target)) for m in outputs.values())
+                missing = UNSEEN_STRUCTURE[1]  # not in the head: the best any of its outputs does
+                scores[missing] = max(dice(m, pair.truth.mask(missing)) for m in outputs.values())
                 return {s: scores[s] for s in structures}
-            add("prompt_free_unseen", seed, unseen_run, scored=True)
-        add("persam", seed, lambda: run_persam(models["point"], views(size)[0], views(size)[1],
-                                               pair.reference_labels, structures, device))
+            add("prompt_free_unseen", seed, unseen_run, scored=True, extra_s=prep_s)
+        add("persam", seed, lambda: run_persam(models["point"], t_src, r_src, pair.reference_labels, structures,
+                                               device), extra_s=prep_s)
         unet = models["unet"].get(spec.key)
         if unet is not None:
-            add("unet", seed, lambda: run_unet(*unet, views(size)[0], structures))
+            add("unet", seed, lambda: run_unet(*unet, t_src, structures), extra_s=prep_s)
     return records
 
 
@@ -528,7 +558,8 @@ def write_outputs(args, records, notes: dict[str, dict[str, str]], meta: dict) -
     payload = {"meta": meta, "notes": notes, "records": [r.to_json() for r in records]}
     with atomic_write(args.out.with_suffix(".json"), overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=1))
-    bar_chart(panels, png, title="Accuracy benchmark: mean Dice per structure" + (" (--quick smoke run)" if args.quick else ""))
+    title = "Accuracy benchmark: mean Dice per structure" + (" (--quick smoke run)" if args.quick else "")
+    bar_chart(panels, png, title=title)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -590,8 +621,9 @@ def main(argv: list[str] | None = None) -> int:
 
         seen_by_default = set(papila_split(papila_eyes(args.data)).train)
         if not args.quick:
-            notes["papila"]["ksam_default"] = (f"scored on fold(s) {', '.join(e for e, *_ in folds if e not in seen_by_default) or 'none'} only: "
-                                               f"it was trained on {', '.join(sorted(seen_by_default))}")
+            unseen_eyes = ", ".join(e for e, *_ in folds if e not in seen_by_default) or "none"
+            notes["papila"]["ksam_default"] = (f"scored on fold(s) {unseen_eyes} only: it was trained on "
+                                               f"{', '.join(sorted(seen_by_default))}")
     else:
         seen_by_default = set()
 
@@ -648,7 +680,11 @@ def main(argv: list[str] | None = None) -> int:
             notes[key]["prompt_free_unseen"] = "kidney only (the artery is the structure left out)"
     for key in ("fundus", "papila"):
         if key in active:
-            notes[key]["atlas"] = "2D registration of the luminance image"
+            notes[key]["atlas"] = "2D registration of the luminance image (correlation metric)"
+    if args.quick:
+        for key in active:
+            notes[key]["atlas"] = ("--quick: affine only, 20 iterations" if DATASETS[key].volumetric else
+                                   "--quick: 2D, 64 px, 20 + 5 iterations")
     eval_s = time.perf_counter() - t_eval
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "wall_s": time.perf_counter() - started,
             "train_s": train_s, "eval_s": eval_s, "hardware": hardware(), "size": size,

@@ -1,12 +1,12 @@
 """Atlas registration for 2D colour images (fundus): the reference registered onto the target, labels warped.
 
 Why a 2D variant: ``bench/atlas_registration.py`` registers 3D volumes; fundus phantoms and PAPILA are
-single RGB images. The method is the same — centre, affine, then B-spline, Mattes mutual information
-restricted to the neighbourhood of the reference's labels, labels warped nearest-neighbour — on the
-luminance image. Two 2D-specific choices: images larger than ``max_side`` pixels are registered on a
-block-averaged copy (the transform lives in physical space, so the labels are still warped onto the
-full-resolution target grid), and the B-spline control grid is a fixed number of cells per side
-(2D photos carry no millimetre scale).
+single RGB images. The method is the same — centre, affine, then B-spline, labels warped
+nearest-neighbour — on the luminance image, with settings tuned on training phantoms
+(:class:`Atlas2DConfig`). Two more 2D-specific choices: images larger than ``max_side`` pixels are
+registered on a block-averaged copy (the transform lives in physical space, so the labels are still
+warped onto the full-resolution target grid), and the B-spline control grid is a fixed number of cells
+per side (2D photos carry no millimetre scale).
 """
 
 from __future__ import annotations
@@ -25,10 +25,16 @@ __all__ = ["Atlas2DConfig", "atlas_segment_2d"]
 
 @dataclass(frozen=True)
 class Atlas2DConfig:
-    """Settings; metric, iterations and learning rates mirror ``bench.atlas_registration.AtlasConfig``."""
+    """Settings. Tuned on six *training* fundus-phantom pairs (seeds 0-5 onto 100-105; never on held-out
+    targets), mean Dice disc / cup: Mattes MI + focus region + 2-level pyramid (the 3D defaults) 0.33 / 0.12
+    (affine); a 3-level pyramid 0.43 / 0.18; correlation instead of MI 0.92 / 0.68 (the photos are one
+    modality; MI locks onto illumination and vessels); + B-spline 0.94 / 0.75. A focus region around the
+    reference labels did not help in 2D (the disc moves by up to a disc radius between photos)."""
 
-    histogram_bins: int = 32
-    focus_fraction: float | None = 0.25  # metric near the labels: dilation = this × the labels' larger extent
+    metric: str = "correlation"  # "correlation" or "mattes" (mutual information)
+    initializer: str = "geometry"  # centre the images on each other ("geometry") or on intensity mass ("moments")
+    histogram_bins: int = 32  # Mattes only
+    focus_fraction: float | None = None  # metric near the labels: dilation = this × the labels' larger extent
     sampling_percentage: float = 0.5
     max_side: int = 256  # register on a block-averaged copy no larger than this
     affine_iterations: int = 200
@@ -36,8 +42,8 @@ class Atlas2DConfig:
     bspline_cells: int = 6  # control-grid cells per side at the finest level
     bspline_iterations: int = 100
     bspline_learning_rate: float = 5.0
-    shrink: tuple[int, ...] = (2, 1)
-    smoothing_px: tuple[float, ...] = (1.0, 0.0)
+    shrink: tuple[int, ...] = (4, 2, 1)
+    smoothing_px: tuple[float, ...] = (4.0, 2.0, 0.0)
     stages: str = "affine+bspline"  # or "affine", or "center"
     threads: int = 1
     seed: int = 7
@@ -66,7 +72,12 @@ def _grey(image: Image, max_side: int) -> sitk.Image:
 def _method(config: Atlas2DConfig, focus: sitk.Image | None) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetNumberOfThreads(config.threads)
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
+    if config.metric == "mattes":
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
+    elif config.metric == "correlation":
+        method.SetMetricAsCorrelation()
+    else:
+        raise ValueError(f"unknown metric {config.metric!r}")
     if focus is not None:
         method.SetMetricMovingMask(focus)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -95,8 +106,9 @@ def register_2d(target: Image, reference: Image, reference_labels: Labels,
                 config: Atlas2DConfig = Atlas2DConfig()) -> sitk.Transform:
     """Transform from target (fixed) physical points to reference (moving) points."""
     fixed, moving = _grey(target, config.max_side), _grey(reference, config.max_side)
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    mode = {"geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
+            "moments": sitk.CenteredTransformInitializerFilter.MOMENTS}[config.initializer]
+    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2), mode)
     if config.stages == "center":
         return initial
     focus = _focus(reference_labels, moving, config)
