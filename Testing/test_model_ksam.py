@@ -301,3 +301,17 @@ def test_build_refuses_a_checkpoint_with_the_wrong_hash(tmp_path):
     with pytest.raises(WeightsError) as error:
         build_model("tiny", sam_checkpoint=path)
     assert "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912" in str(error.value)
+
+
+def test_saved_model_files_are_readable_like_normal_files(tiny, tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        save_model(tiny, tmp_path / "shared")
+    finally:
+        os.umask(mask)
+    for name in ("model.safetensors", "config.json"):
+        mode = stat.S_IMODE((tmp_path / "shared" / name).stat().st_mode)
+        assert mode == 0o644, f"{name} has mode {oct(mode)}"

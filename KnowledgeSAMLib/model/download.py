@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from .._files import give_default_permissions
 from ..errors import WeightsError
 from .sam_checkpoint import SAM_VIT_B, CheckpointInfo, ProgressFn, remember_sha256, verify_checkpoint
 
@@ -112,6 +113,7 @@ def download_checkpoint(
                 f"download of {info.url} is corrupt: SHA256 expected {info.sha256}, found {sha256} "
                 f"({size:,} bytes received, expected {expected_size}); nothing was saved"
             )
+        give_default_permissions(tmp)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

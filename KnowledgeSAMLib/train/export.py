@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._files import give_default_permissions
 from ..errors import InputError
 
 __all__ = ["export_model", "model_card"]
@@ -149,6 +150,8 @@ def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite:
             shutil.copy2(model_dir / filename, tmp / filename)
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name), encoding="utf-8")
+        for item in [tmp, *tmp.iterdir()]:
+            give_default_permissions(item)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
