@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--batch-size", type=int, default=8, metavar="N")
     parser.add_argument("--preset", default="auto", help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
-    parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 3)")
+    parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest 3D connected component of each structure")
     parser.add_argument("--output", required=True, metavar="OUT",
