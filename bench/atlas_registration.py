@@ -71,25 +71,35 @@ def _image(image: Image) -> sitk.Image:
     return to_sitk(scaled, image.geometry)
 
 
-def _registration(config: AtlasConfig, shrink: tuple[int, ...], smoothing: tuple[float, ...],
-                  focus: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+def registration_method(metric: str, histogram_bins: int, threads: int, sampling_percentage: float, seed: int,
+                        shrink: tuple[int, ...], smoothing: tuple[float, ...], focus: sitk.Image | None,
+                        smoothing_in_mm: bool) -> sitk.ImageRegistrationMethod:
+    """A multi-resolution SimpleITK registration with the metric evaluated only where ``focus`` is set
+    (shared by the 3D atlas here and the 2D fundus atlas in ``bench/baselines/atlas2d.py``)."""
     method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(config.threads)
-    if config.metric == "mattes":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
-    elif config.metric == "correlation":
+    method.SetNumberOfThreads(threads)
+    if metric == "mattes":
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=histogram_bins)
+    elif metric == "correlation":
         method.SetMetricAsCorrelation()
     else:
-        raise ValueError(f"unknown metric {config.metric!r}")
+        raise ValueError(f"unknown metric {metric!r}")
     if focus is not None:
         method.SetMetricMovingMask(focus)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(config.sampling_percentage, config.seed)
+    method.SetMetricSamplingPercentage(sampling_percentage, seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel(list(shrink))
     method.SetSmoothingSigmasPerLevel(list(smoothing))
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    if smoothing_in_mm:
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
+
+
+def _registration(config: AtlasConfig, shrink: tuple[int, ...], smoothing: tuple[float, ...],
+                  focus: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+    return registration_method(config.metric, config.histogram_bins, config.threads, config.sampling_percentage,
+                               config.seed, shrink, smoothing, focus, smoothing_in_mm=True)
 
 
 def _focus(reference_labels: Labels, config: AtlasConfig) -> sitk.Image | None:

@@ -70,22 +70,10 @@ def _grey(image: Image, max_side: int) -> sitk.Image:
 
 
 def _method(config: Atlas2DConfig, focus: sitk.Image | None) -> sitk.ImageRegistrationMethod:
-    method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(config.threads)
-    if config.metric == "mattes":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
-    elif config.metric == "correlation":
-        method.SetMetricAsCorrelation()
-    else:
-        raise ValueError(f"unknown metric {config.metric!r}")
-    if focus is not None:
-        method.SetMetricMovingMask(focus)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(config.sampling_percentage, config.seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel(list(config.shrink))
-    method.SetSmoothingSigmasPerLevel(list(config.smoothing_px))
-    return method
+    from bench.atlas_registration import registration_method
+
+    return registration_method(config.metric, config.histogram_bins, config.threads, config.sampling_percentage,
+                               config.seed, config.shrink, config.smoothing_px, focus, smoothing_in_mm=False)
 
 
 def _focus(labels: Labels, moving: sitk.Image, config: Atlas2DConfig) -> sitk.Image | None:
