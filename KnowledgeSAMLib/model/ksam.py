@@ -164,8 +164,9 @@ class KSAM(nn.Module):
         size = (self.config.image_size, self.config.image_size)
         return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False), iou
 
-    def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
-        """B×3×S×S target and reference images in [0, 1], B×1×S×S reference mask → B×1×S×S logits."""
+    def predict(self, target: torch.Tensor, ref_image: torch.Tensor,
+                ref_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, also returning the IoU-head scores (B) that training supervises."""
         self._check_images(target, "target")
         if self.config.ref_encoder_grad and target.shape == ref_image.shape:
             both = self.encode(torch.cat([target, ref_image]))  # one encoder call for both
@@ -173,7 +174,11 @@ class KSAM(nn.Module):
         else:
             ie, se = self.encode(target), None
         reference = self.encode_reference(ref_image, ref_mask, embeddings=se)
-        return self.decode(ie, reference)[0]
+        return self.decode(ie, reference)
+
+    def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S target and reference images in [0, 1], B×1×S×S reference mask → B×1×S×S logits."""
+        return self.predict(target, ref_image, ref_mask)[0]
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, dict[str, int]]:

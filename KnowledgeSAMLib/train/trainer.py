@@ -101,13 +101,7 @@ class _PairForward(nn.Module):
     def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor):
         if not self.with_iou:
             return self.model(target, ref_image, ref_mask), None
-        m = self.model
-        if getattr(m.config, "ref_encoder_grad", True):
-            ie, se = m.encode(torch.cat([target, ref_image])).split(target.shape[0])
-        else:
-            ie, se = m.encode(target), None
-        logits, iou = m.decode(ie, m.encode_reference(ref_image, ref_mask, embeddings=se))
-        return logits, iou
+        return self.model.predict(target, ref_image, ref_mask)
 
 
 def _seed_everything(seed: int) -> None:
@@ -232,9 +226,9 @@ class Trainer:
         amp_dtype = _amp_dtype(cfg.run.amp, device)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         loss_fn = BceDiceLoss(cfg.loss.dice_weight, cfg.loss.pos_weight, cfg.loss.dice_smooth).to(device)
-        with_iou = cfg.loss.iou_weight > 0 and hasattr(model, "decode")
+        with_iou = cfg.loss.iou_weight > 0 and hasattr(model, "predict")
         if cfg.loss.iou_weight > 0 and not with_iou:
-            raise InputError("loss.iou_weight > 0 needs a model with encode/encode_reference/decode")
+            raise InputError("loss.iou_weight > 0 needs a model with predict() returning (logits, iou)")
         net: nn.Module = _PairForward(model, with_iou)
         if ctx.distributed:
             net = nn.parallel.DistributedDataParallel(
