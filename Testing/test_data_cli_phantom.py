@@ -53,3 +53,14 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "--n must be at least 1" in capsys.readouterr().err
     assert main(["phantom", "kidney", "--out", str(tmp_path), "--shape", "4", "8", "8"]) == 2
     assert "--shape" in capsys.readouterr().err
+
+
+def test_kidney_roi_cases_are_written(tmp_path):
+    from KnowledgeSAMLib.cli import main
+    from KnowledgeSAMLib.data.io import read_image, read_labels
+
+    assert main(["phantom", "kidney-roi", "--out", str(tmp_path), "--n", "1", "--seed", "5"]) == 0
+    image = read_image(tmp_path / "case_000_image.nii.gz")
+    labels = read_labels(tmp_path / "case_000_labels.seg.nrrd")
+    assert image.shape == labels.shape == (40, 96, 96)
+    assert {s.name for s in labels.segments} == {"artery", "medulla", "cortex"}

@@ -13,15 +13,16 @@ from pathlib import Path
 
 from ..errors import InputError
 
-KINDS = ("kidney", "fundus")
+KINDS = ("kidney", "kidney-roi", "fundus")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "phantom", help="write procedural phantom cases (kidney CT or fundus photo) with labels",
         description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
-    parser.add_argument("kind", choices=KINDS, help="kidney: 3D CT (artery/medulla/cortex); "
-                                                    "fundus: 2D colour photo (disc/cup)")
+    parser.add_argument("kind", choices=KINDS, help="kidney: 3D abdominal CT (artery/medulla/cortex); "
+                                                    "kidney-roi: the same cropped around one kidney (the data the "
+                                                    "default model is made for); fundus: 2D colour photo (disc/cup)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def case_paths(out: Path, kind: str, index: int, width: int) -> tuple[Path, Path]:
     stem = f"case_{index:0{width}d}"
-    image_ext = ".nii.gz" if kind == "kidney" else ".png"
+    image_ext = ".png" if kind == "fundus" else ".nii.gz"
     return out / f"{stem}_image{image_ext}", out / f"{stem}_labels.seg.nrrd"
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.io import write_image, write_labels
-    from ..data.phantoms import make_fundus_phantom, make_kidney_phantom
+    from ..data.phantoms import make_fundus_phantom, make_kidney_phantom, make_kidney_roi_phantom
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         seed = args.seed + index
         if args.kind == "kidney":
             image, labels = make_kidney_phantom(seed, shape=tuple(args.shape), spacing=tuple(args.spacing))
+        elif args.kind == "kidney-roi":
+            image, labels = make_kidney_roi_phantom(seed)
         else:
             image, labels = make_fundus_phantom(seed, size=args.size)
         write_image(image, image_path, overwrite=args.overwrite)
