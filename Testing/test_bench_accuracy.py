@@ -4,6 +4,7 @@ adapter, 2D atlas, slice-wise runner, report) and ``bench/accuracy.py --quick`` 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -282,3 +283,14 @@ def test_quick_run_end_to_end_writes_every_row(tmp_path):
     unseen = [r for r in payload["records"] if r["method"] == "prompt_free_unseen"]
     assert unseen and all(r["dataset"] == "kidney" for r in unseen)
     assert "not run: no SAM checkpoint supplied (--sam-checkpoint PATH)" in text
+
+
+def test_reused_models_must_match_the_runs_budget(tmp_path):
+    import bench.accuracy as accuracy
+
+    budget = {"model": "small", "steps": 2000, "batch_size": 8, "lr": 5e-4, "seed": 0, "sources": ["fundus_phantom"]}
+    assert accuracy._remember(tmp_path, 12.5, budget) == 12.5
+    assert accuracy._recall(tmp_path, dict(budget)) == 12.5  # same budget: reused with its stored time
+    with pytest.raises(SystemExit, match=r"another budget \(steps 2000 -> 1000\).*--work-dir"):
+        accuracy._recall(tmp_path, {**budget, "steps": 1000})
+    assert math.isnan(accuracy._recall(tmp_path / "never-trained", budget))

@@ -204,16 +204,33 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 _SECONDS_FILE = "bench_train_seconds.json"
 
 
-def _remember(out: Path, seconds: float) -> float:
-    """Keep a model's training time beside it, so a rerun that reuses the model still reports it."""
+def _budget_of(cfg) -> dict[str, Any]:
+    """What makes two trained models comparable: a reused model must match the current run on all of it."""
+    return {"model": cfg.model.name, "steps": cfg.optim.epochs * cfg.optim.steps_per_epoch,
+            "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr, "seed": cfg.run.seed,
+            "sources": sorted(src.kind for src in cfg.data.sources)}
+
+
+def _remember(out: Path, seconds: float, budget: dict[str, Any]) -> float:
+    """Keep a model's training time and budget beside it, so a rerun that reuses the model still reports
+    its time, and a rerun with another budget refuses it instead of silently mixing budgets."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / _SECONDS_FILE).write_text(json.dumps({"seconds": seconds}))
+    (out / _SECONDS_FILE).write_text(json.dumps({"seconds": seconds, "budget": budget}), encoding="utf-8")
     return seconds
 
 
-def _recall(out: Path) -> float:
+def _recall(out: Path, budget: dict[str, Any]) -> float:
+    """The stored training time of a reused model; exits with a clear message if its budget differs."""
     path = out / _SECONDS_FILE
-    return float(json.loads(path.read_text())["seconds"]) if path.is_file() else math.nan
+    if not path.is_file():
+        return math.nan
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    old = stored.get("budget")
+    if old is not None and old != json.loads(json.dumps(budget)):
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {budget.get(k)!r}" for k in budget if old.get(k) != budget.get(k))
+        raise SystemExit(f"accuracy: error: {out} holds a model trained with another budget ({changed}); "
+                         "use another --work-dir or delete that folder")
+    return float(stored["seconds"])
 
 
 def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
@@ -224,11 +241,11 @@ def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
 
     out = Path(cfg.run.out_dir)
     if (out / "model" / "config.json").is_file():
-        return load_model(out / "model", sam_checkpoint=checkpoint).eval(), _recall(out)
+        return load_model(out / "model", sam_checkpoint=checkpoint).eval(), _recall(out, _budget_of(cfg))
     resume = "auto" if latest_checkpoint(out) else None
     trainer = Trainer(cfg, model=copy.deepcopy(init) if init is not None else None, sources=sources, resume=resume)
     _, seconds = _timed(trainer.fit)
-    return trainer.model.eval(), _remember(out, seconds)
+    return trainer.model.eval(), _remember(out, seconds, _budget_of(cfg))
 
 
 def _baseline(cfg, sources, out: Path, build: Callable[[], Any], init=None):
@@ -237,12 +254,12 @@ def _baseline(cfg, sources, out: Path, build: Callable[[], Any], init=None):
     from bench.baselines.train_baseline import seed_everything, train_baseline
 
     if (out / "model.safetensors").is_file():
-        return load_baseline(out).eval(), _recall(out)
+        return load_baseline(out).eval(), _recall(out, _budget_of(cfg))
     seed_everything(cfg.run.seed)
     model = copy.deepcopy(init) if init is not None else build()
     result = train_baseline(model, cfg, sources, device=_device(cfg.run.device))
     save_baseline(model, out)
-    return model, _remember(out, result.seconds)
+    return model, _remember(out, result.seconds, _budget_of(cfg))
 
 
 def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
@@ -255,22 +272,24 @@ def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
     from bench.unet_baseline import UNet2D, UNetConfig
 
     base = UNetConfig(base_channels=8, depth=2) if quick else UNetConfig()
+    budget = {"model": "unet", "steps": steps, "batch_size": batch, "seed": seed, "size": size,
+              "cases": len(cases), "tasks": list(tasks)}
     meta_path, weights = out / "unet.json", out / "unet.safetensors"
     if weights.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         config = UNetConfig(**{**meta["config"], "minutes": math.inf})
         coding = ClassCoding(tuple(meta["tasks"]), tuple(tuple(p) for p in meta["patterns"]))
         model = UNet2D(1 + 2 * config.context, config.classes, config.base_channels, config.depth)
         model.load_state_dict(load_file(str(weights)))
-        return (model.eval(), config, coding), _recall(out)
+        return (model.eval(), config, coding), _recall(out, budget)
     (model, config, coding, stats), seconds = _timed(
         lambda: train_unet_on_cases(cases, tasks, size, steps, batch, seed, base))
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": {**asdict(config), "minutes": None}, "tasks": list(coding.tasks),
             "patterns": [list(p) for p in coding.patterns], "stats": stats}
-    meta_path.write_text(json.dumps(meta, indent=1))
+    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    return (model, config, coding), _remember(out, seconds)
+    return (model, config, coding), _remember(out, seconds, budget)
 
 
 def _device(name: str):
