@@ -41,3 +41,7 @@ def test_quick_table(tmp_path, capsys):
     capsys.readouterr()
     assert bench.main(["--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == records
+    # ... but never a finished run of another budget: one table, one budget
+    with pytest.raises(SystemExit, match="another budget.*--work-dir"):
+        bench.main(["--quick", "--lr", "1e-4", "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == records
