@@ -294,3 +294,24 @@ def test_reused_models_must_match_the_runs_budget(tmp_path):
     with pytest.raises(SystemExit, match=r"another budget \(steps 2000 -> 1000\).*--work-dir"):
         accuracy._recall(tmp_path, {**budget, "steps": 1000})
     assert math.isnan(accuracy._recall(tmp_path / "never-trained", budget))
+
+
+@pytest.mark.slow
+def test_a_method_failing_on_one_case_scores_zero_and_is_named(tmp_path, monkeypatch):
+    """A diverging registration must not end a two-hour benchmark: that case scores 0 and the table says so."""
+    import bench.accuracy as accuracy
+    import bench.atlas_registration as atlas
+
+    def diverges(*args, **kwargs):
+        raise RuntimeError("ITK ERROR: All samples map outside moving image buffer.")
+
+    monkeypatch.setattr(atlas, "atlas_segment", diverges)
+    out = tmp_path / "results.md"
+    assert accuracy.main(["--quick", "--datasets", "kidney", "--work-dir", str(tmp_path / "work"),
+                          "--out", str(out)]) == 0
+    records = json.loads(out.with_suffix(".json").read_text())["records"]
+    atlas_rows = [r for r in records if r["method"] == "atlas"]
+    assert atlas_rows and all(set(r["dice"].values()) == {0.0} for r in atlas_rows)
+    assert any(r["method"] == "ksam_same" for r in records)  # the other methods still ran
+    text = out.read_text()
+    assert "failed on seed 5000 (scored 0): ITK ERROR: All samples map outside moving image buffer." in text
