@@ -181,3 +181,29 @@ def test_volume_to_case_keeps_the_extent_plus_margin():
     assert coronal.n == 10 and coronal.present.all()
     assert volume_to_case("c", "src", image, Labels(np.zeros_like(labels)[None], image.geometry,
                                                     [Segment("outer", 1)]), ["outer"], "mr", 32) is None
+
+
+def test_training_slices_are_what_the_engine_sees_on_a_flipped_volume():
+    """MSD hippocampus is stored with direction diag(-1, -1, 1): training must slice it exactly as the engine
+    does at inference (canonical orientation), or fixed-task models learn a 180°-rotated anatomy."""
+    from KnowledgeSAMLib.data.intensity import get_preset
+    from KnowledgeSAMLib.data.resize import SquareFit
+    from KnowledgeSAMLib.infer.reference import SliceSource
+    from KnowledgeSAMLib.infer.slicing import axis_view
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((12, 20, 16), np.uint8)
+    labels[3:9, 2:8, 1:6] = 1  # off-centre: any flip moves it
+    image = Image(rng.normal(100, 30, labels.shape).astype(np.float32) + labels * 200,
+                  Geometry(spacing=(1.0, 1.0, 1.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)))
+    lab = Labels(labels[None], image.geometry, [Segment("s", 1)])
+    case = volume_to_case("c", "src", image, lab, ["s"], "mr", 32, "axial", margin=0)
+    view = axis_view(image.shape, image.geometry, "axial")
+    assert view.flip_rows and view.flip_cols  # the case this test is about
+    src = SliceSource(image, view, get_preset("mr").fit(image), SquareFit(view.slice_shape, view.spacing_hw, 32))
+    for row, k in enumerate(range(3, 9)):
+        engine = np.clip(np.rint(src.model_image(k) * 255.0), 0, 255)
+        engine = engine.transpose(1, 2, 0) if engine.shape[0] == 3 else engine
+        assert np.abs(case.images[row].astype(float) - engine).max() <= 1
+        mine, theirs = case.masks[row, 0] > 0, src.model_mask(lab, lab.segments[0], k) > 0.5
+        assert (mine & theirs).sum() / (mine | theirs).sum() > 0.8  # same place (edges: area vs nearest)

@@ -40,7 +40,7 @@ DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abd
                    "hippocampus": "mr", "papila": "rgb"}
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
 
 
 @dataclass(eq=False)  # identity comparison: cases hold big arrays
@@ -105,18 +105,6 @@ class Source:
 
 
 # ------------------------------------------------------------------------------------ volume -> case
-def _axis_slicer(axis: str, shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float]):
-    """(count, take(array, i) -> 2D(+rgb) slice, in-plane spacing (row, col)) for an axis name."""
-    sx, sy, sz = spacing_xyz
-    if axis == "axial":
-        return shape_zyx[0], (lambda a, i: a[i]), (sy, sx)
-    if axis == "coronal":
-        return shape_zyx[1], (lambda a, i: a[:, i]), (sz, sx)
-    if axis == "sagittal":
-        return shape_zyx[2], (lambda a, i: a[:, :, i]), (sz, sy)
-    raise InputError(f"unknown slicing axis {axis!r} (axial, coronal, sagittal)")
-
-
 def volume_to_case(name: str, source: str, image: Image, labels: Labels, tasks: list[str], preset: str,
                    size: int, axis: str = "axial", margin: int = 3) -> SliceCase | None:
     """Slice one labelled volume (or 2D image) into a :class:`SliceCase` at ``size`` × ``size``.
@@ -126,6 +114,7 @@ def volume_to_case(name: str, source: str, image: Image, labels: Labels, tasks: 
     """
     from ..data.intensity import get_preset
     from ..data.resize import SquareFit
+    from ..infer.slicing import axis_view
 
     if labels.shape != image.shape:
         raise InputError(f"{name}: labels grid {labels.shape} differs from image grid {image.shape}")
@@ -133,27 +122,30 @@ def volume_to_case(name: str, source: str, image: Image, labels: Labels, tasks: 
         task_masks = [labels.mask(t) for t in tasks]
     except KeyError as error:
         raise InputError(f"{name}: {error.args[0]}") from None
+    if axis not in ("axial", "coronal", "sagittal"):
+        raise InputError(f"unknown slicing axis {axis!r} (axial, coronal, sagittal)")
     is_volume = image.geometry.ndim != 2 and image.shape[0] > 1
-    if not is_volume:
-        axis = "axial"
-    count, take, spacing_hw = _axis_slicer(axis, image.shape, image.geometry.spacing)
-    present = np.array([[take(m, i).any() for m in task_masks] for i in range(count)])
+    # The engine's own slicing (axis in patient space, canonical in-plane orientation and slice order):
+    # a volume stored with a flipped direction must look at training exactly as it will at inference.
+    view = axis_view(image.shape, image.geometry, axis if is_volume else "axial")
+    present = np.stack([view.slice_has(m) for m in task_masks], axis=1)
     rows = np.flatnonzero(present.any(1))
     if not len(rows):
         return None
-    lo, hi = max(0, rows[0] - margin), min(count, rows[-1] + 1 + margin)
+    lo, hi = max(0, rows[0] - margin), min(view.n, rows[-1] + 1 + margin)
+    order = list(range(lo, hi))[::-1] if view.reverse_slices else list(range(lo, hi))  # canonical order
     mapping = get_preset(preset).fit(image)
-    rows_kept = range(lo, hi)
-    fit = SquareFit(take(image.array, lo).shape[:2], spacing_hw, size)
-    planes = mapping.apply(np.stack([take(image.array, i) for i in rows_kept]))  # (n, h, w, 3) in [0, 1]
+    fit = SquareFit(view.slice_shape, view.spacing_hw, size)
+    planes = mapping.apply(np.stack([view.get(image.array, k) for k in order]))  # (n, h, w, 3) in [0, 1]
     rgb = np.asarray(fit.to_model(np.ascontiguousarray(planes.transpose(0, 3, 1, 2)), order=1))
     images = np.clip(np.rint(rgb.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
     # "area" (box average when shrinking, linear when enlarging) then 0.5: thin structures survive
     # shrinking better than with nearest, and enlarged masks get smooth edges.
-    stack = np.stack([[take(m, i) for m in task_masks] for i in rows_kept]).astype(np.float32)
+    stack = np.stack([[view.get(m, k) for m in task_masks] for k in order]).astype(np.float32)
     masks = (np.asarray(fit.to_model(stack, order="area")) > 0.5).astype(np.uint8)
+    slice_index = np.array([view.ordered(k) for k in order], dtype=np.int64)
     return SliceCase(name=name, source=source, images=images, masks=masks,
-                     tasks=list(tasks), slice_index=np.arange(lo, hi), is_volume=is_volume)
+                     tasks=list(tasks), slice_index=slice_index, is_volume=is_volume)
 
 
 # ------------------------------------------------------------------------------------ per-kind loaders
