@@ -294,6 +294,10 @@ def test_reused_models_must_match_the_runs_budget(tmp_path):
     with pytest.raises(SystemExit, match=r"another budget \(steps 2000 -> 1000\).*--work-dir"):
         accuracy._recall(tmp_path, {**budget, "steps": 1000})
     assert math.isnan(accuracy._recall(tmp_path / "never-trained", budget))
+    (tmp_path / "old").mkdir()  # trained before budgets were recorded (e.g. on the old slicing): refused
+    (tmp_path / "old" / accuracy._SECONDS_FILE).write_text(json.dumps({"seconds": 3.0}), encoding="utf-8")
+    with pytest.raises(SystemExit, match="another budget"):
+        accuracy._recall(tmp_path / "old", budget)
 
 
 @pytest.mark.slow

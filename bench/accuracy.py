@@ -206,9 +206,11 @@ _SECONDS_FILE = "bench_train_seconds.json"
 
 def _budget_of(cfg) -> dict[str, Any]:
     """What makes two trained models comparable: a reused model must match the current run on all of it."""
+    from KnowledgeSAMLib.train.sources import SLICING_VERSION
+
     return {"model": cfg.model.name, "steps": cfg.optim.epochs * cfg.optim.steps_per_epoch,
             "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr, "seed": cfg.run.seed,
-            "sources": sorted(src.kind for src in cfg.data.sources)}
+            "sources": sorted(src.kind for src in cfg.data.sources), "slicing": SLICING_VERSION}
 
 
 def _remember(out: Path, seconds: float, budget: dict[str, Any]) -> float:
@@ -225,8 +227,8 @@ def _recall(out: Path, budget: dict[str, Any]) -> float:
     if not path.is_file():
         return math.nan
     stored = json.loads(path.read_text(encoding="utf-8"))
-    old = stored.get("budget")
-    if old is not None and old != json.loads(json.dumps(budget)):
+    old = stored.get("budget") or {}  # none stored: trained before budgets were recorded, never comparable
+    if old != json.loads(json.dumps(budget)):
         changed = ", ".join(f"{k} {old.get(k)!r} -> {budget.get(k)!r}" for k in budget if old.get(k) != budget.get(k))
         raise SystemExit(f"accuracy: error: {out} holds a model trained with another budget ({changed}); "
                          "use another --work-dir or delete that folder")
@@ -272,8 +274,10 @@ def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
     from bench.unet_baseline import UNet2D, UNetConfig
 
     base = UNetConfig(base_channels=8, depth=2) if quick else UNetConfig()
+    from KnowledgeSAMLib.train.sources import SLICING_VERSION
+
     budget = {"model": "unet", "steps": steps, "batch_size": batch, "seed": seed, "size": size,
-              "cases": len(cases), "tasks": list(tasks)}
+              "cases": len(cases), "tasks": list(tasks), "slicing": SLICING_VERSION}
     meta_path, weights = out / "unet.json", out / "unet.safetensors"
     if weights.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

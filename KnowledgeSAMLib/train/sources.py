@@ -27,7 +27,7 @@ from ..errors import InputError
 from .config import SourceConfig
 
 __all__ = ["SliceCase", "Source", "volume_to_case", "build_source", "build_sources", "DEFAULT_TASKS",
-           "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET"]
+           "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET", "SLICING_VERSION"]
 
 DEFAULT_TASKS: dict[str, list[str]] = {
     "kidney_phantom": ["artery", "medulla", "cortex"],
@@ -41,6 +41,7 @@ DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abd
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
 _CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
+SLICING_VERSION = _CACHE_VERSION  # models trained on older slices saw other pixels (benchmarks compare it)
 
 
 @dataclass(eq=False)  # identity comparison: cases hold big arrays
