@@ -34,6 +34,17 @@ def hippocampus_available(root: str | Path | None = None) -> bool:
     return True
 
 
+def refuse_other_budget(tool: str, folder: Path, stored: dict[str, Any] | None, budget: dict[str, Any]) -> None:
+    """One table never mixes budgets: a finished run made with another budget (or with none recorded) stops
+    the script, naming the folder and what differs, instead of being reused."""
+    old, current = stored or {}, json.loads(json.dumps(budget))  # as stored: tuples become lists
+    if old != current:
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(old) | set(current))
+                            if old.get(k) != current.get(k))
+        raise SystemExit(f"{tool}: error: {folder} holds a run made with another budget ({changed}); "
+                         "use another --work-dir or delete that folder")
+
+
 def to_sitk(array: np.ndarray, geometry: Geometry, dtype=np.float32) -> sitk.Image:
     """A scalar ``(z, y, x)`` array on ``geometry`` as a 3D SimpleITK image (the geometry is not re-derived)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))

@@ -226,12 +226,10 @@ def _recall(out: Path, budget: dict[str, Any]) -> float:
     path = out / _SECONDS_FILE
     if not path.is_file():
         return math.nan
+    from bench._common import refuse_other_budget
+
     stored = json.loads(path.read_text(encoding="utf-8"))
-    old = stored.get("budget") or {}  # none stored: trained before budgets were recorded, never comparable
-    if old != json.loads(json.dumps(budget)):
-        changed = ", ".join(f"{k} {old.get(k)!r} -> {budget.get(k)!r}" for k in budget if old.get(k) != budget.get(k))
-        raise SystemExit(f"accuracy: error: {out} holds a model trained with another budget ({changed}); "
-                         "use another --work-dir or delete that folder")
+    refuse_other_budget("accuracy", out, stored.get("budget"), budget)
     return float(stored["seconds"])
 
 

@@ -123,8 +123,11 @@ def build_data(args: argparse.Namespace, size: int):
 
 def run_budget(args) -> dict:
     """What a reused run must share with this one, so that one table never mixes budgets."""
+    from KnowledgeSAMLib.train.sources import SLICING_VERSION
+
     return {"model": args.model, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-            "train_cases": args.train_cases, "eval_cases": args.eval_cases, "shape": args.shape}
+            "train_cases": args.train_cases, "eval_cases": args.eval_cases, "shape": args.shape,
+            "slicing": SLICING_VERSION}
 
 
 def run_one(args, variant: Variant, seed: int, training, evaluation) -> dict:
@@ -139,10 +142,10 @@ def run_one(args, variant: Variant, seed: int, training, evaluation) -> dict:
     done = run_dir / "eval.json"
     budget = run_budget(args)
     if done.is_file():
+        from bench._common import refuse_other_budget
+
         record = json.loads(done.read_text(encoding="utf-8"))
-        if record.get("budget") != budget:
-            raise SystemExit(f"table2: error: {run_dir} was run with another budget ({record.get('budget')}, "
-                             f"this run: {budget}); use another --work-dir or delete that folder")
+        refuse_other_budget("table2", run_dir, record.get("budget"), budget)
         return record
     cfg = base_config(args, variant, seed, run_dir)
     resume = "auto" if latest_checkpoint(run_dir) else None
