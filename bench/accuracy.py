@@ -430,14 +430,15 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
         start = time.perf_counter()
         try:
             result = fn()
+            seconds = time.perf_counter() - start  # the method only, not its scoring
             scores = result if scored else dice_of(result, pair.truth, structures)
         except (RuntimeError, ValueError, ArithmeticError) as error:  # ITK/torch/numpy failures on this pair
+            seconds = time.perf_counter() - start
             reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]
             if failures is not None:
                 failures.append((spec.key, method, pair.case, reason))
             print(f"  {method} failed on {pair.case}: {reason} (scored 0)", flush=True)
             scores = {name: 0.0 for name in structures}
-        seconds = time.perf_counter() - start
         records.append(Record(spec.key, method, pair.case, seed, scores, seconds + extra_s))
 
     def ksam(model):
