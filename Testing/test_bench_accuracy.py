@@ -319,3 +319,31 @@ def test_a_method_failing_on_one_case_scores_zero_and_is_named(tmp_path, monkeyp
     assert any(r["method"] == "ksam_same" for r in records)  # the other methods still ran
     text = out.read_text()
     assert "failed on seed 5000 (scored 0): ITK ERROR: All samples map outside moving image buffer." in text
+
+
+def test_a_ksam_run_stopped_before_its_first_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch):
+    """A benchmark killed in KSAM's first epoch leaves only logs: the rerun must train again (the Trainer
+    refuses a folder holding a run), keeping those logs under ``<run>.interrupted`` instead of deleting them."""
+    import bench.accuracy as accuracy
+    import KnowledgeSAMLib.train.trainer as trainer_module
+    from KnowledgeSAMLib.train.config import apply_overrides, load_config
+
+    out = tmp_path / "ksam_same"
+    out.mkdir()
+    (out / "train_log.csv").write_text("step,loss\n1,0.9\n", encoding="utf-8")
+    cfg = apply_overrides(load_config(REPO / "configs" / "tiny_smoke.yaml"), [f"run.out_dir={out}"])
+    seen: dict = {}
+
+    class RecordingTrainer:
+        def __init__(self, cfg, model=None, sources=None, resume=None):
+            seen["resume"], seen["folder_was_free"] = resume, not Path(cfg.run.out_dir).exists()
+            self.model = torch.nn.Linear(1, 1)
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(trainer_module, "Trainer", RecordingTrainer)
+    model, seconds = accuracy._ksam(cfg, sources=None)
+    assert seen == {"resume": None, "folder_was_free": True}
+    assert (tmp_path / "ksam_same.interrupted" / "train_log.csv").read_text(encoding="utf-8").endswith("0.9\n")
+    assert seconds >= 0 and accuracy._recall(out, accuracy._budget_of(cfg)) == seconds

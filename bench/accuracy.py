@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import zlib
@@ -233,6 +234,17 @@ def _recall(out: Path, budget: dict[str, Any]) -> float:
     return float(stored["seconds"])
 
 
+def _set_aside(out: Path) -> None:
+    """Move a run stopped before its first checkpoint out of the way (nothing in it can be resumed).
+
+    The Trainer rightly refuses to start over a folder that holds a run; a bench run killed in its first
+    epoch leaves only logs there, which are kept (renamed) rather than deleted."""
+    aside = out.with_name(out.name + ".interrupted")
+    if aside.exists():
+        shutil.rmtree(aside)
+    out.rename(aside)
+
+
 def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
     """A KSAM trained by the project's Trainer (reused when its run folder holds the final model)."""
     from KnowledgeSAMLib.model.weights import load_model
@@ -243,6 +255,8 @@ def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
     if (out / "model" / "config.json").is_file():
         return load_model(out / "model", sam_checkpoint=checkpoint).eval(), _recall(out, _budget_of(cfg))
     resume = "auto" if latest_checkpoint(out) else None
+    if resume is None and out.exists():
+        _set_aside(out)
     trainer = Trainer(cfg, model=copy.deepcopy(init) if init is not None else None, sources=sources, resume=resume)
     _, seconds = _timed(trainer.fit)
     return trainer.model.eval(), _remember(out, seconds, _budget_of(cfg))
