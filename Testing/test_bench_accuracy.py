@@ -222,7 +222,7 @@ def test_slicewise_model_masks_go_back_onto_the_exact_target_grid():
 def test_report_lists_every_method_even_those_not_run_and_draws_a_chart(tmp_path):
     from PIL import Image as PILImage
 
-    from bench.baselines.report import METHODS, Record, bar_chart, comparison_lines, markdown_table
+    from bench.baselines.report import METHODS, Record, bar_chart, comparison_lines, dataset_verdicts, markdown_table
 
     records = [Record("fundus", "ksam_same", f"c{i}", 0, {"disc": 0.9, "cup": 0.7 + 0.1 * i}, 1.0) for i in range(2)]
     records += [Record("fundus", "atlas", f"c{i}", None, {"disc": 0.6, "cup": 0.5}, 3.0) for i in range(2)]
@@ -232,6 +232,12 @@ def test_report_lists_every_method_even_those_not_run_and_draws_a_chart(tmp_path
     assert any(line.startswith("| 2D U-Net") and "why not" in line and "| 0 |" in line for line in lines)
     text = "\n".join(comparison_lines(records, ["disc", "cup"], "ksam_same"))
     assert "beats Atlas registration" in text and "KSAM better on disc, cup" in text
+    both = records + [Record("fundus", "ksam_default", "c0", 0, {"disc": 0.5, "cup": 0.4}, 1.0)]
+    verdicts = dataset_verdicts(both, "Fundus", ["disc", "cup"])
+    assert verdicts[0] == "Fundus:" and verdicts.count("Fundus:") == 1 and verdicts[-1] == ""
+    assert any("KSAM (default model), mean 0.450" in v for v in verdicts)
+    assert any("KSAM (same budget), mean 0.825" in v for v in verdicts)
+    assert dataset_verdicts(records[2:], "Fundus", ["disc", "cup"]) == []  # no KSAM row, no heading
     png = bar_chart([("Fundus", ["disc", "cup"], records)], tmp_path / "chart.png", title="t")
     with PILImage.open(png) as img:
         assert img.size[0] == 1400 and img.size[1] > 300

@@ -534,7 +534,7 @@ STATIC_NOTES = {
 def write_outputs(args, records, notes: dict[str, dict[str, str]], meta: dict) -> None:
     from KnowledgeSAMLib.data.io import atomic_write
     from bench.baselines.protocol import DATASETS
-    from bench.baselines.report import bar_chart, comparison_lines, markdown_table
+    from bench.baselines.report import bar_chart, dataset_verdicts, markdown_table
 
     command = "python bench/accuracy.py" + ("".join(f" {a}" for a in args.argv) if args.argv else "")
     stored_s = sum(v for v in meta["train_seconds"].values() if math.isfinite(v))
@@ -582,11 +582,7 @@ def write_outputs(args, records, notes: dict[str, dict[str, str]], meta: dict) -
               "Generated from the tables above (a difference counts beyond ±0.02 mean Dice):", ""]
     for key in args.dataset_list:
         mine = [r for r in records if r.dataset == key]
-        for ksam_key in ("ksam_default", "ksam_same", "ksam_vit_b"):
-            found = comparison_lines(mine, DATASETS[key].structures, ksam_key)
-            if found:
-                lines += [f"{DATASETS[key].title}:"] + found
-        lines.append("")
+        lines += dataset_verdicts(mine, DATASETS[key].title, DATASETS[key].structures)
     lines += [
         "Why the comparison is shaped this way (what each method is given; read the numbers with it):",
         "",
