@@ -45,6 +45,26 @@ def refuse_other_budget(tool: str, folder: Path, stored: dict[str, Any] | None, 
                          "use another --work-dir or delete that folder")
 
 
+def resume_or_start_fresh(run_dir: Path) -> str | None:
+    """The Trainer's ``resume`` for a benchmark run folder: ``"auto"`` when it holds a checkpoint, else None.
+
+    A run killed before its first checkpoint leaves only logs, and the Trainer rightly refuses to start over
+    a folder holding a run; nothing in it can be resumed, so it is kept as ``<run>.interrupted`` (replacing an
+    older one) and the run starts fresh."""
+    import shutil
+
+    from KnowledgeSAMLib.train.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(run_dir):
+        return "auto"
+    if run_dir.exists():
+        aside = run_dir.with_name(run_dir.name + ".interrupted")
+        if aside.exists():
+            shutil.rmtree(aside)
+        run_dir.rename(aside)
+    return None
+
+
 def to_sitk(array: np.ndarray, geometry: Geometry, dtype=np.float32) -> sitk.Image:
     """A scalar ``(z, y, x)`` array on ``geometry`` as a 3D SimpleITK image (the geometry is not re-derived)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))

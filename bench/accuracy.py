@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 import zlib
@@ -234,30 +233,17 @@ def _recall(out: Path, budget: dict[str, Any]) -> float:
     return float(stored["seconds"])
 
 
-def _set_aside(out: Path) -> None:
-    """Move a run stopped before its first checkpoint out of the way (nothing in it can be resumed).
-
-    The Trainer rightly refuses to start over a folder that holds a run; a bench run killed in its first
-    epoch leaves only logs there, which are kept (renamed) rather than deleted."""
-    aside = out.with_name(out.name + ".interrupted")
-    if aside.exists():
-        shutil.rmtree(aside)
-    out.rename(aside)
-
-
 def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
     """A KSAM trained by the project's Trainer (reused when its run folder holds the final model)."""
+    from bench._common import resume_or_start_fresh
     from KnowledgeSAMLib.model.weights import load_model
-    from KnowledgeSAMLib.train.checkpoint import latest_checkpoint
     from KnowledgeSAMLib.train.trainer import Trainer
 
     out = Path(cfg.run.out_dir)
     if (out / "model" / "config.json").is_file():
         return load_model(out / "model", sam_checkpoint=checkpoint).eval(), _recall(out, _budget_of(cfg))
-    resume = "auto" if latest_checkpoint(out) else None
-    if resume is None and out.exists():
-        _set_aside(out)
-    trainer = Trainer(cfg, model=copy.deepcopy(init) if init is not None else None, sources=sources, resume=resume)
+    trainer = Trainer(cfg, model=copy.deepcopy(init) if init is not None else None, sources=sources,
+                      resume=resume_or_start_fresh(out))
     _, seconds = _timed(trainer.fit)
     return trainer.model.eval(), _remember(out, seconds, _budget_of(cfg))
 
@@ -284,10 +270,9 @@ def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
 
     from bench.baselines.unet_adapter import ClassCoding, train_unet_on_cases
     from bench.unet_baseline import UNet2D, UNetConfig
-
-    base = UNetConfig(base_channels=8, depth=2) if quick else UNetConfig()
     from KnowledgeSAMLib.train.sources import SLICING_VERSION
 
+    base = UNetConfig(base_channels=8, depth=2) if quick else UNetConfig()
     budget = {"model": "unet", "steps": steps, "batch_size": batch, "seed": seed, "size": size,
               "cases": len(cases), "tasks": list(tasks), "slicing": SLICING_VERSION}
     meta_path, weights = out / "unet.json", out / "unet.safetensors"

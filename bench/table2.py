@@ -134,7 +134,7 @@ def run_one(args, variant: Variant, seed: int, training, evaluation) -> dict:
     """Train one (variant, seed) and evaluate it; reuse a finished run's eval.json."""
     import torch
 
-    from KnowledgeSAMLib.train.checkpoint import latest_checkpoint
+    from bench._common import refuse_other_budget, resume_or_start_fresh
     from KnowledgeSAMLib.train.trainer import Trainer
     from KnowledgeSAMLib.train.validate import validation_dice
 
@@ -142,14 +142,11 @@ def run_one(args, variant: Variant, seed: int, training, evaluation) -> dict:
     done = run_dir / "eval.json"
     budget = run_budget(args)
     if done.is_file():
-        from bench._common import refuse_other_budget
-
         record = json.loads(done.read_text(encoding="utf-8"))
         refuse_other_budget("table2", run_dir, record.get("budget"), budget)
         return record
     cfg = base_config(args, variant, seed, run_dir)
-    resume = "auto" if latest_checkpoint(run_dir) else None
-    trainer = Trainer(cfg, sources=training, resume=resume)
+    trainer = Trainer(cfg, sources=training, resume=resume_or_start_fresh(run_dir))
     t0 = time.perf_counter()
     result = trainer.fit()
     dice = validation_dice(trainer.model, evaluation, trainer.ctx.device, max_slices_per_case=0, batch_size=16)

@@ -144,12 +144,12 @@ def comparison_lines(records: Sequence[Record], structures: Sequence[str], ksam_
     return out
 
 
-
 def dataset_verdicts(records: Sequence[Record], title: str, structures: Sequence[str],
                      ksam_keys: Sequence[str] = ("ksam_default", "ksam_same", "ksam_vit_b")) -> list[str]:
     """One dataset's win/loss statements for every KSAM row that ran, under a single heading (none if none ran)."""
     found = [line for key in ksam_keys for line in comparison_lines(records, structures, key)]
     return [f"{title}:", *found, ""] if found else []
+
 
 # ---------------------------------------------------------------------------------------------- chart
 _COLOURS = [(31, 119, 180), (174, 199, 232), (148, 103, 189), (127, 127, 127), (255, 127, 14), (255, 187, 120),
