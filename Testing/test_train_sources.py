@@ -82,3 +82,16 @@ def test_kidney_roi_phantom_source():
     case = roi.train[0]
     assert case.name == "kidney_roi_phantom_0000" and roi.tasks == ["artery", "medulla", "cortex"]
     assert case.is_volume and case.present.any(0).all()
+
+
+def test_a_cache_is_found_again_after_its_dataset_folder_moves():
+    """Configs resolve data roots to absolute paths; a cache copied to another machine must still match."""
+    from KnowledgeSAMLib.train.sources import _cache_key
+
+    here = SourceConfig(kind="hippocampus", root="/work/shared/data/msd-hippocampus", tasks=["head", "body"])
+    there = SourceConfig(kind="hippocampus", root="/root/elsewhere/msd-hippocampus", tasks=["head", "body"])
+    other = SourceConfig(kind="hippocampus", root="/work/shared/data/another-set", tasks=["head", "body"])
+    fewer = SourceConfig(kind="hippocampus", root="/work/shared/data/msd-hippocampus", tasks=["head", "body"],
+                         train_cases=5)
+    assert _cache_key(here, 128) == _cache_key(there, 128)
+    assert len({_cache_key(here, 128), _cache_key(other, 128), _cache_key(fewer, 128), _cache_key(here, 64)}) == 4

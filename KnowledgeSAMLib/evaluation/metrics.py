@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 __all__ = [
     "HD_PERCENTILE",
@@ -113,6 +112,8 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
 def _distance_to(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """Euclidean distance (mm) from every voxel centre to the nearest voxel centre of ``mask``."""
+    import SimpleITK as sitk  # here, not at import: Dice alone (training's validation) needs no ITK
+
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing))
     distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,

@@ -247,7 +247,13 @@ _LOADERS: dict[str, Callable[[SourceConfig], tuple[Volumes, Volumes, list[str]]]
 
 # ------------------------------------------------------------------------------------ building + cache
 def _cache_key(src: SourceConfig, size: int) -> str:
-    payload = json.dumps({"source": asdict(src), "model_size": size, "version": _CACHE_VERSION}, sort_keys=True)
+    """Hash of what the cached slices depend on. A dataset root enters by its folder name only: configs
+    resolve roots to absolute paths, and a cache copied to another machine (a lent GPU) or a moved checkout
+    must still be found."""
+    source = asdict(src)
+    if source.get("root"):
+        source["root"] = Path(source["root"]).name
+    payload = json.dumps({"source": source, "model_size": size, "version": _CACHE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

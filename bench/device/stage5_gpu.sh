@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One lease of a lent GPU (the `device` tool's `run`), run from the repository root there:
+#   1. train the default model's stage 5 (configs/${RUN}.yaml) for TRAIN_MINUTES,
+#   2. the test suite's CUDA-only tests, 3. a CPU-vs-CUDA parity check of the default model,
+#   4. bench/speed.py on CUDA.
+# The machine has torch but not segment-anything (carried as a wheel in .gpu/whl) and no SimpleITK or data
+# folder: the training slices travel as the 128 px cache (.gpu/cache, recompressed runs/cache files of the
+# same names), so no image file is read there. Everything that comes back is written under $OUT.
+#   device run: bash bench/device/stage5_gpu.sh   (carry: [".gpu"], timeout_s 570)
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+TRAIN_MINUTES=${TRAIN_MINUTES:-5}
+STAGE=${STAGE:-5}
+RUN=default_model_stage${STAGE}_gpu
+OUT=${OUT:-/tmp/stage5_out}
+mkdir -p "$OUT"
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt"; }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+  || { log "wheel install failed"; exit 3; }
+export PYTHONPATH=/tmp/site:$PWD
+mkdir -p runs/cache runs/default_model_stage4/model
+cp .gpu/cache/*.npz runs/cache/
+cp Resources/Models/default/model.safetensors Resources/Models/default/config.json runs/default_model_stage4/model/
+# stage 6 starts from stage 5: carried in .gpu/stage5_model unless this machine still has the run
+if [ -d .gpu/stage5_model ] && [ ! -f runs/default_model_stage5_gpu/model/model.safetensors ]; then
+  mkdir -p runs/default_model_stage5_gpu/model && cp .gpu/stage5_model/* runs/default_model_stage5_gpu/model/
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/log.txt"
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$OUT/log.txt"
+
+log "1. stage ${STAGE} training, ${TRAIN_MINUTES} min budget"
+timeout $(( TRAIN_MINUTES * 60 + 150 )) python3 bench/train_on_budget.py --config configs/${RUN}.yaml \
+  --minutes "$TRAIN_MINUTES" --write-config "$OUT/${RUN}.effective.yaml" \
+  --report "$OUT/train_report.json" ${TRAIN_SET:-} 2>&1 | grep -v "^train:" | tee -a "$OUT/log.txt"
+log "training exit ${PIPESTATUS[0]}"
+tar cf "$OUT/run.tar" --exclude=checkpoints -C runs "$RUN" 2>&1 | tee -a "$OUT/log.txt"
+
+[ -n "${TRAIN_ONLY:-}" ] && { log "done (training only)"; exit 0; }
+log "2. CUDA-only tests"
+timeout 120 python3 -m pytest -q -p no:cacheprovider Testing/test_train_trainer.py -k "cuda or amp" 2>&1 | tail -5 | tee -a "$OUT/log.txt"
+
+log "3. default model, CPU fp32 vs CUDA fp32 / bf16"
+timeout 60 python3 bench/device/parity.py 2>&1 | tee -a "$OUT/log.txt"
+
+log "4. speed"
+timeout 120 python3 bench/speed.py --device cuda --json "$OUT/speed.json" 2>&1 | tail -40 | tee -a "$OUT/log.txt"
+log "done"
