@@ -115,7 +115,7 @@ def test_structures_sharing_a_reference_layer_are_exclusive():
     p["a"][:, :5] = 200
     p["b"][:, 3:] = 180  # rows 3-4 contested: "a" is more probable
     p["c"][:, 2:6] = 220  # another reference layer: may overlap
-    masks = postprocess(p, _segments(), view, EngineOptions())
+    masks = postprocess(p, _segments(), view, EngineOptions(contested="probability"))
     assert masks["a"][:, 3:5].all() and not masks["b"][:, 3:5].any()
     assert masks["c"][:, 2:6].all()
     labels = assemble_labels(masks, _segments(), Geometry(), shape)
@@ -125,6 +125,24 @@ def test_structures_sharing_a_reference_layer_are_exclusive():
     overlapping = postprocess(p, _segments(), view, EngineOptions(overlap="layers"))
     assert overlapping["b"][:, 3:5].all()
     assert assemble_labels(overlapping, _segments(), Geometry(), shape).layers.shape[0] == 3
+
+
+def test_a_thin_structure_inside_a_larger_one_keeps_its_voxels_by_default():
+    """The larger structure's prediction covers the thin one with higher probability; the thin one wins."""
+    shape = (3, 10, 10)
+    view = axis_view(shape, Geometry(), "axial")
+    segments = [Segment("artery", 1, 0), Segment("medulla", 2, 0)]
+    p = {"artery": np.zeros(shape, np.uint8), "medulla": np.zeros(shape, np.uint8)}
+    p["medulla"][:, 1:9, 1:9] = 250
+    p["artery"][:, 4:6, :] = 160  # a tube through the medulla, less confident than it
+    masks = postprocess(p, segments, view, EngineOptions())
+    assert masks["artery"][:, 4:6, :].all()
+    assert not (masks["artery"] & masks["medulla"]).any()  # still a partition
+    assert masks["medulla"][:, 1:4, 1:9].all() and masks["medulla"][:, 6:9, 1:9].all()
+    by_probability = postprocess(p, segments, view, EngineOptions(contested="probability"))
+    assert not by_probability["artery"][:, 4:6, 1:9].any() and by_probability["artery"][:, 4:6, 0].all()
+    with pytest.raises(ValueError, match="contested"):
+        EngineOptions(contested="bigger")
 
 
 def test_largest_component_and_smoothing():

@@ -53,12 +53,19 @@ def postprocess(probabilities: dict[str, np.ndarray], segments: Sequence[Segment
         if len(group) < 2:
             continue
         names = [seg.name for seg in group]
+        if options.contested == "smaller":  # fixed precedence: the structure with fewer voxels first
+            sizes = [int(masks[n].sum()) for n in names]
+            rank = np.argsort(np.argsort(sizes, kind="stable"), kind="stable")  # 0 = smallest
         for z in range(next(iter(masks.values())).shape[0]):  # one z-plane at a time: bounded memory
             stacked = np.stack([masks[n][z] for n in names])
             contested = stacked.sum(axis=0) > 1
             if not contested.any():
                 continue
-            winner = np.argmax(np.stack([probabilities[n][z] for n in names]), axis=0)
+            if options.contested == "smaller":
+                claim = np.where(stacked, rank[:, None, None], len(names))
+                winner = np.argmin(claim, axis=0)
+            else:
+                winner = np.argmax(np.stack([probabilities[n][z] for n in names]), axis=0)
             for i, name in enumerate(names):
                 masks[name][z] &= ~contested | (winner == i)
     return masks

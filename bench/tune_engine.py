@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Choose the engine's volume-mode defaults on *validation* pairs only (never the held-out test cases).
+
+The engine's retrieval (which reference slice answers which target slice: ``top_k``, ``position_weight``)
+and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``) were chosen with one model; a better
+model can prefer other settings. This script scores a small grid in two rounds — retrieval first, then
+post-processing on the best retrieval — and prints mean Dice per structure for each setting, so a change
+of default is a measured decision (``EngineOptions``'s docstring records the numbers it was taken on).
+
+Validation pairs (the training configs' validation cases, with training cases as references):
+kidney ROI phantoms 1000–1002, each with references 0 and 1 (6 pairs), and MSD hippocampus 057, 058, 060
+with references 001, 003, 004 (skipped when the data folder is absent).
+
+    python bench/tune_engine.py --model default --threads 2 --json runs/tune_engine.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from KnowledgeSAMLib.evaluation.metrics import dice  # noqa: E402
+from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment  # noqa: E402
+
+HIPPOCAMPUS_VALIDATION = [("hippocampus_057", "hippocampus_001"), ("hippocampus_058", "hippocampus_003"),
+                          ("hippocampus_060", "hippocampus_004")]
+
+
+def validation_pairs(kidney_references: int) -> list[tuple[str, str, tuple]]:
+    """``(dataset, pair name, (target, truth, reference, reference labels))`` for every validation pair."""
+    from KnowledgeSAMLib.data import datasets
+    from KnowledgeSAMLib.data.phantoms import make_kidney_roi_phantom
+    from KnowledgeSAMLib.errors import InputError
+
+    pairs = []
+    for target_seed in (1000, 1001, 1002):
+        target, truth = make_kidney_roi_phantom(target_seed)
+        for reference_seed in range(kidney_references):
+            reference, labels = make_kidney_roi_phantom(reference_seed)
+            pairs.append(("kidney", f"{target_seed}<-{reference_seed}", (target, truth, reference, labels)))
+    try:
+        for target_id, reference_id in HIPPOCAMPUS_VALIDATION:
+            target, truth = datasets.load_hippocampus(None, target_id)
+            reference, labels = datasets.load_hippocampus(None, reference_id)
+            pairs.append(("hippocampus", f"{target_id}<-{reference_id}", (target, truth, reference, labels)))
+    except InputError as error:
+        print(f"hippocampus skipped: {error}", flush=True)
+    return pairs
+
+
+PRESETS = {"kidney": "ct-abdomen", "hippocampus": "mr"}
+
+
+def score(model, pairs, options: EngineOptions) -> dict[str, float]:
+    """Mean Dice per ``dataset/structure`` and the mean over all of them."""
+    per: dict[str, list[float]] = {}
+    for dataset, _, (target, truth, reference, labels) in pairs:
+        out = segment(SegmentRequest(target, reference, labels, mode="volume", preset=PRESETS[dataset],
+                                     options=options), model)
+        for s in labels.segments:
+            per.setdefault(f"{dataset}/{s.name}", []).append(dice(out.labels.mask(s.name), truth.mask(s.name)))
+    means = {k: float(np.mean(v)) for k, v in per.items()}
+    means["mean"] = float(np.mean(list(means.values())))
+    return means
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--kidney-references", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from KnowledgeSAMLib.model.registry import resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = resolve_model(args.model).eval()
+    pairs = validation_pairs(args.kidney_references)
+    started = time.perf_counter()
+    rows = []
+
+    def run(round_name: str, options: EngineOptions, changed: dict) -> dict:
+        result = score(model, pairs, options)
+        rows.append({"round": round_name, "options": changed, "dice": result})
+        print(f"{round_name:10s} {json.dumps(changed):70s} mean {result['mean']:.3f}  "
+              + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in result.items() if k != "mean"), flush=True)
+        return result
+
+    default = EngineOptions()
+    retrieval = [dict(top_k=k, position_weight=w) for k, w in itertools.product((1, 2, 3), (0.5, 1.0, 2.0, 4.0))]
+    for changed in retrieval:
+        run("retrieval", replace(default, **changed), changed)
+    best_retrieval = max((r for r in rows if r["round"] == "retrieval"), key=lambda r: r["dice"]["mean"])["options"]
+    post = [dict(overlap=o, contested=k, smooth_z=z, largest_component=c)
+            for o, k, z, c in itertools.product(("auto", "layers"), ("smaller", "probability"), (False, True),
+                                                (False, True)) if not (o == "layers" and k == "probability")]
+    for changed in post:
+        run("post", replace(default, **best_retrieval, **changed), {**best_retrieval, **changed})
+    best = max(rows, key=lambda r: r["dice"]["mean"])
+    current = next(r for r in rows if r["round"] == "post" and r["options"] == {
+        **best_retrieval, "overlap": default.overlap, "contested": default.contested, "smooth_z": default.smooth_z,
+        "largest_component": default.largest_component})
+    summary = {"model": args.model, "pairs": [p[1] for p in pairs], "rows": rows, "best": best,
+               "wall_s": time.perf_counter() - started,
+               "defaults": {"top_k": default.top_k, "position_weight": default.position_weight,
+                            "overlap": default.overlap, "contested": default.contested,
+                            "smooth_z": default.smooth_z,
+                            "largest_component": default.largest_component}}
+    print(f"best {json.dumps(best['options'])}: mean {best['dice']['mean']:.3f} "
+          f"(best retrieval with default post-processing: {current['dice']['mean']:.3f}); "
+          f"{summary['wall_s']:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
