@@ -228,3 +228,18 @@ def test_2d_fundus_pair(fake, tmp_path):
     assert labels.geometry.ndim == 2 and labels.shape == (1, 64, 64)
     assert [s.name for s in labels.segments] == ["disc", "cup"]
     assert json.loads((tmp_path / "pred.ksam.json").read_text(encoding="utf-8"))["mode"] == "volume"
+
+
+def test_overlap_and_contested_reach_the_engine():
+    from KnowledgeSAMLib.cli import build_parser
+
+    def options(*extra):
+        args = build_parser().parse_args(["segment", "--target", "t.nrrd", "--reference-labels", "l.seg.nrrd",
+                                          "--output", "o.seg.nrrd", *extra])
+        return cli_segment._options(args)
+
+    assert (options().overlap, options().contested) == ("auto", "smaller")
+    chosen = options("--overlap", "layers", "--contested", "probability", "--top-k", "2")
+    assert (chosen.overlap, chosen.contested, chosen.top_k) == ("layers", "probability", 2)
+    with pytest.raises(SystemExit):
+        options("--contested", "bigger")

@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest 3D connected component of each structure")
+    parser.add_argument("--overlap", default=None, choices=("auto", "layers", "argmax"),
+                        help="auto (default): structures sharing a layer in the reference stay exclusive; "
+                             "layers: every structure keeps its own mask (may overlap); argmax: all exclusive")
+    parser.add_argument("--contested", default=None, choices=("smaller", "probability"),
+                        help="who keeps a voxel two exclusive structures claim: the smaller structure (default) "
+                             "or the more probable one")
     parser.add_argument("--output", required=True, metavar="OUT",
                         help="output file (.seg.nrrd, .nii.gz, .nrrd), or a folder when there are several targets")
     parser.add_argument("--format", default="seg.nrrd", choices=OUTPUT_FORMATS,
@@ -219,6 +225,9 @@ def _options(args: argparse.Namespace):
         changes["top_k"] = args.top_k
     if args.largest_component:
         changes["largest_component"] = True
+    for option in ("overlap", "contested"):
+        if getattr(args, option) is not None:
+            changes[option] = getattr(args, option)
     return EngineOptions(**changes)
 
 
