@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
 # One lease of a lent GPU (the `device` tool's `run`), run from the repository root there:
-#   1. train the default model's stage 5 (configs/${RUN}.yaml) for TRAIN_MINUTES,
+#   1. train a GPU stage of the default model (configs/default_model_stage${STAGE}_gpu.yaml) for TRAIN_MINUTES,
 #   2. the test suite's CUDA-only tests, 3. a CPU-vs-CUDA parity check of the default model,
 #   4. bench/speed.py on CUDA.
 # The machine has torch but not segment-anything (carried as a wheel in .gpu/whl) and no SimpleITK or data
 # folder: the training slices travel as the 128 px cache (.gpu/cache, recompressed runs/cache files of the
 # same names), so no image file is read there. Everything that comes back is written under $OUT.
-#   device run: bash bench/device/stage5_gpu.sh   (carry: [".gpu"], timeout_s 570)
+# The model the stage's config starts from (model.init_from) travels in .gpu/init_model unless the machine
+# still has it from an earlier call.
+#   device run: STAGE=5 TRAIN_MINUTES=6 bash bench/device/lease.sh   (carry: [".gpu"], timeout_s 570)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 STAGE=${STAGE:-5}
 RUN=default_model_stage${STAGE}_gpu
-OUT=${OUT:-/tmp/stage5_out}
+OUT=${OUT:-/tmp/lease_out}
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt"; }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
   || { log "wheel install failed"; exit 3; }
 export PYTHONPATH=/tmp/site:$PWD
-mkdir -p runs/cache runs/default_model_stage4/model
+mkdir -p runs/cache
 cp .gpu/cache/*.npz runs/cache/
-cp Resources/Models/default/model.safetensors Resources/Models/default/config.json runs/default_model_stage4/model/
-# stage 6 starts from stage 5: carried in .gpu/stage5_model unless this machine still has the run
-if [ -d .gpu/stage5_model ] && [ ! -f runs/default_model_stage5_gpu/model/model.safetensors ]; then
-  mkdir -p runs/default_model_stage5_gpu/model && cp .gpu/stage5_model/* runs/default_model_stage5_gpu/model/
+INIT=$(python3 -c "from KnowledgeSAMLib.train.config import load_config as l; print(l('configs/${RUN}.yaml').model.init_from or '')")
+if [ -n "$INIT" ] && [ ! -f "$INIT/model.safetensors" ]; then
+  [ -f .gpu/init_model/model.safetensors ] || { log "configs/${RUN}.yaml starts from $INIT: carry it in .gpu/init_model"; exit 3; }
+  mkdir -p "$INIT" && cp .gpu/init_model/* "$INIT/"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/log.txt"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$OUT/log.txt"
