@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.set:
         cfg = apply_overrides(cfg, list(args.set))
     t0 = time.perf_counter()
-    model_size = int(build_train_model(cfg).config.image_size)
+    calibration_model = build_train_model(cfg)  # trained by the calibration, then dropped
+    model_size = int(calibration_model.config.image_size)
     sources = build_sources(cfg.data.sources, model_size, cfg.data.cache_dir)
     data_s = time.perf_counter() - t0
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         calib.run.out_dir = str(Path(tmp) / "calibration")
         t1 = time.perf_counter()
-        result = Trainer(calib, sources=sources).fit()
+        result = Trainer(calib, model=calibration_model, sources=sources).fit()
         calib_wall = time.perf_counter() - t1
     # one validation pass plus model build and saving: everything but the training steps
     overhead_s = max(calib_wall - result.steps / result.steps_per_s, 0.0)

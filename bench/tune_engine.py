@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.evaluate_model import DATASETS  # noqa: E402  (each dataset's intensity preset)
 from KnowledgeSAMLib.evaluation.metrics import dice  # noqa: E402
 from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment  # noqa: E402
 
@@ -57,7 +58,7 @@ def validation_pairs(kidney_references: int) -> list[tuple[str, str, tuple]]:
     return pairs
 
 
-PRESETS = {"kidney": "ct-abdomen", "hippocampus": "mr"}
+PRESETS = {"kidney": DATASETS["kidney_roi_phantom"][1], "hippocampus": DATASETS["hippocampus"][1]}
 
 
 def score(model, pairs, options: EngineOptions) -> dict[str, float]:
@@ -110,15 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     for changed in post:
         run("post", replace(default, **best_retrieval, **changed), {**best_retrieval, **changed})
     best = max(rows, key=lambda r: r["dice"]["mean"])
-    current = next(r for r in rows if r["round"] == "post" and r["options"] == {
-        **best_retrieval, "overlap": default.overlap, "contested": default.contested, "smooth_z": default.smooth_z,
-        "largest_component": default.largest_component})
+    defaults = {name: getattr(default, name) for name in [*retrieval[0], *post[0]]}
+    current = next(r for r in rows if r["round"] == "post"
+                   and r["options"] == {**defaults, **best_retrieval})
     summary = {"model": args.model, "pairs": [p[1] for p in pairs], "rows": rows, "best": best,
-               "wall_s": time.perf_counter() - started,
-               "defaults": {"top_k": default.top_k, "position_weight": default.position_weight,
-                            "overlap": default.overlap, "contested": default.contested,
-                            "smooth_z": default.smooth_z,
-                            "largest_component": default.largest_component}}
+               "wall_s": time.perf_counter() - started, "defaults": defaults}
     print(f"best {json.dumps(best['options'])}: mean {best['dice']['mean']:.3f} "
           f"(best retrieval with default post-processing: {current['dice']['mean']:.3f}); "
           f"{summary['wall_s']:.0f} s", flush=True)
