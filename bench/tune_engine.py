@@ -2,9 +2,9 @@
 """Choose the engine's volume-mode defaults on *validation* pairs only (never the held-out test cases).
 
 The engine's retrieval (which reference slice answers which target slice: ``top_k``, ``position_weight``)
-and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``) were chosen with one model; a better
-model can prefer other settings. This script scores a small grid in two rounds — retrieval first, then
-post-processing on the best retrieval — and prints mean Dice per structure for each setting, so a change
+and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``, ``threshold``) were chosen with one
+model; a better model can prefer other settings. This script scores a small grid in three rounds — retrieval
+first, then post-processing on the best retrieval, then the threshold on the best of both — and prints mean Dice per structure for each setting, so a change
 of default is a measured decision (``EngineOptions``'s docstring records the numbers it was taken on).
 
 Validation pairs (the training configs' validation cases, with training cases as references):
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 (False, True)) if not (o == "layers" and k == "probability")]
     for changed in post:
         run("post", replace(default, **best_retrieval, **changed), {**best_retrieval, **changed})
+    best_post = max((r for r in rows if r["round"] == "post"), key=lambda r: r["dice"]["mean"])["options"]
+    for threshold in (0.3, 0.4, 0.6):  # 0.5 (the default) was scored in the post round
+        changed = {**best_post, "threshold": threshold}
+        run("threshold", replace(default, **changed), changed)
     best = max(rows, key=lambda r: r["dice"]["mean"])
     defaults = {name: getattr(default, name) for name in [*retrieval[0], *post[0]]}
     current = next(r for r in rows if r["round"] == "post"
