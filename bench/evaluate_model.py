@@ -57,8 +57,11 @@ class DatasetResult:
             "structures": {s: stats(v) for s, v in self.dice.items()},
             "mean_dice": float(np.mean([np.mean(v) for v in self.dice.values()])),
             "seconds_per_case": float(np.mean(self.seconds)),
-            "task_following": {t: {s: float(np.mean(v)) for s, v in row.items()} for t, row in self.confusion.items()},
+            # empty when the per-task runs were skipped (--no-task-following)
+            "task_following": {t: {s: float(np.mean(v)) for s, v in row.items()}
+                               for t, row in self.confusion.items() if all(row.values())},
             "cases": self.cases,
+            "case_dice": {s: [float(x) for x in v] for s, v in self.dice.items()},  # in the order of "cases"
         }
 
 
