@@ -2,10 +2,11 @@
 """Choose the engine's volume-mode defaults on *validation* pairs only (never the held-out test cases).
 
 The engine's retrieval (which reference slice answers which target slice: ``top_k``, ``position_weight``)
-and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``, ``threshold``) were chosen with one
-model; a better model can prefer other settings. This script scores a small grid in three rounds — retrieval
-first, then post-processing on the best retrieval, then the threshold on the best of both — and prints mean Dice per structure for each setting, so a change
-of default is a measured decision (``EngineOptions``'s docstring records the numbers it was taken on).
+and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``, ``threshold``) were
+chosen with one model; a better model can prefer other settings. This script scores a small grid in three
+rounds — retrieval first, then post-processing on the best retrieval, then the threshold on the best of
+both — and prints mean Dice per structure for each setting, so a change of default is a measured decision
+(``EngineOptions``'s docstring records the numbers it was taken on).
 
 Validation pairs (the training configs' validation cases, with training cases as references):
 kidney ROI phantoms 1000–1002, each with references 0 and 1 (6 pairs), and MSD hippocampus 057, 058, 060
@@ -100,17 +101,20 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in result.items() if k != "mean"), flush=True)
         return result
 
+    def best_of(round_name: str) -> dict:
+        return max((r for r in rows if r["round"] == round_name), key=lambda r: r["dice"]["mean"])["options"]
+
     default = EngineOptions()
     retrieval = [dict(top_k=k, position_weight=w) for k, w in itertools.product((1, 2, 3), (0.5, 1.0, 2.0, 4.0))]
     for changed in retrieval:
         run("retrieval", replace(default, **changed), changed)
-    best_retrieval = max((r for r in rows if r["round"] == "retrieval"), key=lambda r: r["dice"]["mean"])["options"]
+    best_retrieval = best_of("retrieval")
     post = [dict(overlap=o, contested=k, smooth_z=z, largest_component=c)
             for o, k, z, c in itertools.product(("auto", "layers"), ("smaller", "probability"), (False, True),
                                                 (False, True)) if not (o == "layers" and k == "probability")]
     for changed in post:
         run("post", replace(default, **best_retrieval, **changed), {**best_retrieval, **changed})
-    best_post = max((r for r in rows if r["round"] == "post"), key=lambda r: r["dice"]["mean"])["options"]
+    best_post = best_of("post")
     for threshold in (0.3, 0.4, 0.6):  # 0.5 (the default) was scored in the post round
         changed = {**best_post, "threshold": threshold}
         run("threshold", replace(default, **changed), changed)
