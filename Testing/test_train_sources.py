@@ -95,3 +95,13 @@ def test_a_cache_is_found_again_after_its_dataset_folder_moves():
                          train_cases=5)
     assert _cache_key(here, 128) == _cache_key(there, 128)
     assert len({_cache_key(here, 128), _cache_key(other, 128), _cache_key(fewer, 128), _cache_key(here, 64)}) == 4
+
+
+def test_reweighting_a_source_keeps_its_cache():
+    """The weight only changes how often a source is drawn, never its slices, so its cache must stay valid."""
+    from KnowledgeSAMLib.train.sources import _cache_key
+
+    light = SourceConfig(kind="kidney_roi_phantom", weight=0.5, train_cases=400)
+    heavy = SourceConfig(kind="kidney_roi_phantom", weight=2.0, train_cases=400)
+    shifted = SourceConfig(kind="kidney_roi_phantom", weight=0.5, train_cases=400, seed=400)
+    assert _cache_key(light, 128) == _cache_key(heavy, 128) != _cache_key(shifted, 128)

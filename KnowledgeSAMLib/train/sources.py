@@ -249,8 +249,10 @@ _LOADERS: dict[str, Callable[[SourceConfig], tuple[Volumes, Volumes, list[str]]]
 def _cache_key(src: SourceConfig, size: int) -> str:
     """Hash of what the cached slices depend on. A dataset root enters by its folder name only: configs
     resolve roots to absolute paths, and a cache copied to another machine (a lent GPU) or a moved checkout
-    must still be found."""
+    must still be found. The sampling ``weight`` does not change a single slice, so it is left out: re-weighting
+    a source must not rebuild (minutes for hundreds of phantoms) what is already cached."""
     source = asdict(src)
+    source.pop("weight", None)
     if source.get("root"):
         source["root"] = Path(source["root"]).name
     payload = json.dumps({"source": source, "model_size": size, "version": _CACHE_VERSION}, sort_keys=True)
