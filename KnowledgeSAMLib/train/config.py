@@ -99,9 +99,8 @@ class DataSection:
     sources: list[SourceConfig] = _f(doc="Training sources (at least one); see data.sources[*] fields.", factory=list)
     cache_dir: Optional[str] = _f(
         None, "Folder (relative to the current directory) for the pre-computed slice cases (npz, keyed by "
-              "source settings and model size). Saves "
-              "re-generating phantoms / re-reading volumes on restarts and in every DDP process. null = in "
-              "memory only.")
+              "the source settings except its weight, and the model size). Saves re-generating phantoms / "
+              "re-reading volumes on restarts and in every DDP process. null = in memory only.")
 
 
 @dataclass
