@@ -230,8 +230,9 @@ def test_2d_fundus_pair(fake, tmp_path):
     assert json.loads((tmp_path / "pred.ksam.json").read_text(encoding="utf-8"))["mode"] == "volume"
 
 
-def test_overlap_and_contested_reach_the_engine():
+def test_overlap_contested_and_flip_tta_reach_the_engine():
     from KnowledgeSAMLib.cli import build_parser
+    from KnowledgeSAMLib.infer import EngineOptions
 
     def options(*extra):
         args = build_parser().parse_args(["segment", "--target", "t.nrrd", "--reference-labels", "l.seg.nrrd",
@@ -241,5 +242,7 @@ def test_overlap_and_contested_reach_the_engine():
     assert (options().overlap, options().contested) == ("auto", "smaller")
     chosen = options("--overlap", "layers", "--contested", "probability", "--top-k", "2")
     assert (chosen.overlap, chosen.contested, chosen.top_k) == ("layers", "probability", 2)
+    assert options("--flip-tta").flip_tta is True and options("--no-flip-tta").flip_tta is False
+    assert options().flip_tta is EngineOptions().flip_tta  # no flag: the engine's default
     with pytest.raises(SystemExit):
         options("--contested", "bigger")

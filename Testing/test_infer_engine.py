@@ -162,6 +162,77 @@ def test_reference_cache_is_reused_across_targets(volume, other_patient, prior):
     assert built <= pairs
 
 
+# ------------------------------------------------------------------------------ test-time flips
+
+class LeftStripModel(ThresholdModel):
+    """Not mirror-equivariant: predicts only in the left 30% of the model-size image."""
+
+    def decode(self, target_embeddings, reference):
+        logits, iou = super().decode(target_embeddings, reference)
+        logits[..., int(logits.shape[-1] * 0.3):] = -20.0
+        return logits, iou
+
+
+def test_mirrored_slice_source_flips_model_space_and_back(volume):
+    from KnowledgeSAMLib.data.intensity import get_preset
+    from KnowledgeSAMLib.data.resize import SquareFit
+    from KnowledgeSAMLib.infer.reference import SliceSource
+    from KnowledgeSAMLib.infer.slicing import axis_view
+
+    image, labels = volume
+    view = axis_view(image.shape, image.geometry, "axial")
+    fit = SquareFit(view.slice_shape, view.spacing_hw, 64)
+    mapping = get_preset("ct-abdomen").fit(image)
+    plain, mirrored = SliceSource(image, view, mapping, fit), SliceSource(image, view, mapping, fit, mirrored=True)
+    np.testing.assert_array_equal(mirrored.model_image(6), plain.model_image(6)[:, :, ::-1])
+    segment_ = labels.segments[0]
+    np.testing.assert_array_equal(mirrored.model_mask(labels, segment_, 6), plain.model_mask(labels, segment_, 6)[:, ::-1])
+    square = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    np.testing.assert_allclose(mirrored.to_slice(square[:, ::-1]), plain.to_slice(square), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["anchor", "propagate", "volume"])
+def test_flip_tta_on_a_mirror_equivariant_model_changes_nothing_but_doubles_the_work(volume, other_patient, mode):
+    image, labels = volume
+    ref, ref_labels = other_patient
+    results = []
+    for flip in (False, True):
+        options = EngineOptions(flip_tta=flip)
+        if mode == "volume":
+            request = SegmentRequest(image, ref, ref_labels, mode=mode, batch_size=4, options=options)
+        else:
+            request = _same(image, labels, mode=mode, options=options)
+        results.append(segment(request, ThresholdModel(image_size=64, reach=3), reference_cache=ReferenceCache()))
+    plain, flipped = results
+    np.testing.assert_array_equal(flipped.labels.layers, plain.labels.layers)
+    for name in ("bright", "dim"):
+        np.testing.assert_allclose(flipped.confidence[name], plain.confidence[name], equal_nan=True)
+    for count in ("target_slices_encoded", "heads_run", "reference_prompts_built"):
+        assert flipped.provenance["counts"][count] == 2 * plain.provenance["counts"][count] > 0, count
+    assert flipped.provenance["options"]["flip_tta"] is True
+
+
+def test_flip_tta_averages_the_two_orientations(volume):
+    """A model that sees only the left strip: the mirrored run sees the right strip instead. The average
+    is about 0.5 where one of them found a structure, so a threshold below it keeps both strips' finds
+    and one above it keeps nothing."""
+    image, labels = volume
+    nx = image.shape[2]
+
+    def run(**options) -> Labels:
+        request = _same(image, labels, mode="anchor", options=EngineOptions(keep_reference_labels=False, **options))
+        return segment(request, LeftStripModel(image_size=64)).labels
+
+    right = np.s_[..., nx // 2:]  # "dim" lies there, outside the strip; "bright" lies on the left
+    plain = run()
+    assert plain.mask("bright").any() and not plain.mask("dim")[right].any()
+    both = run(flip_tta=True, threshold=0.4)
+    assert dice(both.mask("bright"), plain.mask("bright")) > 0.9
+    assert both.mask("dim")[right].sum() > 0.3 * labels.mask("dim").sum()  # found by the mirrored run
+    nothing = run(flip_tta=True, threshold=0.6)
+    assert not nothing.mask("bright").any() and not nothing.mask("dim").any()
+
+
 # ----------------------------------------------------------------------------- labels and 2D images
 
 def test_plain_labelmap_values_are_kept(volume):

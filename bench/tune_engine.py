@@ -3,9 +3,10 @@
 
 The engine's retrieval (which reference slice answers which target slice: ``top_k``, ``position_weight``)
 and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``, ``threshold``) were
-chosen with one model; a better model can prefer other settings. This script scores a small grid in three
+chosen with one model; a better model can prefer other settings. This script scores a small grid in four
 rounds — retrieval first, then post-processing on the best retrieval, then the threshold on the best of
-both — and prints mean Dice per structure for each setting, so a change of default is a measured decision
+both, then flip test-time augmentation (``flip_tta``, twice the compute) on the best so far — and prints
+mean Dice per structure for each setting, so a change of default is a measured decision
 (``EngineOptions``'s docstring records the numbers it was taken on).
 
 Validation pairs (the training configs' validation cases, with training cases as references):
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     def best_of(round_name: str) -> dict:
         return max((r for r in rows if r["round"] == round_name), key=lambda r: r["dice"]["mean"])["options"]
 
-    default = EngineOptions()
+    default = replace(EngineOptions(), flip_tta=False)  # the last round scores the flips on the best setting
     retrieval = [dict(top_k=k, position_weight=w) for k, w in itertools.product((1, 2, 3), (0.5, 1.0, 2.0, 4.0))]
     for changed in retrieval:
         run("retrieval", replace(default, **changed), changed)
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for threshold in (0.3, 0.4, 0.6):  # 0.5 (the default) was scored in the post round
         changed = {**best_post, "threshold": threshold}
         run("threshold", replace(default, **changed), changed)
+    changed = {**max(rows, key=lambda r: r["dice"]["mean"])["options"], "flip_tta": True}
+    run("flip", replace(default, **changed), changed)
     best = max(rows, key=lambda r: r["dice"]["mean"])
     defaults = {name: getattr(default, name) for name in [*retrieval[0], *post[0]]}
     current = next(r for r in rows if r["round"] == "post"

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest 3D connected component of each structure")
+    parser.add_argument("--flip-tta", default=None, action=argparse.BooleanOptionalAction,
+                        help="also segment the left-right mirrored target with the mirrored reference and "
+                             "average the two (twice the compute; default: the engine's, see EngineOptions)")
     parser.add_argument("--overlap", default=None, choices=("auto", "layers", "argmax"),
                         help="auto (default): structures sharing a layer in the reference stay exclusive; "
                              "layers: every structure keeps its own mask (may overlap); argmax: all exclusive")
@@ -225,7 +228,7 @@ def _options(args: argparse.Namespace):
         changes["top_k"] = args.top_k
     if args.largest_component:
         changes["largest_component"] = True
-    for option in ("overlap", "contested"):
+    for option in ("overlap", "contested", "flip_tta"):
         if getattr(args, option) is not None:
             changes[option] = getattr(args, option)
     return EngineOptions(**changes)

@@ -2,8 +2,9 @@
 
 Order of work: validate everything (fail before compute), cut both volumes along the chosen axis,
 fit one intensity mapping per volume, run the chosen mode (anchor / propagate / volume) with shared
-per-slice target embeddings and a cached reference, post-process, and return labels in exactly the
-target's geometry with per-slice confidence and provenance. Nothing is written here (see output.py).
+per-slice target embeddings and a cached reference (a second time on the mirrored target and reference
+when ``flip_tta`` is on, the two probability maps averaged), post-process, and return labels in exactly
+the target's geometry with per-slice confidence and provenance. Nothing is written here (see output.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..data.intensity import get_preset
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
-from .modes import RunContext, labelled_override, run_anchor, run_propagate, run_volume
+from .modes import RunContext, average_runs, labelled_override, run_anchor, run_propagate, run_volume
 from .output import assemble_labels, postprocess
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import SegmentationResult, SegmentRequest, prepare_request
@@ -87,32 +88,38 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     preset = get_preset(request.preset)
     t_map = preset.fit(target)
     r_map = t_map if same else preset.fit(reference)
-    t_src = SliceSource(target, tview, t_map, SquareFit(tview.slice_shape, tview.spacing_hw, size))
-    r_src = t_src if same else SliceSource(reference, rview, r_map,
-                                           SquareFit(rview.slice_shape, rview.spacing_hw, size))
 
     device = choose_device(request.device)
     policy = DevicePolicy(device, int(request.batch_size), bf16_on_cuda=opts.mixed_precision)
     dtype = getattr(torch, opts.embedding_dtype)
-    targets = EmbeddingCache(model, t_src, policy, dtype, tracker)
-    shared_key = None
+    reference_key = None
     if reference_cache is not None and not same:
-        shared_key = (_digest(reference.array), reference.geometry, _digest(prepared.reference_labels.layers),
-                      request.axis, tuple(sorted(r_map.to_dict().items())), size, str(dtype),
-                      model_fingerprint(model))
-    bank = ReferenceBank(model, r_src, prepared.reference_labels, prepared.segments, policy,
-                         request.reference_slices, cache=targets if same else None,
-                         prompt_cache_size=opts.prompt_cache_size, embedding_dtype=dtype, progress=tracker,
-                         shared=reference_cache, shared_key=shared_key)
+        reference_key = (_digest(reference.array), reference.geometry, _digest(prepared.reference_labels.layers),
+                         request.axis, tuple(sorted(r_map.to_dict().items())), size, str(dtype),
+                         model_fingerprint(model))
 
-    def fall_back(cpu: torch.device) -> None:  # out of memory on the GPU: model and caches move to the CPU
-        model.to(cpu)
-        targets.move_to(cpu)
-        bank.move_to(cpu)
+    def run_orientation(mirrored: bool) -> RunContext:
+        """One full pass of the mode, on the target and reference as they are or mirrored left-right."""
+        t_src = SliceSource(target, tview, t_map, SquareFit(tview.slice_shape, tview.spacing_hw, size), mirrored)
+        r_src = t_src if same else SliceSource(reference, rview, r_map,
+                                               SquareFit(rview.slice_shape, rview.spacing_hw, size), mirrored)
+        targets = EmbeddingCache(model, t_src, policy, dtype, tracker)
+        bank = ReferenceBank(model, r_src, prepared.reference_labels, prepared.segments, policy,
+                             request.reference_slices, cache=targets if same else None,
+                             prompt_cache_size=opts.prompt_cache_size, embedding_dtype=dtype, progress=tracker,
+                             shared=reference_cache,
+                             shared_key=None if reference_key is None else reference_key + (mirrored,))
 
-    policy.on_fallback = fall_back
-    ctx = RunContext(model=model, policy=policy, options=opts, progress=tracker, target=t_src, targets=targets,
-                     bank=bank, segments=prepared.segments, slices=slices, same_volume=same)
+        def fall_back(cpu: torch.device) -> None:  # out of memory on the GPU: model and caches move to the CPU
+            model.to(cpu)
+            targets.move_to(cpu)
+            bank.move_to(cpu)
+
+        policy.on_fallback = fall_back
+        ctx = RunContext(model=model, policy=policy, options=opts, progress=tracker, target=t_src, targets=targets,
+                         bank=bank, segments=prepared.segments, slices=slices, same_volume=same)
+        _RUNNERS[prepared.mode](ctx)
+        return ctx
 
     was_training = bool(getattr(model, "training", False))
     model.to(device)
@@ -120,11 +127,12 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     inference_started = time.perf_counter()
     try:
         with torch.inference_mode():
-            _RUNNERS[prepared.mode](ctx)
+            runs = [run_orientation(mirrored) for mirrored in ((False, True) if opts.flip_tta else (False,))]
     finally:
         model.train(was_training)
     inference_s = time.perf_counter() - inference_started
     tracker.check()
+    ctx = average_runs(runs)
 
     if same and opts.keep_reference_labels:
         labelled_override(ctx, prepared.reference_labels)
@@ -141,14 +149,15 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
         "reference_labels": prepared.reference_labels.source,
         "same_volume": same, "mode": prepared.mode, "requested_mode": request.mode, "axis": request.axis,
         "slice_axis_index": tview.slice_axis, "slices": [slices[0], slices[-1] + 1] if slices else [],
-        "reference_slices": {seg.name: bank.labelled_slices(seg).tolist() for seg in prepared.segments},
+        "reference_slices": {seg.name: ctx.bank.labelled_slices(seg).tolist() for seg in prepared.segments},
         "segments": [{"name": s.name, "label_value": s.label_value, "layer": s.layer} for s in labels.segments],
         "intensity": {"preset": request.preset, "target": t_map.to_dict(), "reference": r_map.to_dict()},
         "device": str(policy.device), "precision": policy.precision, "batch_size": policy.batch_size,
         "options": dataclasses.asdict(opts),
-        "counts": {"target_slices_encoded": targets.encoded,
-                   "reference_slices_encoded": 0 if same else bank.cache.encoded,
-                   "reference_prompts_built": bank.prompts_built, "heads_run": ctx.heads_run},
+        "counts": {"target_slices_encoded": sum(run.targets.encoded for run in runs),
+                   "reference_slices_encoded": 0 if same else sum(run.bank.cache.encoded for run in runs),
+                   "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
+                   "heads_run": sum(run.heads_run for run in runs)},
         "timings": {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)},
         "notes": policy.notes + ctx.notes,
     }

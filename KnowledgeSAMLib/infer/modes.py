@@ -26,7 +26,7 @@ from .device import DevicePolicy
 from .reference import EmbeddingCache, ReferenceBank, SliceSource, relative
 from .request import EngineOptions
 
-__all__ = ["RunContext", "run_anchor", "run_propagate", "run_volume", "largest_component"]
+__all__ = ["RunContext", "run_anchor", "run_propagate", "run_volume", "average_runs", "largest_component"]
 
 
 @dataclass
@@ -324,6 +324,29 @@ def run_volume(ctx: RunContext) -> None:
     finally:
         ctx.targets.unpin(ctx.slices)
         ctx.targets.keep_only([])
+
+
+# ------------------------------------------------------------------------------ test-time flips
+
+def average_runs(runs: Sequence[RunContext]) -> RunContext:
+    """Average the probabilities and confidences of runs over the same slices (flip test-time augmentation).
+
+    Each run's maps are already on the unmirrored target grid (``SliceSource.to_slice`` flips back). A
+    confidence that is NaN in one run (e.g. a propagation that stopped earlier) takes the other run's value.
+    The first run carries the merged result and every run's notes.
+    """
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    for name in first.probabilities:
+        total = sum(run.probabilities[name].astype(np.uint16) for run in runs)
+        first.probabilities[name] = ((total + len(runs) // 2) // len(runs)).astype(np.uint8)
+        stacked = np.stack([run.confidence[name] for run in runs])
+        seen = (~np.isnan(stacked)).sum(axis=0)
+        first.confidence[name] = np.where(seen > 0, np.nansum(stacked, axis=0) / np.maximum(seen, 1),
+                                          np.nan).astype(np.float32)
+    first.notes = list(dict.fromkeys(note for run in runs for note in run.notes))
+    return first
 
 
 # ---------------------------------------------------------------------------------- post-process

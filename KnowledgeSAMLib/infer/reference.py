@@ -29,10 +29,20 @@ __all__ = ["SliceSource", "EmbeddingCache", "ReferenceBank", "Descriptors", "Ref
 
 
 class SliceSource:
-    """One volume seen through an axis view, an intensity mapping and a square fit to the model size."""
+    """One volume seen through an axis view, an intensity mapping and a square fit to the model size.
 
-    def __init__(self, image: Image, view: AxisView, mapping, fit) -> None:
+    ``mirrored`` flips every model-size image and mask left-right and flips probabilities back in
+    :meth:`to_slice`: the engine's flip test-time augmentation runs the same modes on a mirrored target
+    and reference and averages the two results on the unmirrored grid.
+    """
+
+    def __init__(self, image: Image, view: AxisView, mapping, fit, mirrored: bool = False) -> None:
         self.image, self.view, self.mapping, self.fit = image, view, mapping, fit
+        self.mirrored = bool(mirrored)
+
+    def _model_space(self, square: np.ndarray) -> np.ndarray:
+        """Mirror an ``S×S[×C]`` model-size array when this source is mirrored (its own inverse)."""
+        return square[:, ::-1] if self.mirrored else square
 
     @property
     def n(self) -> int:
@@ -42,7 +52,7 @@ class SliceSource:
         """Slice ``k`` as a ``3×S×S`` float32 array in [0, 1]."""
         plane = np.ascontiguousarray(self.view.get(self.image.array, k))
         rgb = np.asarray(self.mapping.apply(plane), dtype=np.float32)
-        square = np.asarray(self.fit.to_model(rgb, 1), dtype=np.float32)
+        square = self._model_space(np.asarray(self.fit.to_model(rgb, 1), dtype=np.float32))
         if square.ndim == 2:
             square = np.repeat(square[..., None], 3, axis=-1)
         return np.ascontiguousarray(square.transpose(2, 0, 1))
@@ -53,15 +63,16 @@ class SliceSource:
     def model_mask(self, labels: Labels, segment: Segment, k: int) -> np.ndarray:
         """The segment's mask on slice ``k`` as an ``S×S`` float32 {0, 1} array."""
         plane = np.ascontiguousarray(self.view.get(labels.layers[segment.layer], k)) == segment.label_value
-        square = np.asarray(self.fit.to_model(plane.astype(np.float32), 0), dtype=np.float32)
-        return (square > 0.5).astype(np.float32)
+        square = self._model_space(np.asarray(self.fit.to_model(plane.astype(np.float32), 0), dtype=np.float32))
+        return np.ascontiguousarray(square > 0.5, dtype=np.float32)
 
     def masks(self, labels: Labels, segment: Segment, ks: Sequence[int]) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.model_mask(labels, segment, int(k)) for k in ks]))[:, None]
 
     def to_slice(self, square: np.ndarray) -> np.ndarray:
         """An ``S×S`` probability map back onto the slice grid ``(h, w)``."""
-        return np.asarray(self.fit.to_original(np.asarray(square, dtype=np.float32)), dtype=np.float32)
+        square = np.ascontiguousarray(self._model_space(np.asarray(square, dtype=np.float32)))
+        return np.asarray(self.fit.to_original(square), dtype=np.float32)
 
 
 class EmbeddingCache:

@@ -80,6 +80,8 @@ class EngineOptions:
     overlap: str = "auto"  # "auto" (as the reference: shared layer => exclusive), "layers", "argmax"
     contested: str = "smaller"  # who keeps a voxel two exclusive structures claim: "smaller" | "probability"
     keep_reference_labels: bool = True  # same volume: the user's labelled slices are kept as drawn
+    # test-time augmentation: also run on the left-right mirrored target and reference, average (2x compute)
+    flip_tta: bool = False
     # compute
     mixed_precision: bool = True  # bf16 autocast on CUDA (fp32 elsewhere)
     # caches
