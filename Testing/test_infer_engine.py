@@ -4,6 +4,8 @@ integration runs with the real tiny KSAM."""
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -231,6 +233,26 @@ def test_flip_tta_averages_the_two_orientations(volume):
     assert both.mask("dim")[right].sum() > 0.3 * labels.mask("dim").sum()  # found by the mirrored run
     nothing = run(flip_tta=True, threshold=0.6)
     assert not nothing.mask("bright").any() and not nothing.mask("dim").any()
+
+
+def test_relabel_gives_what_segment_gives_with_other_post_processing(volume, other_patient):
+    from KnowledgeSAMLib.infer import relabel
+
+    image, labels = volume
+    ref, ref_labels = other_patient
+    model = ThresholdModel(image_size=32)
+    request = SegmentRequest(image, ref, ref_labels, batch_size=4, keep_probabilities=True)
+    first = segment(request, model)
+    assert set(first.probabilities) == {"bright", "dim"} and first.probabilities["bright"].dtype == np.uint8
+    for changes in (dict(threshold=0.3), dict(threshold=0.8, largest_component=True),
+                    dict(overlap="layers", smooth_z=True), dict(contested="probability")):
+        direct = segment(replace(request, options=EngineOptions(**changes)), model)
+        again = relabel(request, first, EngineOptions(**changes))
+        np.testing.assert_array_equal(again.layers, direct.labels.layers)
+        assert again.segments == direct.labels.segments
+    assert segment(replace(request, keep_probabilities=False), model).probabilities is None
+    with pytest.raises(ValueError, match="keep_probabilities"):
+        relabel(request, segment(replace(request, keep_probabilities=False), model), EngineOptions())
 
 
 # ----------------------------------------------------------------------------- labels and 2D images

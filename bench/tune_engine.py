@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """Choose the engine's volume-mode defaults on *validation* pairs only (never the held-out test cases).
 
-The engine's retrieval (which reference slice answers which target slice: ``top_k``, ``position_weight``)
-and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``, ``threshold``) were
-chosen with one model; a better model can prefer other settings. This script scores a small grid in four
-rounds — retrieval first, then post-processing on the best retrieval, then the threshold on the best of
-both, then flip test-time augmentation (``flip_tta``, twice the compute) on the best so far — and prints
-mean Dice per structure for each setting, so a change of default is a measured decision
-(``EngineOptions``'s docstring records the numbers it was taken on).
+The engine's retrieval (which reference slice answers which target slice: ``position_prior``, ``top_k``,
+``position_weight``) and post-processing (``overlap``, ``contested``, ``smooth_z``, ``largest_component``,
+``threshold``) were chosen with one model; a better model can prefer other settings. This script scores a
+small grid in four rounds — retrieval first, then post-processing on the best retrieval, then the threshold
+on the best of both, then flip test-time augmentation (``flip_tta``, twice the compute) on the best so far —
+and prints mean Dice per structure for each setting, so a change of default is a measured decision
+(``EngineOptions``'s docstring records the numbers it was taken on). The post-processing rounds re-threshold
+the stored probabilities of the best retrieval (``relabel``) instead of running the model again.
 
 Validation pairs (the training configs' validation cases, with training cases as references):
-kidney ROI phantoms 1000–1002, each with references 0 and 1 (6 pairs), and MSD hippocampus 057, 058, 060
-with references 001, 003, 004 (skipped when the data folder is absent).
+kidney ROI phantoms 1000–1002, each with references 0–3 (12 pairs; with only references 0 and 1 the
+scan-position prior's failure on references whose kidney sits elsewhere in the scan went unseen), and MSD
+hippocampus 057, 058, 060 with references 001, 003, 004 (skipped when the data folder is absent).
 
     python bench/tune_engine.py --model default --threads 2 --json runs/tune_engine.json
 """
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.evaluate_model import DATASETS  # noqa: E402  (each dataset's intensity preset)
 from KnowledgeSAMLib.evaluation.metrics import dice  # noqa: E402
-from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment  # noqa: E402
+from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, relabel, segment  # noqa: E402
 
 HIPPOCAMPUS_VALIDATION = [("hippocampus_057", "hippocampus_001"), ("hippocampus_058", "hippocampus_003"),
                           ("hippocampus_060", "hippocampus_004")]
@@ -63,14 +65,22 @@ def validation_pairs(kidney_references: int) -> list[tuple[str, str, tuple]]:
 PRESETS = {"kidney": DATASETS["kidney_roi_phantom"][1], "hippocampus": DATASETS["hippocampus"][1]}
 
 
-def score(model, pairs, options: EngineOptions) -> dict[str, float]:
-    """Mean Dice per ``dataset/structure`` and the mean over all of them."""
-    per: dict[str, list[float]] = {}
+def run_pairs(model, pairs, options: EngineOptions) -> list:
+    """``(request, result)`` per pair, probabilities kept so post-processing can be re-scored for free."""
+    runs = []
     for dataset, _, (target, truth, reference, labels) in pairs:
-        out = segment(SegmentRequest(target, reference, labels, mode="volume", preset=PRESETS[dataset],
-                                     options=options), model)
+        request = SegmentRequest(target, reference, labels, mode="volume", preset=PRESETS[dataset],
+                                 options=options, keep_probabilities=True)
+        runs.append((request, segment(request, model)))
+    return runs
+
+
+def score(pairs, predictions) -> dict[str, float]:
+    """Mean Dice per ``dataset/structure`` (one predicted :class:`Labels` per pair) and their mean."""
+    per: dict[str, list[float]] = {}
+    for (dataset, _, (target, truth, reference, labels)), predicted in zip(pairs, predictions):
         for s in labels.segments:
-            per.setdefault(f"{dataset}/{s.name}", []).append(dice(out.labels.mask(s.name), truth.mask(s.name)))
+            per.setdefault(f"{dataset}/{s.name}", []).append(dice(predicted.mask(s.name), truth.mask(s.name)))
     means = {k: float(np.mean(v)) for k, v in per.items()}
     means["mean"] = float(np.mean(list(means.values())))
     return means
@@ -79,7 +89,7 @@ def score(model, pairs, options: EngineOptions) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--kidney-references", type=int, default=2)
+    parser.add_argument("--kidney-references", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -94,33 +104,45 @@ def main(argv: list[str] | None = None) -> int:
     pairs = validation_pairs(args.kidney_references)
     started = time.perf_counter()
     rows = []
+    computed: dict[str, list] = {}  # retrieval setting -> (request, result) per pair
 
-    def run(round_name: str, options: EngineOptions, changed: dict) -> dict:
-        result = score(model, pairs, options)
+    def record(round_name: str, changed: dict, result: dict) -> None:
         rows.append({"round": round_name, "options": changed, "dice": result})
-        print(f"{round_name:10s} {json.dumps(changed):70s} mean {result['mean']:.3f}  "
+        print(f"{round_name:10s} {json.dumps(changed):90s} mean {result['mean']:.3f}  "
               + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in result.items() if k != "mean"), flush=True)
-        return result
+
+    def run(round_name: str, changed: dict) -> None:
+        """Run the model on every pair (retrieval and test-time settings change the probabilities)."""
+        runs = run_pairs(model, pairs, replace(default, **changed))
+        computed[json.dumps(changed, sort_keys=True)] = runs
+        record(round_name, changed, score(pairs, [result.labels for _, result in runs]))
+
+    def rescore(round_name: str, retrieval: dict, changed: dict) -> None:
+        """Post-processing only: re-threshold the stored probabilities of ``retrieval`` (no model run)."""
+        runs = computed[json.dumps(retrieval, sort_keys=True)]
+        labels = [relabel(request, result, replace(default, **retrieval, **changed)) for request, result in runs]
+        record(round_name, {**retrieval, **changed}, score(pairs, labels))
 
     def best_of(round_name: str) -> dict:
         return max((r for r in rows if r["round"] == round_name), key=lambda r: r["dice"]["mean"])["options"]
 
     default = replace(EngineOptions(), flip_tta=False)  # the last round scores the flips on the best setting
-    retrieval = [dict(top_k=k, position_weight=w) for k, w in itertools.product((1, 2, 3), (0.5, 1.0, 2.0, 4.0))]
+    retrieval = [dict(position_prior=p, top_k=k, position_weight=w)
+                 for p, k, w in itertools.product(("scan", "two-pass", "none"), (1, 2), (0.5, 2.0))
+                 if not (p == "none" and w != 0.5)]  # without a position prior the weight does nothing
     for changed in retrieval:
-        run("retrieval", replace(default, **changed), changed)
+        run("retrieval", changed)
     best_retrieval = best_of("retrieval")
     post = [dict(overlap=o, contested=k, smooth_z=z, largest_component=c)
             for o, k, z, c in itertools.product(("auto", "layers"), ("smaller", "probability"), (False, True),
                                                 (False, True)) if not (o == "layers" and k == "probability")]
     for changed in post:
-        run("post", replace(default, **best_retrieval, **changed), {**best_retrieval, **changed})
+        rescore("post", best_retrieval, changed)
     best_post = best_of("post")
+    post_only = {k: v for k, v in best_post.items() if k not in best_retrieval}
     for threshold in (0.3, 0.4, 0.6):  # 0.5 (the default) was scored in the post round
-        changed = {**best_post, "threshold": threshold}
-        run("threshold", replace(default, **changed), changed)
-    changed = {**max(rows, key=lambda r: r["dice"]["mean"])["options"], "flip_tta": True}
-    run("flip", replace(default, **changed), changed)
+        rescore("threshold", best_retrieval, {**post_only, "threshold": threshold})
+    run("flip", {**max(rows, key=lambda r: r["dice"]["mean"])["options"], "flip_tta": True})
     best = max(rows, key=lambda r: r["dice"]["mean"])
     defaults = {name: getattr(default, name) for name in [*retrieval[0], *post[0]]}
     current = next(r for r in rows if r["round"] == "post"

@@ -14,9 +14,9 @@ from .cancel import CancelToken
 from .request import EngineOptions, SegmentationResult, SegmentRequest
 
 __all__ = ["segment", "SegmentRequest", "SegmentationResult", "EngineOptions", "CancelToken", "write_result",
-           "ReferenceCache", "model_fingerprint"]
+           "ReferenceCache", "model_fingerprint", "relabel"]
 
-_LAZY = {"segment": ".engine", "model_fingerprint": ".engine", "write_result": ".output",
+_LAZY = {"segment": ".engine", "relabel": ".engine", "model_fingerprint": ".engine", "write_result": ".output",
          "ReferenceCache": ".reference"}
 
 

@@ -21,16 +21,17 @@ import torch
 
 from .. import __version__
 from ..data.intensity import get_preset
+from ..data.volume import Labels
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
 from .modes import RunContext, average_runs, labelled_override, run_anchor, run_propagate, run_volume
-from .output import assemble_labels, postprocess
+from .output import labels_from_probabilities
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
-from .request import SegmentationResult, SegmentRequest, prepare_request
+from .request import EngineOptions, SegmentationResult, SegmentRequest, prepare_request
 from .slicing import axis_view, slice_count
 
-__all__ = ["segment", "model_fingerprint"]
+__all__ = ["segment", "relabel", "model_fingerprint"]
 
 _RUNNERS = {"anchor": run_anchor, "propagate": run_propagate, "volume": run_volume}
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, str]]" = weakref.WeakKeyDictionary()
@@ -136,8 +137,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
 
     if same and opts.keep_reference_labels:
         labelled_override(ctx, prepared.reference_labels)
-    masks = postprocess(ctx.probabilities, prepared.segments, tview, opts)
-    labels = assemble_labels(masks, prepared.segments, target.geometry, target.shape)
+    labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, opts, target)
     tracker.check()
 
     provenance = {
@@ -162,4 +162,19 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
         "notes": policy.notes + ctx.notes,
     }
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
-    return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance)
+    return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
+                              probabilities=ctx.probabilities if request.keep_probabilities else None)
+
+
+def relabel(request: SegmentRequest, result: SegmentationResult, options: EngineOptions) -> Labels:
+    """The labels ``segment(request)`` returns with other *post-processing* options (threshold, overlap,
+    contested, smooth_z, largest_component), from ``result``'s probabilities — no model run.
+
+    Why: choosing post-processing settings (``bench/tune_engine.py``) would otherwise recompute the same
+    probabilities once per setting. Retrieval and test-time options in ``options`` do not apply here.
+    """
+    if result.probabilities is None:
+        raise ValueError("relabel needs a result computed with SegmentRequest(keep_probabilities=True)")
+    prepared = prepare_request(request, slice_count)
+    view = axis_view(request.target.shape, request.target.geometry, request.axis)
+    return labels_from_probabilities(result.probabilities, prepared.segments, view, options, request.target)

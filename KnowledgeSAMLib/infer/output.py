@@ -16,12 +16,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.volume import Geometry, Labels, Segment
+from ..data.volume import Geometry, Image, Labels, Segment
 from ..errors import InputError
 from .request import EngineOptions, SegmentationResult
 from .slicing import AxisView
 
-__all__ = ["postprocess", "assemble_labels", "sidecar_path", "write_result", "provenance_json"]
+__all__ = ["postprocess", "assemble_labels", "labels_from_probabilities", "sidecar_path", "write_result",
+           "provenance_json"]
 
 
 def _smooth_across_slices(prob: np.ndarray, view: AxisView) -> np.ndarray:
@@ -105,6 +106,13 @@ def assemble_labels(masks: dict[str, np.ndarray], segments: Sequence[Segment], g
                                     terminology=seg.terminology, id=seg.id))
     stacked = np.stack(layers) if layers else np.zeros((1,) + tuple(shape), dtype=dtype)
     return Labels(layers=stacked, geometry=geometry, segments=out_segments)
+
+
+def labels_from_probabilities(probabilities: dict[str, np.ndarray], segments: Sequence[Segment], view: AxisView,
+                              options: EngineOptions, target: Image) -> Labels:
+    """Post-process the probability maps and assemble the labels on ``target``'s grid."""
+    masks = postprocess(probabilities, segments, view, options)
+    return assemble_labels(masks, segments, target.geometry, target.shape)
 
 
 # ------------------------------------------------------------------------------------------ files

@@ -122,15 +122,21 @@ class SegmentRequest:
     batch_size: int = 8
     preset: str = "auto"  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
     options: EngineOptions = field(default_factory=EngineOptions)
+    keep_probabilities: bool = False  # also return the probability maps (see ``relabel``)
 
 
 @dataclass
 class SegmentationResult:
-    """Labels in exactly the target geometry, per-slice IoU-head confidence, and provenance."""
+    """Labels in exactly the target geometry, per-slice IoU-head confidence, and provenance.
+
+    ``probabilities`` (only with ``SegmentRequest.keep_probabilities``): per structure, the uint8
+    probability map (255 = 1.0) on the target grid before post-processing.
+    """
 
     labels: Labels
     confidence: dict[str, np.ndarray]  # segment name -> (n slices along the axis,), NaN where not run
     provenance: dict[str, Any]
+    probabilities: dict[str, np.ndarray] | None = None
 
 
 @dataclass
