@@ -31,10 +31,10 @@ def test_rounds_run_and_post_processing_needs_no_model_run(tmp_path, monkeypatch
     assert tune_engine.main(["--model", "fake", "--json", str(tmp_path / "tune.json")]) == 0
     summary = json.loads((tmp_path / "tune.json").read_text(encoding="utf-8"))
     rounds = [row["round"] for row in summary["rows"]]
-    assert rounds.count("retrieval") == 10 and rounds.count("post") == 12 and rounds.count("threshold") == 3
+    assert rounds.count("retrieval") == 7 and rounds.count("post") == 12 and rounds.count("threshold") == 3
     assert rounds[-1] == "flip" and summary["rows"][-1]["options"]["flip_tta"] is True
     # the model runs once per retrieval setting and once for the flips; post-processing re-uses probabilities
-    assert len(calls) == 10 + 1 and calls[-1].flip_tta and not any(o.flip_tta for o in calls[:-1])
+    assert len(calls) == 7 + 1 and calls[-1].flip_tta and not any(o.flip_tta for o in calls[:-1])
     best = summary["best"]
     assert best["dice"]["mean"] == max(row["dice"]["mean"] for row in summary["rows"])
     assert 0.5 < best["dice"]["mean"] <= 1.0 and set(best["dice"]) == {"kidney/bright", "kidney/dim", "mean"}

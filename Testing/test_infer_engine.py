@@ -394,7 +394,9 @@ def test_progress_is_monotonic_and_completes(volume, other_patient):
     image, labels = volume
     ref, ref_labels = other_patient
     for request in (_same(image, labels, mode="anchor"), _same(image, labels, mode="propagate"),
-                    SegmentRequest(image, ref, ref_labels, batch_size=4)):
+                    SegmentRequest(image, ref, ref_labels, batch_size=4),
+                    SegmentRequest(image, ref, ref_labels, batch_size=4,
+                                   options=EngineOptions(position_prior="aligned", flip_tta=True))):
         reports = []
         segment(request, ThresholdModel(32), progress=lambda d, t: reports.append((d, t)))
         done = [d for d, _ in reports]

@@ -239,15 +239,18 @@ def _softmax(x: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _volume_pass(ctx: RunContext, k_refs: int, priors: dict[str, str],
-                 extents: dict[str, tuple[float, float]]) -> None:
+                 extents: dict[str, tuple[float, float]], target_pos: np.ndarray | None = None) -> None:
     """One pass over the target slices: score the candidates, fuse the top-k, store probabilities.
 
     ``priors[name]`` is ``"extent"`` (position within ``extents[name]``, slices outside stay empty),
-    ``"scan"`` (position within the scan) or ``"none"`` (similarity only).
+    ``"scan"`` (position within the scan; ``target_pos`` gives the target slices' positions in the
+    reference scan when they are known better than by their own relative position) or ``"none"``
+    (similarity only).
     """
     opts = ctx.options
     descriptors = {seg.name: ctx.bank.descriptors(seg) for seg in ctx.segments}
-    target_pos = _positions(ctx.target.view, ctx.slices)
+    if target_pos is None:
+        target_pos = _positions(ctx.target.view, ctx.slices)
     position = 0
     while position < len(ctx.slices):
         chunk = ctx.slices[position:position + max(1, ctx.policy.batch_size)]
@@ -292,12 +295,40 @@ def _volume_pass(ctx: RunContext, k_refs: int, priors: dict[str, str],
         ctx.progress.advance(len(chunk))
 
 
+def aligned_positions(ctx: RunContext, margin: int = 2) -> np.ndarray:
+    """The target slices' positions in the reference scan (``[0, 1]`` over its slices, possibly beyond).
+
+    The reference's labelled slab (every requested structure, ``margin`` slices either side) is placed
+    inside the target by a 1D affine alignment of the slice descriptors (:mod:`.alignment`), each scan's
+    descriptors centred on its own mean; the map is then inverted for the target slices.
+    """
+    from .alignment import align_stacks, centred
+
+    rview, tview = ctx.bank.source.view, ctx.target.view
+    every = ctx.bank.scan_descriptors().numpy()
+    labelled = np.asarray(ctx.bank.all_slices())
+    slab = np.arange(max(0, labelled.min() - margin), min(rview.n, labelled.max() + margin + 1))
+    target = ctx.targets.descriptors(ctx.slices).numpy()  # embeddings stay cached for the pass
+    target_mm = tview.positions_mm(np.asarray(ctx.slices))
+    fit = align_stacks(centred(every[slab], every.mean(axis=0)), rview.positions_mm(slab), centred(target),
+                       target_mm, min_overlap=1.0)
+    ctx.notes.append(f"placed the reference's labelled slices in the target: target mm = {fit.scale:.3f} x "
+                     f"reference mm {fit.shift:+.1f} (mean similarity {fit.similarity:.3f})")
+    span = rview.positions_mm(np.arange(rview.n))
+    low, high = float(span.min()), float(span.max())
+    mapped = (target_mm - fit.shift) / fit.scale
+    return (mapped - low) / (high - low) if high > low else np.full(len(ctx.slices), 0.5)
+
+
 def run_volume(ctx: RunContext) -> None:
     opts = ctx.options
     prior = opts.position_prior if ctx.target.n > 1 else "none"
     passes = 2 if prior == "two-pass" else 1
     ctx.progress.add_total(len(ctx.bank.all_slices()) + passes * len(ctx.slices))
     ctx.bank.ensure_embeddings(count_progress=True)  # each reference slice encoded once
+    if prior == "aligned":  # the scan prior, with target positions mapped into the reference's scan
+        _volume_pass(ctx, opts.top_k, {seg.name: "scan" for seg in ctx.segments}, {}, aligned_positions(ctx))
+        return
     if passes == 1:
         _volume_pass(ctx, opts.top_k, {seg.name: prior for seg in ctx.segments}, {})
         return

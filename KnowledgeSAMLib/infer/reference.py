@@ -175,6 +175,7 @@ class ReferenceBank:
         self.cache = cache if cache is not None else EmbeddingCache(
             model, source, policy, embedding_dtype, progress, store=entry["embeddings"] if entry else None)
         self._prompts: OrderedDict[tuple[str, int], object] = entry["prompts"] if entry else OrderedDict()
+        self._scan: dict[str, torch.Tensor] = entry["scan"] if entry else {}  # every slice's descriptor
         self._prompt_cache_size = max(1, int(prompt_cache_size))
         self.prompts_built = 0
         self.segments = list(segments)
@@ -217,6 +218,27 @@ class ReferenceBank:
             in_scan=relative(ordered, 0, view.n - 1) if view.n > 1 else np.full(ks.shape, 0.5),
         )
 
+    def scan_descriptors(self) -> torch.Tensor:
+        """Descriptors of *every* reference slice (``n×C``, for stack alignment), computed once.
+
+        The unlabelled slices are encoded batch by batch and their embeddings dropped again (the
+        labelled ones stay pinned), so only the small descriptors are kept.
+        """
+        if "all" not in self._scan:
+            every = list(range(self.source.view.n))
+            missing = [k for k in every if k not in self.cache]
+            if self.cache.progress is not None:
+                self.cache.progress.add_total(len(missing))
+            parts = []
+            size = max(1, self.policy.batch_size)
+            for start in range(0, len(every), size):
+                chunk = every[start:start + size]
+                self.cache.ensure(chunk, count_progress=True)
+                parts.append(self.cache.descriptors(chunk))
+                self.cache.release(chunk)
+            self._scan["all"] = torch.cat(parts)
+        return self._scan["all"]
+
     def prompts(self, segment: Segment, ks: Sequence[int]):
         """The :class:`ReferencePrompt` batch for (segment, slice k) pairs, built once per pair (LRU)."""
         keys = [(segment.name, int(k)) for k in ks]
@@ -249,7 +271,7 @@ class ReferenceCache:
         self._entries: dict[tuple, dict] = {}
 
     def entry(self, key: tuple) -> dict:
-        return self._entries.setdefault(key, {"embeddings": {}, "prompts": OrderedDict()})
+        return self._entries.setdefault(key, {"embeddings": {}, "prompts": OrderedDict(), "scan": {}})
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -67,7 +67,7 @@ class EngineOptions:
     top_k: int = 1
     position_weight: float = 0.5
     temperature: float = 0.1
-    position_prior: str = "scan"  # "two-pass" | "scan" | "none"
+    position_prior: str = "scan"  # "two-pass" | "scan" | "aligned" (scan, after aligning the stacks) | "none"
     first_pass_k: int = 1  # references fused in the similarity-only first pass (only its extent is used)
     min_similarity: float | None = None  # below this best score the slice is left empty
     # propagate mode: stop walking when the prediction is empty or the IoU head falls below this
@@ -89,8 +89,8 @@ class EngineOptions:
     prompt_cache_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.position_prior not in ("two-pass", "scan", "none"):
-            raise ValueError(f"position_prior must be two-pass, scan or none, not {self.position_prior!r}")
+        if self.position_prior not in ("two-pass", "scan", "aligned", "none"):
+            raise ValueError(f"position_prior must be two-pass, scan, aligned or none, not {self.position_prior!r}")
         if self.overlap not in ("auto", "layers", "argmax"):
             raise ValueError(f"overlap must be auto, layers or argmax, not {self.overlap!r}")
         if self.contested not in ("probability", "smaller"):

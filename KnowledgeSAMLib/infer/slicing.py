@@ -45,6 +45,7 @@ class AxisView:
     flip_cols: bool
     reverse_slices: bool  # True when increasing slice index runs against the canonical direction
     spacing_hw: tuple[float, float]  # physical size of a slice pixel (rows, cols), mm
+    slice_spacing: float = 1.0  # mm between slices
 
     @property
     def n(self) -> int:
@@ -85,6 +86,10 @@ class AxisView:
         """Slice position counted along the canonical physical direction (for relative positions)."""
         return (self.n - 1 - k) if self.reverse_slices else k
 
+    def positions_mm(self, k: int | np.ndarray) -> np.ndarray:
+        """Slice positions in mm along the canonical physical direction, from the first slice there."""
+        return np.asarray(self.ordered(np.asarray(k)), dtype=np.float64) * float(self.slice_spacing)
+
     def slice_has(self, mask: np.ndarray) -> np.ndarray:
         """Boolean ``(n,)``: which slices of a ``(z, y, x)`` mask contain any foreground."""
         other = tuple(a for a in range(3) if a != self.slice_axis)
@@ -96,7 +101,7 @@ def axis_view(shape_zyx: tuple[int, ...], geometry: Geometry, axis: str) -> Axis
     shape = tuple(int(s) for s in shape_zyx[:3])
     spacing_of = {a: geometry.spacing[2 - a] for a in range(3)}  # numpy axis -> mm
     if geometry.ndim == 2:  # a 2D image is its own single axial slice, kept as stored
-        return AxisView(axis, shape, 0, 1, 2, False, False, False, (spacing_of[1], spacing_of[2]))
+        return AxisView(axis, shape, 0, 1, 2, False, False, False, (spacing_of[1], spacing_of[2]), spacing_of[0])
     direction = geometry.direction_matrix
     index_of = _index_axis_of_physical(direction)  # physical p -> ITK index axis
     normal = _NORMAL[axis]
@@ -107,7 +112,7 @@ def axis_view(shape_zyx: tuple[int, ...], geometry: Geometry, axis: str) -> Axis
     flip_rows = np.sign(direction[row_p, index_of[row_p]]) != row_sign
     flip_cols = np.sign(direction[col_p, index_of[col_p]]) != col_sign
     return AxisView(axis, shape, slice_axis, row_axis, col_axis, bool(flip_rows), bool(flip_cols),
-                    bool(reverse), (spacing_of[row_axis], spacing_of[col_axis]))
+                    bool(reverse), (spacing_of[row_axis], spacing_of[col_axis]), spacing_of[slice_axis])
 
 
 def slice_count(image, axis: str) -> int:
