@@ -239,9 +239,10 @@ def test_overlap_contested_and_flip_tta_reach_the_engine():
                                           "--output", "o.seg.nrrd", *extra])
         return cli_segment._options(args)
 
-    assert (options().overlap, options().contested) == ("auto", "smaller")
-    chosen = options("--overlap", "layers", "--contested", "probability", "--top-k", "2")
-    assert (chosen.overlap, chosen.contested, chosen.top_k) == ("layers", "probability", 2)
+    assert (options().overlap, options().contested) == (EngineOptions().overlap, EngineOptions().contested)
+    chosen = options("--overlap", "layers", "--contested", "smaller", "--top-k", "2")
+    assert (chosen.overlap, chosen.contested, chosen.top_k) == ("layers", "smaller", 2)
+    assert options("--contested", "probability").contested == "probability"
     assert options("--flip-tta").flip_tta is True and options("--no-flip-tta").flip_tta is False
     assert options().flip_tta is EngineOptions().flip_tta  # no flag: the engine's default
     with pytest.raises(SystemExit):

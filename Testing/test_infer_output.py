@@ -127,19 +127,21 @@ def test_structures_sharing_a_reference_layer_are_exclusive():
     assert assemble_labels(overlapping, _segments(), Geometry(), shape).layers.shape[0] == 3
 
 
-def test_a_thin_structure_inside_a_larger_one_keeps_its_voxels_by_default():
-    """The larger structure's prediction covers the thin one with higher probability; the thin one wins."""
+def test_a_thin_structure_inside_a_larger_one_keeps_its_voxels_with_contested_smaller():
+    """The larger structure's prediction covers the thin one with higher probability; with
+    ``contested="smaller"`` the thin one wins, with ``"probability"`` (the default since stage 10) it loses."""
     shape = (3, 10, 10)
     view = axis_view(shape, Geometry(), "axial")
     segments = [Segment("artery", 1, 0), Segment("medulla", 2, 0)]
     p = {"artery": np.zeros(shape, np.uint8), "medulla": np.zeros(shape, np.uint8)}
     p["medulla"][:, 1:9, 1:9] = 250
     p["artery"][:, 4:6, :] = 160  # a tube through the medulla, less confident than it
-    masks = postprocess(p, segments, view, EngineOptions())
+    masks = postprocess(p, segments, view, EngineOptions(contested="smaller"))
     assert masks["artery"][:, 4:6, :].all()
     assert not (masks["artery"] & masks["medulla"]).any()  # still a partition
     assert masks["medulla"][:, 1:4, 1:9].all() and masks["medulla"][:, 6:9, 1:9].all()
-    by_probability = postprocess(p, segments, view, EngineOptions(contested="probability"))
+    by_probability = postprocess(p, segments, view, EngineOptions())
+    assert EngineOptions().contested == "probability"
     assert not by_probability["artery"][:, 4:6, 1:9].any() and by_probability["artery"][:, 4:6, 0].all()
     with pytest.raises(ValueError, match="contested"):
         EngineOptions(contested="bigger")
@@ -153,11 +155,11 @@ def test_largest_component_and_smoothing():
     prob[2, 8, 8] = 255  # a speck
     prob[0, 1:5, 1:5] = 100  # below threshold; smoothing with its neighbour lifts it
     segs = [Segment("s", 1)]
-    plain = postprocess({"s": prob}, segs, view, EngineOptions())["s"]
+    plain = postprocess({"s": prob}, segs, view, EngineOptions(smooth_z=False, threshold=0.5))["s"]
     assert plain[2, 8, 8] and not plain[0].any()
-    kept = postprocess({"s": prob}, segs, view, EngineOptions(largest_component=True))["s"]
+    kept = postprocess({"s": prob}, segs, view, EngineOptions(smooth_z=False, largest_component=True))["s"]
     assert not kept[2, 8, 8] and kept[1:4, 1:5, 1:5].all()
-    smooth = postprocess({"s": prob}, segs, view, EngineOptions(smooth_z=True))["s"]
+    smooth = postprocess({"s": prob}, segs, view, EngineOptions(smooth_z=True, threshold=0.5))["s"]
     assert smooth[0, 2, 2] and not smooth[2, 8, 8]
 
 

@@ -29,45 +29,39 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 class EngineOptions:
     """Tuning knobs of the slice-wise engine (KSAM_SPEC §5.12).
 
-    The volume-mode defaults (``top_k=1``, ``position_prior="scan"``) were chosen with the default model on
-    *validation* pairs only (hippocampus 057/058/060 with references 001/003/004; kidney ROI phantoms
-    1000–1002 with references 0–2), mean Dice over head, body, artery, medulla, cortex:
-    spec defaults (top-3, two-pass) 0.391; scan 0.443; scan + top-1 0.474. The two-pass prior takes the
-    target's extent from a similarity-only first pass, which on the hippocampus crops was often wrong
-    (head 0.41 vs 0.68 with the scan-range prior); the crops span the structure's extent, so the position in
-    the scan range is the better prior for ROI data.
+    Current defaults, chosen by ``python bench/tune_engine.py`` with the stage-10 default model on
+    *validation* pairs only (kidney ROI phantoms 1000–1002, each with training phantoms 0–3 as references, and
+    hippocampus 057/058/060 with references 001/003/004; mean Dice over artery, medulla, cortex, head, body):
 
-    ``overlap="auto"`` keeps the reference's exclusivity (argmax between structures of one layer) although
-    ``"layers"`` scores higher on the same kidney validation pairs (mean Dice 0.473 vs 0.437; a contested
-    voxel kept twice costs one false positive, a wrong argmax a true positive): a user whose reference is a
-    partition expects a partition back. Pass ``overlap="layers"`` to keep every structure's own mask.
+    * ``position_prior="aligned"`` (was ``"scan"``): the reference's labelled slices are placed in the target
+      by a 1D affine alignment of the slice stacks (:mod:`.alignment`) before the position penalty is applied.
+      The scan-range prior assumed the structures sit at the same relative height in both scans; references
+      whose kidney lies higher or lower lost whole slabs of medulla (stage 9, held-out target 5004 with
+      reference 5104: 0.47). Validation means, stage 10: scan 0.844, two-pass 0.853, aligned 0.854,
+      similarity only 0.836 (hippocampus body 0.723); stage 9: 0.819 / 0.850 / 0.845 / 0.822.
+    * ``contested="probability"``, ``smooth_z=True``, ``threshold=0.4`` (were ``"smaller"``, off, 0.5): on the
+      aligned retrieval the post-processing rounds gave 0.854 → 0.860 (probability + smoothing) → 0.864
+      (threshold 0.4). Stage 6 had needed ``contested="smaller"`` (its probability argmax erased most of the
+      renal artery: 0.706 vs 0.832); stage 10's artery does better with the argmax (0.869 → 0.880 on aligned
+      retrieval), and a weak model still does better with ``"smaller"`` — pass it for such models.
+    * ``flip_tta=False``: flipping scored 0.867 against 0.864 at twice the compute; pass ``flip_tta=True``
+      (CLI ``--flip-tta``) when the time is there.
+    * ``top_k=1`` and ``position_weight=0.5`` have been the best of the grid with every model since stage 6
+      (top-2/3 fusion and weights 1–4 scored lower); the largest-component filter costs the medulla, whose
+      pyramids are separate components (0.858 → 0.739).
 
-    ``contested="smaller"``: a voxel claimed by two exclusive structures goes to the one with fewer predicted
-    voxels, not to the more probable one. Each structure is predicted alone, and the prediction of a large
-    structure spills over the thin one inside it with high confidence (the renal artery inside medulla and
-    cortex), so the probability argmax erased most of the artery. Measured with the stage-6 default model on
-    the validation pairs (kidney ROI phantoms 1000–1002 with references 0 and 1, hippocampus as above;
-    ``python bench/tune_engine.py``): artery 0.706 → 0.832, medulla 0.803 → 0.797, cortex 0.822 → 0.819,
-    hippocampus head 0.773 → 0.771, body 0.802 → 0.798; mean 0.781 → 0.803 — the same as ``overlap="layers"``
-    (0.806 with position weight 0.5) while still returning a partition. It suits a model whose thin-structure
-    predictions are good; a weak one's spill over their neighbours and then win: the accuracy benchmark's
-    same-budget model (2000 CPU steps) lost cortex 0.484 → 0.350 and hippocampus 0.734 → 0.722 with it.
-    ``contested="probability"`` is the previous argmax.
-
-    ``position_weight=0.5`` (was 1.0): the best retrieval setting with two models on the same validation
-    pairs, stage 6 (with the earlier probability argmax; mean 0.781 → 0.786) and stage 8 (0.846 → 0.849;
-    cortex 0.860 → 0.879, the other structures unchanged). On stage 8 the rest of the grid moved the mean by
-    at most +0.002 (largest component: artery and cortex up, medulla 0.858 → 0.842 — its pyramids are
-    separate components), and thresholds 0.3/0.4/0.6 did not beat 0.5, so the other defaults stay. On stage 9
-    these defaults are the best of the whole grid (mean 0.862; threshold 0.6 0.862, largest component 0.858).
+    ``overlap="auto"`` keeps the reference's exclusivity (argmax between structures of one layer) even where
+    ``"layers"`` scores a little higher (stage 10: 0.857 vs 0.854 with the other defaults of that round): a user
+    whose reference is a partition expects a partition back. Pass ``overlap="layers"`` to keep every
+    structure's own mask. Held-out results with these defaults are in the default model's card.
     """
 
-    threshold: float = 0.5  # probability above which a pixel is foreground
+    threshold: float = 0.4  # probability above which a pixel is foreground
     # volume mode: score s(r) = cos(g_z, g_r) - position_weight * |u_z - u_r|, top-k softmax(s / T) fusion
     top_k: int = 1
     position_weight: float = 0.5
     temperature: float = 0.1
-    position_prior: str = "scan"  # "two-pass" | "scan" | "aligned" (scan, after aligning the stacks) | "none"
+    position_prior: str = "aligned"  # "aligned" (scan, after aligning the stacks) | "scan" | "two-pass" | "none"
     first_pass_k: int = 1  # references fused in the similarity-only first pass (only its extent is used)
     min_similarity: float | None = None  # below this best score the slice is left empty
     # propagate mode: stop walking when the prediction is empty or the IoU head falls below this
@@ -76,9 +70,9 @@ class EngineOptions:
     hybrid_slices: int = 2  # within this many slices of a labelled slice, average anchor and propagated
     # post-processing (§5.12C)
     largest_component: bool = False
-    smooth_z: bool = False  # 1-3-1 smoothing of probabilities across slices before thresholding
+    smooth_z: bool = True  # 1-2-1 smoothing of probabilities across slices before thresholding
     overlap: str = "auto"  # "auto" (as the reference: shared layer => exclusive), "layers", "argmax"
-    contested: str = "smaller"  # who keeps a voxel two exclusive structures claim: "smaller" | "probability"
+    contested: str = "probability"  # who keeps a voxel two exclusive structures claim: "probability" | "smaller"
     keep_reference_labels: bool = True  # same volume: the user's labelled slices are kept as drawn
     # test-time augmentation: also run on the left-right mirrored target and reference, average (2x compute)
     flip_tta: bool = False
