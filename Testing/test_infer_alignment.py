@@ -29,6 +29,7 @@ def test_align_stacks_recovers_a_known_scale_and_shift(scale, shift):
     fit = align_stacks(_descriptors(target_level), target_mm, _descriptors(level), reference_mm)
     assert abs(fit.scale - scale) < 0.08 and abs(fit.apply(target_mm).mean() - (scale * target_mm + shift).mean()) < 3.0
     assert fit.overlap >= 15
+    np.testing.assert_allclose(fit.invert(fit.apply(target_mm)), target_mm)
 
 
 def test_align_stacks_handles_reversed_reference_order_and_single_slices():

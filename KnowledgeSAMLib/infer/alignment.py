@@ -31,6 +31,10 @@ class StackAlignment:
     def apply(self, target_mm: np.ndarray) -> np.ndarray:
         return self.scale * np.asarray(target_mm, dtype=np.float64) + self.shift
 
+    def invert(self, reference_mm: np.ndarray) -> np.ndarray:
+        """The target positions (mm) that :meth:`apply` maps onto ``reference_mm``."""
+        return (np.asarray(reference_mm, dtype=np.float64) - self.shift) / self.scale
+
 
 def _matched_similarity(similarity: np.ndarray, reference_mm: np.ndarray, mapped: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray]:

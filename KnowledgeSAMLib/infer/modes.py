@@ -314,10 +314,8 @@ def aligned_positions(ctx: RunContext, margin: int = 2) -> np.ndarray:
                        target_mm, min_overlap=1.0)
     ctx.notes.append(f"placed the reference's labelled slices in the target: target mm = {fit.scale:.3f} x "
                      f"reference mm {fit.shift:+.1f} (mean similarity {fit.similarity:.3f})")
-    span = rview.positions_mm(np.arange(rview.n))
-    low, high = float(span.min()), float(span.max())
-    mapped = (target_mm - fit.shift) / fit.scale
-    return (mapped - low) / (high - low) if high > low else np.full(len(ctx.slices), 0.5)
+    # the fit maps the reference slab into the target, so the target slices go back through its inverse
+    return relative(fit.invert(target_mm), 0.0, (rview.n - 1) * rview.slice_spacing)  # the scan's span in mm
 
 
 def run_volume(ctx: RunContext) -> None:
