@@ -1,8 +1,9 @@
 """SAM's three parts, built from a :class:`KSAMConfig` at any input size.
 
 ``build_sam_vit_b`` hard-codes 1024 px, so the parts are constructed from the upstream classes
-directly (KSAM_SPEC §5.2). Parameter names match SAM checkpoints (``image_encoder.*``,
-``prompt_encoder.*``, ``mask_decoder.*``), so an adapted checkpoint loads strictly.
+directly (KSAM_SPEC §5.2). The image encoder is SAM's ViT or LiteMedSAM's TinyViT (``config.encoder``).
+Parameter names match the checkpoints (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``), so an
+(adapted) SAM or LiteMedSAM checkpoint loads strictly.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from torch import nn
 from ._sam_import import ImageEncoderViT, PromptEncoder, TwoWayTransformer
 from .batched_decoder import BatchedMaskDecoder
 from .config import KSAMConfig
+from .tiny_vit import TinyViT
 
 
-def build_image_encoder(config: KSAMConfig) -> ImageEncoderViT:
+def build_image_encoder(config: KSAMConfig) -> nn.Module:
+    """SAM's ViT (``encoder="vit"``) or LiteMedSAM's TinyViT (``"tiny_vit"``), B×3×S×S → B×C×G×G."""
+    if config.encoder == "tiny_vit":
+        return TinyViT(embed_dims=config.tiny_vit_dims, depths=config.tiny_vit_depths, num_heads=config.tiny_vit_heads,
+                       windows=config.tiny_vit_windows, merge_strides=config.tiny_vit_merge_strides,
+                       mlp_ratio=config.encoder_mlp_ratio, out_chans=config.prompt_dim)
     return ImageEncoderViT(
         img_size=config.image_size,
         patch_size=config.patch_size,

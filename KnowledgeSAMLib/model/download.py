@@ -24,11 +24,9 @@ from typing import Any, Union
 from .._files import give_default_permissions
 from ..errors import WeightsError
 from .sam_checkpoint import SAM_VIT_B, CheckpointInfo, ProgressFn, remember_sha256, verify_checkpoint
+from .user_cache import CACHE_ENV, default_cache_dir
 
 logger = logging.getLogger(__name__)
-
-CACHE_ENV = "KNOWLEDGESAM_CACHE"
-APP_DIR = "knowledgesam"
 
 Progress = Union[bool, ProgressFn, None]
 
@@ -40,20 +38,6 @@ class DownloadOptions:
     chunk_bytes: int = 1 << 20
     timeout_s: float = 60.0
     user_agent: str = "knowledgesam-download"
-
-
-def default_cache_dir() -> Path:
-    """Where checkpoints (and the hash cache) live: ``$KNOWLEDGESAM_CACHE`` or the platform user cache."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA")
-        return (Path(base) if base else Path.home() / "AppData" / "Local") / APP_DIR
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / APP_DIR
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / APP_DIR
 
 
 def _progress_callback(progress: Progress, info: CheckpointInfo, total: int | None) -> tuple[ProgressFn | None, Any]:

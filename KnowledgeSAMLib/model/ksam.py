@@ -21,12 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import build_image_encoder, build_mask_decoder, build_prompt_encoder
 from .config import KSAMConfig
-from .knowledge_merge import KnowledgeMerge
 from .lora import inject_lora
-from .pr_adaptor import PrAdaptor
-from .prompt_merge import PromptMerge
 
 
 @dataclass
@@ -66,39 +62,34 @@ class ReferencePrompt:
 
 
 class KSAM(nn.Module):
-    def __init__(self, config: KSAMConfig, sam_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The assembled model; build it with :func:`KnowledgeSAMLib.model.build.build_model`."""
+
+    def __init__(self, *, config: KSAMConfig, image_encoder: nn.Module, prompt_encoder: nn.Module,
+                 mask_decoder: nn.Module, adaptor: nn.Module, knowledge_merge: nn.Module | None = None,
+                 prompt_merge: nn.Module | None = None) -> None:
+        """Arguments:
+          config: the configuration the parts were built from (kept for saving, engine sizes, provenance).
+          image_encoder: B×3×S×S normalised images → B×C×G×G embeddings (SAM's ViT or TinyViT), with any
+            pretrained weights already loaded: LoRA is injected here, after them.
+          prompt_encoder: SAM's prompt encoder; its ``mask_downscaling`` is PrEnc for DE_0 and DE_1.
+          mask_decoder: SAM's mask decoder able to decode one prompt set per image (``BatchedMaskDecoder``).
+          adaptor: the PrAdaptor (reference image and mask → two mask-prompt maps).
+          knowledge_merge: KM, or None for the ablation without it (mergedE = IE).
+          prompt_merge: PM, or None for the ablation without it (no prompt tokens).
+        """
         super().__init__()
         self.config = config
-        self.image_encoder = build_image_encoder(config)
-        self.prompt_encoder = build_prompt_encoder(config)
-        self.mask_decoder = build_mask_decoder(config)
-        if sam_state_dict is not None:
-            self._load_sam(sam_state_dict)
-        self.adaptor = PrAdaptor(config.mask_input_size, config.adaptor_hidden, config.adaptor_instance_mode)
-        self.knowledge_merge = (
-            KnowledgeMerge(config.prompt_dim, config.km_widths, config.km_norm_groups) if config.use_km else None
-        )
-        self.prompt_merge = (
-            PromptMerge(
-                config.prompt_dim, config.pm_depth, config.pm_num_heads, config.pm_mlp_dim,
-                config.pm_attention_downsample, config.pm_tokens, config.mask_attention,
-                config.parser_normalise, config.parser_mix_hidden,
-            )
-            if config.use_pm
-            else None
-        )
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.adaptor = adaptor
+        self.knowledge_merge = knowledge_merge
+        self.prompt_merge = prompt_merge
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) / 255.0, persistent=False)
         self._set_trainable()
 
     # --- construction ---------------------------------------------------------------------------
-    def _load_sam(self, state_dict: dict[str, torch.Tensor]) -> None:
-        parts = nn.ModuleDict(
-            {"image_encoder": self.image_encoder, "prompt_encoder": self.prompt_encoder,
-             "mask_decoder": self.mask_decoder}
-        )
-        parts.load_state_dict(state_dict, strict=True)
-
     def _set_trainable(self) -> None:
         cfg = self.config
         if cfg.encoder_training == "lora":

@@ -14,7 +14,14 @@ from torch.nn import functional as F
 
 
 class PrAdaptor(nn.Module):
-    def __init__(self, mask_input_size: int, hidden: int = 16, instance_mode: str = "image") -> None:
+    """Reference image and mask → the two single-channel maps SAM's mask prompt encoder takes."""
+
+    def __init__(self, *, mask_input_size: int, hidden: int = 16, instance_mode: str = "image") -> None:
+        """Arguments:
+          mask_input_size: side of the maps (4 × the embedding grid, SAM's mask input size).
+          hidden: channels of the image projection.
+          instance_mode: "image" (RGB only) or "image+mask" (the mask as a fourth input channel).
+        """
         super().__init__()
         self.mask_input_size = mask_input_size
         self.instance_mode = instance_mode

@@ -23,7 +23,14 @@ def _gaussian_kernel(size: int = 3, sigma: float = 1.0) -> torch.Tensor:
 
 
 class PromptParser(nn.Module):
-    def __init__(self, dim: int, mix_hidden: int = 12, normalise: bool = True) -> None:
+    """OnePrompt's parser: the template re-weighted by its correlation with the query image."""
+
+    def __init__(self, *, dim: int, mix_hidden: int = 12, normalise: bool = True) -> None:
+        """Arguments:
+          dim: token width C (the correlation is C×C).
+          mix_hidden: hidden width of the element-wise mix MLP over (template, prompt 0, prompt 1).
+          normalise: divide the output by C and LayerNorm it (ours; the raw output grows with C²).
+        """
         super().__init__()
         self.dim = dim
         # Element-wise MLP over the stacked triple (template, prompt 0, prompt 1), per scalar.

@@ -2,8 +2,8 @@
 
 ``resolve_model`` is what the CLI (``--model``), the engine and the Slicer module call with whatever the
 user typed: ``"default"`` (the model shipped under ``Resources/Models/default``), a folder written by
-``save_model``, or a config name (``tiny``/``small``/``vit_b``), which gives a *randomly initialised*
-model (for tests and smoke runs) and says so with a warning.
+``save_model``, or a config name (``lite``/``vit_b``/``small``/``tiny``), which gives a model whose new heads are
+*randomly initialised* (only the pretrained base, if found, is real) and says so with a warning.
 
 The default model folder is found in this order: ``$KNOWLEDGESAM_MODEL_DIR``; the source checkout's
 ``Resources/Models/default`` (the Slicer extension and editable installs); the copy installed with the
@@ -46,8 +46,12 @@ def default_model_dir() -> Path:
 
 
 def resolve_model(name_or_path: str | os.PathLike = DEFAULT_MODEL_NAME, sam_checkpoint: str | os.PathLike | None = None,
-                  map_location: str = "cpu"):
-    """A ready :class:`~KnowledgeSAMLib.model.ksam.KSAM` for ``"default"``, a model folder, or a config name."""
+                  map_location: str = "cpu", sam_sha256: str | None = None):
+    """A ready :class:`~KnowledgeSAMLib.model.ksam.KSAM` for ``"default"``, a model folder, or a config name.
+
+    ``sam_checkpoint``/``sam_sha256``: the pretrained base file (and its hash, for a file other than the
+    official one) for models that reference their base instead of storing it.
+    """
     from .config import NAMED_CONFIGS
     from .weights import load_model
 
@@ -58,15 +62,15 @@ def resolve_model(name_or_path: str | os.PathLike = DEFAULT_MODEL_NAME, sam_chec
             raise WeightsError(
                 f"{directory}: the embedded default model is missing; set {ENV_MODEL_DIR} to a trained model "
                 f"folder or train one with `knowledgesam train --config configs/default_model.yaml`")
-        return load_model(directory, sam_checkpoint=sam_checkpoint, map_location=map_location)
+        return load_model(directory, sam_checkpoint=sam_checkpoint, map_location=map_location, sam_sha256=sam_sha256)
     path = Path(text).expanduser()
     if path.is_dir():
-        return load_model(path, sam_checkpoint=sam_checkpoint, map_location=map_location)
+        return load_model(path, sam_checkpoint=sam_checkpoint, map_location=map_location, sam_sha256=sam_sha256)
     if text in NAMED_CONFIGS:
         from .build import build_model
 
-        warnings.warn(f"model {text!r} is a config name: its weights are randomly initialised "
+        warnings.warn(f"model {text!r} is a config name: its knowledge heads are randomly initialised "
                       f"(use 'default' or a trained model folder to segment)", stacklevel=2)
-        return build_model(text, sam_checkpoint=sam_checkpoint)
+        return build_model(text, sam_checkpoint=sam_checkpoint, sam_sha256=sam_sha256)
     raise WeightsError(f"{text}: not a model folder, 'default', or a config name "
                        f"({', '.join(NAMED_CONFIGS)})")

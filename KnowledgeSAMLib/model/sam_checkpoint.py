@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import WeightsError
+from .user_cache import default_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -42,7 +43,9 @@ class CheckpointInfo:
     url: str
     sha256: str  # lower-case hex; the authority when verifying
     md5: str | None = None  # informative (the official file names carry an MD5 prefix)
-    size_bytes: int | None = None  # informative: used for progress bars and error hints
+    size_bytes: int | None = None  # used for progress bars and error hints (and checked when size_is_exact)
+    size_is_exact: bool = False  # True when the size is known for certain: a wrong size is refused before hashing
+    how_to_get: str = ""  # what the user should do to obtain the file ("" = download it, see _how_to_get)
 
 
 # The official README publishes no hashes. The MD5 and SHA256 below are quoted identically by several
@@ -89,8 +92,6 @@ def file_sha256(path: str | os.PathLike, progress: ProgressFn | None = None, can
 
 def hash_cache_path() -> Path:
     """The small JSON remembering hashes already computed, keyed by (path, size, mtime)."""
-    from .download import default_cache_dir  # download.py imports this module; avoid a cycle
-
     return default_cache_dir() / HASH_CACHE_NAME
 
 
@@ -140,7 +141,7 @@ def remember_sha256(path: Path, sha256: str) -> None:
 
 
 def _how_to_get(info: CheckpointInfo) -> str:
-    return f"get it with `{DOWNLOAD_COMMAND}` or from {info.url}"
+    return info.how_to_get or f"get it with `{DOWNLOAD_COMMAND}` or from {info.url}"
 
 
 def verify_checkpoint(
@@ -157,21 +158,26 @@ def verify_checkpoint(
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise WeightsError(f"SAM checkpoint not found: {path}; {_how_to_get(info)} and pass its path")
+        raise WeightsError(f"checkpoint not found: {path}; {_how_to_get(info)}")
     if not path.is_file():
-        raise WeightsError(f"SAM checkpoint path is not a file: {path}; expected the file {info.name}")
+        raise WeightsError(f"checkpoint path is not a file: {path}; expected the file {info.name}")
+    size = path.stat().st_size
+    if info.size_is_exact and info.size_bytes is not None and size != info.size_bytes:
+        raise WeightsError(f"{path} is not {info.name}: {size:,} bytes, expected {info.size_bytes:,}; nothing was "
+                           f"loaded; {_how_to_get(info)}; for your own fine-tuned checkpoint pass its SHA256 "
+                           f"(--sam-sha256 HASH)")
     found = cached_sha256(path) if use_cache else None
     if found is None:
         found = file_sha256(path, progress=progress, cancel=cancel)
         if use_cache:
             remember_sha256(path, found)
     if found != info.sha256.lower():
-        size = path.stat().st_size
         expected_size = f"{info.size_bytes:,}" if info.size_bytes else "unknown"
+        cause = ("a wrong file or a truncated download? " if not info.how_to_get else "a changed or damaged file? ")
         raise WeightsError(
             f"{path} is not {info.name}: SHA256 expected {info.sha256}, found {found} "
-            f"(size {size:,} bytes, expected {expected_size}); a wrong file or a truncated download? "
-            f"{_how_to_get(info)}"
+            f"(size {size:,} bytes, expected {expected_size}); nothing was loaded; {cause}{_how_to_get(info)}; "
+            f"for your own fine-tuned checkpoint pass its SHA256 (--sam-sha256 {found})"
         )
     return found
 
@@ -195,7 +201,7 @@ def load_sam_state_dict(
     if verify:
         verify_checkpoint(path, info, progress=progress)
     elif not path.is_file():
-        raise WeightsError(f"SAM checkpoint not found: {path}; {_how_to_get(info)} and pass its path")
+        raise WeightsError(f"checkpoint not found: {path}; {_how_to_get(info)}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises many types (IndexError, EOFError, ...) on bad files
