@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
                 return
             if event == "data":
                 bar.set_description(f"data {info.get('case', '')}"[:40])
+            elif event == "embeddings":  # the frozen encoder fills its cache (slices, not steps)
+                bar.set_description(f"encoding {info.get('source', '')} {done}/{total}"[:48])
+                bar.refresh()
             elif event == "step":
                 if bar.n == 0 and done > 1:  # resumed
                     bar.update(done - 1)

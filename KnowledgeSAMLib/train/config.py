@@ -28,7 +28,7 @@ __all__ = [
     "SOURCE_KINDS",
 ]
 
-SOURCE_KINDS = ("kidney_phantom", "kidney_roi_phantom", "fundus_phantom", "hippocampus", "papila")
+SOURCE_KINDS = ("kidney_phantom", "kidney_roi_phantom", "fundus_phantom", "hippocampus", "papila", "totalsegmentator")
 
 
 def _f(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, **check: Any) -> Any:
@@ -90,6 +90,27 @@ class SourceConfig:
     margin_slices: int = _f(
         3, "Volumes: slices kept beyond the union of the tasks' z-extent on each side; they are the pool of "
            "'negative' target slices (structure absent).", ge=0)
+    view: str = _f(
+        "full", "'full': whole slices; 'roi': the region around the union of the tasks (over all slices) plus a "
+                "random margin, as the engine's --roi auto shows the model (train/views.py).")
+    roi_margin: list[float] = _f(
+        doc="'roi' views: range [low, high] of the margin added on each side, as a fraction of the structures' "
+            "larger in-plane extent (drawn per view).", factory=lambda: [0.15, 0.5])
+    roi_shift: float = _f(0.1, "'roi' views: largest off-centring of the crop, as a fraction of its side.", ge=0, le=0.5)
+    max_slices: int = _f(
+        0, "Volumes: keep at most this many slices per case, evenly spread over the kept range (0 = all); bounds "
+           "the encoder work when embeddings are cached.", ge=0)
+    randomise: float = _f(
+        0.0, "Domain randomisation strength in [0, 1]: intensity window/contrast, gamma, noise, blur and lost "
+             "resolution drawn per view (0 = none). Views are fixed per case, so with cached embeddings this is "
+             "the only image augmentation.", ge=0, le=1)
+    copies: int = _f(1, "Views drawn per volume (each its own case, with its own randomisation and crop).", ge=1)
+    test_split: bool = _f(
+        True, "Real data: keep the dataset's fixed test split out (always true for msd-hippocampus and PAPILA "
+              "evaluation); false = every case is training data (e.g. msd-hippocampus-more, IDs >= 150).")
+    crop: bool = _f(True, "papila: disc-centred crops (true) or the whole photograph (false).")
+    volumes: list[str] = _f(
+        doc="totalsegmentator: which example volumes (ct, ct_sm, mr); empty = all three.", factory=list)
 
 
 @dataclass
@@ -101,6 +122,12 @@ class DataSection:
         None, "Folder (relative to the current directory) for the pre-computed slice cases (npz, keyed by "
               "the source settings except its weight, and the model size). Saves re-generating phantoms / "
               "re-reading volumes on restarts and in every DDP process. null = in memory only.")
+    embedding_cache_dir: Optional[str] = _f(
+        None, "Folder for cached frozen-encoder embeddings of every training slice (float16, 2 MiB per slice for "
+              "'lite'; keyed by slice content and encoder weights; resumable). Set it to train the heads on a "
+              "frozen encoder without running it each step: needs model.overrides.encoder_training: frozen, and "
+              "image augmentation is then replaced by the sources' per-view randomisation. null = run the encoder.")
+    embedding_batch_size: int = _f(1, "Slices per encoder call while filling the embedding cache.", ge=1)
 
 
 @dataclass
@@ -232,8 +259,12 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
         fail("data.sources", "needs at least one source (kidney_phantom, fundus_phantom, hippocampus, papila)")
     for i, src in enumerate(cfg.data.sources):
         key = f"data.sources[{i}]"
-        if src.kind in ("hippocampus", "papila") and not src.root:
+        if src.kind in ("hippocampus", "papila", "totalsegmentator") and not src.root:
             fail(f"{key}.root", f"a {src.kind} source needs the dataset folder")
+        if src.view not in ("full", "roi"):
+            fail(f"{key}.view", f"must be full or roi, got {src.view!r}")
+        if len(src.roi_margin) != 2 or not 0 <= src.roi_margin[0] <= src.roi_margin[1]:
+            fail(f"{key}.roi_margin", f"must be [low, high] with 0 <= low <= high, got {src.roi_margin}")
         if src.kind == "kidney_phantom":
             if len(src.shape) != 3 or min(src.shape) < 8:
                 fail(f"{key}.shape", f"must be 3 sizes (z, y, x) of at least 8, got {src.shape}")

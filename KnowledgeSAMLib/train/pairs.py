@@ -25,7 +25,7 @@ import numpy as np
 from .config import PairSection
 from .sources import SliceCase, Source
 
-__all__ = ["PairRef", "PairBatch", "PairSampler", "validation_pairs"]
+__all__ = ["PairRef", "PairBatch", "PairSampler", "validation_pairs", "stack_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class PairBatch:
     ref_image: np.ndarray
     ref_mask: np.ndarray
     refs: list[PairRef] = field(default_factory=list)
+    # cached frozen-encoder embeddings (B, C, G, G) float16, when every case involved has them
+    target_embedding: np.ndarray | None = None
+    ref_embedding: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
@@ -77,6 +80,14 @@ def _stack(items: list[tuple[SliceCase, int, SliceCase, int, int, int]]) -> tupl
     target_mask = np.stack([tc.masks[tr, tt] if tt >= 0 else np.zeros_like(tc.masks[tr, 0])
                             for tc, tr, _, _, _, tt in items])
     return target, target_mask, ref_image, ref_mask
+
+
+def stack_embeddings(items: list[tuple[SliceCase, int, SliceCase, int]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cached embeddings of (target case, row, reference case, row) items, or None if any case has none."""
+    if any(tc.embeddings is None or rc.embeddings is None for tc, _, rc, _ in items):
+        return None
+    return (np.stack([tc.embeddings[tr] for tc, tr, _, _ in items]),
+            np.stack([rc.embeddings[rr] for _, _, rc, rr in items]))
 
 
 class PairSampler:
@@ -200,7 +211,9 @@ class PairSampler:
         arrays = _stack([(r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows])
         refs = [PairRef(source=r[1], task=r[2], target_case=r[3].name, target_row=r[4], ref_case=r[5].name,
                         ref_row=r[6], negative=r[9], group=r[0], same_case=r[10]) for r in rows]
-        return PairBatch(*arrays, refs=refs)
+        embeddings = stack_embeddings([(r[3], r[4], r[5], r[6]) for r in rows])
+        target_emb, ref_emb = embeddings if embeddings is not None else (None, None)
+        return PairBatch(*arrays, refs=refs, target_embedding=target_emb, ref_embedding=ref_emb)
 
 
 def validation_pairs(sources: list[Source], max_slices_per_case: int = 8) -> list[tuple]:

@@ -29,15 +29,34 @@ from .config import SourceConfig
 __all__ = ["SliceCase", "Source", "volume_to_case", "build_source", "build_sources", "DEFAULT_TASKS",
            "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET", "SLICING_VERSION"]
 
+# TotalSegmentator example volumes (model labels, Apache-2.0; ../shared/data/totalsegmentator-example): training
+# prompts only, never accuracy claims. The CT's liver, aorta, IVC, kidneys and spleen are left out of the default
+# tasks: they are the structures of the real-CT check in bench/ (the MR keeps them).
+TOTALSEG_FILES = {"ct": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz", "ct-abdomen"),
+                  "ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz", "ct-abdomen"),
+                  "mr": ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "mr")}
+TOTALSEG_CT_NAMES = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
+                     7: "pancreas", 18: "small_bowel", 19: "duodenum", 20: "colon", 21: "urinary_bladder",
+                     25: "sacrum", 29: "vertebrae_L3", 30: "vertebrae_L2", 31: "vertebrae_L1", 52: "aorta",
+                     63: "inferior_vena_cava", 64: "portal_vein_and_splenic_vein", 65: "iliac_artery_left",
+                     66: "iliac_artery_right", 77: "hip_left", 78: "hip_right", 79: "spinal_cord",
+                     80: "gluteus_maximus_left", 81: "gluteus_maximus_right", 86: "autochthon_left",
+                     87: "autochthon_right", 88: "iliopsoas_left", 89: "iliopsoas_right"}
+# total_mr ids whose names we are sure of; the others are tasks by id (names only pair reference and target).
+TOTALSEG_MR_NAMES = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
+                     7: "pancreas"}
+TOTALSEG_CT_HELD_OUT = ("liver", "aorta", "inferior_vena_cava", "kidney_left", "kidney_right", "spleen")
+
 DEFAULT_TASKS: dict[str, list[str]] = {
     "kidney_phantom": ["artery", "medulla", "cortex"],
     "kidney_roi_phantom": ["artery", "medulla", "cortex"],
     "fundus_phantom": ["disc", "cup"],
     "hippocampus": ["head", "body"],
     "papila": ["disc", "cup"],
+    "totalsegmentator": [],  # every named structure of each volume, except the CT's held-out ones
 }
 DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abdomen", "fundus_phantom": "rgb",
-                   "hippocampus": "mr", "papila": "rgb"}
+                   "hippocampus": "mr", "papila": "rgb", "totalsegmentator": "auto"}
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
 _CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
@@ -61,6 +80,8 @@ class SliceCase:
     tasks: list[str]
     slice_index: np.ndarray
     is_volume: bool = True
+    # (n, C, G, G) float16 frozen-encoder embeddings of ``images`` (a memmap view), set by embedding_store
+    embeddings: np.ndarray | None = field(default=None, repr=False)
     present: np.ndarray = field(init=False)
     u: np.ndarray = field(init=False)
 
@@ -211,7 +232,11 @@ def _split_train_val(ids: list[str], src: SourceConfig) -> tuple[list[str], list
 def _hippocampus_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
     from ..data.datasets import hippocampus_cases, hippocampus_split, load_hippocampus
 
-    train_ids, test_ids = hippocampus_split(hippocampus_cases(src.root))  # the test split never reaches training
+    ids = hippocampus_cases(src.root)
+    if src.test_split:
+        train_ids, test_ids = hippocampus_split(ids)  # the test split never reaches training
+    else:
+        train_ids, test_ids = list(ids), []
     train, val = _split_train_val(sorted(train_ids), src)
 
     def gen(ids: list[str]) -> Volumes:
@@ -230,10 +255,38 @@ def _papila_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
 
     def gen(eyes: list[str]) -> Volumes:
         for eye in eyes:
-            image, labels = load_papila(src.root, eye, expert=src.expert, crop=True)
+            image, labels = load_papila(src.root, eye, expert=src.expert, crop=src.crop)
             yield f"papila_{eye}", image, labels
 
     return gen(train), gen(val), list(test_eyes)
+
+
+def _totalseg_labels(labels: Labels, names: dict[int, str], volume: str) -> Labels:
+    """Give the label map's values names (known ones by name, the rest as ``<volume>_label_<id>``)."""
+    from ..data.volume import Segment
+
+    values = sorted(int(v) for v in np.unique(labels.layers[0]) if v)
+    segments = [Segment(names.get(v, f"{volume}_label_{v}"), v, 0) for v in values]
+    return Labels(labels.layers[:1], labels.geometry, segments, labels.source)
+
+
+def _totalseg_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
+    from ..data.io import read_image, read_labels
+
+    root = Path(src.root)
+    chosen = list(src.volumes) or list(TOTALSEG_FILES)
+    unknown = [v for v in chosen if v not in TOTALSEG_FILES]
+    if unknown:
+        raise InputError(f"totalsegmentator source: unknown volumes {unknown}; choose from {', '.join(TOTALSEG_FILES)}")
+
+    def gen() -> Volumes:
+        for volume in chosen:
+            image_file, labels_file, _ = TOTALSEG_FILES[volume]
+            image, labels = read_image(root / image_file), read_labels(root / labels_file)
+            names = TOTALSEG_MR_NAMES if volume == "mr" else TOTALSEG_CT_NAMES
+            yield f"totalseg_{volume}", image, _totalseg_labels(labels, names, volume)
+
+    return gen(), iter(()), ["CT: " + ", ".join(TOTALSEG_CT_HELD_OUT) + " (real-CT check structures)"]
 
 
 _LOADERS: dict[str, Callable[[SourceConfig], tuple[Volumes, Volumes, list[str]]]] = {
@@ -242,7 +295,47 @@ _LOADERS: dict[str, Callable[[SourceConfig], tuple[Volumes, Volumes, list[str]]]
     "fundus_phantom": _fundus_volumes,
     "hippocampus": _hippocampus_volumes,
     "papila": _papila_volumes,
+    "totalsegmentator": _totalseg_volumes,
 }
+
+
+def _source_tasks(src: SourceConfig, labels: Labels, case_name: str) -> list[str]:
+    """The tasks of one volume: the configured ones, or (totalsegmentator) every named structure with enough
+    voxels, minus the CT's held-out structures."""
+    if src.tasks or src.kind != "totalsegmentator":
+        return list(src.tasks) or list(DEFAULT_TASKS[src.kind])
+    held_out = () if case_name.endswith("_mr") else TOTALSEG_CT_HELD_OUT
+    counts = {seg.name: int((labels.layers[0] == seg.label_value).sum()) for seg in labels.segments}
+    return [name for name, count in counts.items() if name not in held_out and count >= 200]
+
+
+def _cases_of_volume(src: SourceConfig, name: str, source_name: str, image: Image, labels: Labels,
+                     preset: str, size: int) -> list[SliceCase]:
+    """One case per view of a volume: the plain slicing, or ``copies`` drawn views (ROI, randomisation)."""
+    tasks = _source_tasks(src, labels, name)
+    if not tasks:
+        return []
+    if src.kind == "totalsegmentator" and src.preset is None:
+        preset = "mr" if name.endswith("_mr") else "ct-abdomen"
+    plain = src.view == "full" and src.randomise == 0 and src.max_slices == 0 and src.copies == 1
+    if plain:
+        case = volume_to_case(name, source_name, image, labels, tasks, preset, size, src.axis, src.margin_slices)
+        return [case] if case is not None else []
+    from zlib import crc32
+
+    from .views import draw_view, volume_view
+
+    cases = []
+    for copy in range(src.copies):
+        rng = np.random.default_rng([src.seed, crc32(name.encode()), copy])
+        spec = draw_view(rng, roi=src.view == "roi", margin_range=tuple(src.roi_margin), shift=src.roi_shift,
+                         randomise=src.randomise)
+        label = name if src.copies == 1 else f"{name}#{copy}"
+        case = volume_view(label, source_name, image, labels, tasks, preset, size, spec, rng, src.axis,
+                           src.margin_slices, src.max_slices)
+        if case is not None:
+            cases.append(case)
+    return cases
 
 
 # ------------------------------------------------------------------------------------ building + cache
@@ -293,6 +386,19 @@ def _load_cases(path: Path) -> tuple[list[SliceCase], list[SliceCase], list[str]
     return out["train"], out["val"], list(meta["held_out"])
 
 
+def _with_tasks(case: SliceCase, tasks: list[str]) -> SliceCase:
+    """The case with masks for exactly ``tasks``: a structure the volume does not show gets an empty mask."""
+    if case.tasks == tasks:
+        return case
+    n, s = case.n, case.size
+    masks = np.zeros((n, len(tasks), s, s), dtype=np.uint8)
+    for t, task in enumerate(tasks):
+        if task in case.tasks:
+            masks[:, t] = case.masks[:, case.task_index(task)]
+    return SliceCase(name=case.name, source=case.source, images=case.images, masks=masks, tasks=list(tasks),
+                     slice_index=case.slice_index, is_volume=case.is_volume)
+
+
 def build_source(src: SourceConfig, size: int, name: str, cache_dir: str | Path | None = None,
                  progress: Callable[[str], None] | None = None) -> Source:
     """Turn one configured source into train/val :class:`SliceCase` lists at ``size`` (cached if asked)."""
@@ -310,14 +416,14 @@ def build_source(src: SourceConfig, size: int, name: str, cache_dir: str | Path 
             for case_name, image, labels in volumes:
                 if progress:
                     progress(case_name)
-                case = volume_to_case(case_name, name, image, labels, tasks, preset, size, src.axis,
-                                      src.margin_slices)
-                if case is not None:
-                    out.append(case)
+                out.extend(_cases_of_volume(src, case_name, name, image, labels, preset, size))
         if cache_path is not None:
             _save_cases(cache_path, train, val, held_out)
     if not train:
         raise InputError(f"data source {name} ({src.kind}) produced no training case with {', '.join(tasks)}")
+    if not tasks:  # per-volume tasks (totalsegmentator): the union, in first-seen order
+        tasks = list(dict.fromkeys(t for case in train + val for t in case.tasks))
+        train, val = [_with_tasks(c, tasks) for c in train], [_with_tasks(c, tasks) for c in val]
     return Source(name=name, kind=src.kind, weight=src.weight, tasks=tasks, train=train, val=val, held_out=held_out)
 
 

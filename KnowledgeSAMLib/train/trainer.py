@@ -41,7 +41,8 @@ from .validate import validation_dice
 
 __all__ = ["Trainer", "TrainResult", "build_train_model", "ProgressFn"]
 
-#: ``progress(event, done, total, info)``; events: "data" (a case was built), "step", "val", "checkpoint".
+#: ``progress(event, done, total, info)``; events: "data" (a case was built), "embeddings" (slices encoded
+#: into the embedding cache), "step", "val", "checkpoint".
 ProgressFn = Callable[[str, int, int, dict], None]
 
 _TRAIN_FIELDS = ["step", "epoch", "lr", "loss", "bce", "dice_loss", "iou_loss", "grad_norm", "negatives",
@@ -91,14 +92,23 @@ def build_train_model(cfg: TrainConfig) -> nn.Module:
 
 
 class _PairForward(nn.Module):
-    """What DDP wraps: one forward giving logits (and IoU-head scores when the model can decode)."""
+    """What DDP wraps: one forward giving logits (and IoU-head scores when the model can decode).
+
+    With cached embeddings (``target_embedding``, ``ref_embedding``) the encoder is skipped: the reference
+    prompt is built from the reference's cached embedding and the heads decode the target's.
+    """
 
     def __init__(self, model: nn.Module, with_iou: bool) -> None:
         super().__init__()
         self.model = model
         self.with_iou = with_iou
 
-    def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor):
+    def forward(self, target: torch.Tensor, ref_image: torch.Tensor, ref_mask: torch.Tensor,
+                target_embedding: torch.Tensor | None = None, ref_embedding: torch.Tensor | None = None):
+        if target_embedding is not None:
+            prompt = self.model.encode_reference(ref_image, ref_mask, embeddings=ref_embedding)
+            logits, iou = self.model.decode(target_embedding, prompt)
+            return logits, (iou if self.with_iou else None)
         if not self.with_iou:
             return self.model(target, ref_image, ref_mask), None
         return self.model.predict(target, ref_image, ref_mask)
@@ -189,7 +199,24 @@ class Trainer:
             if ctx.is_main:
                 build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report)
             barrier(ctx)
-        return build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report if ctx.is_main else None)
+        sources = build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report if ctx.is_main else None)
+        if cfg.data.embedding_cache_dir:
+            self._attach_embeddings(sources)
+        return sources
+
+    def _attach_embeddings(self, sources: list[Source]) -> None:
+        """Fill (rank 0) and attach the frozen encoder's cached embeddings of every slice."""
+        from .embedding_store import attach_embeddings
+
+        cfg, ctx = self.cfg, self.ctx
+        report = lambda name, done, total: self.progress("embeddings", done, total, {"source": name})  # noqa: E731
+        kwargs = dict(device=ctx.device, batch_size=cfg.data.embedding_batch_size)
+        if ctx.is_main:
+            attach_embeddings(sources, self.model, cfg.data.embedding_cache_dir, progress=report,
+                              cancel=None if ctx.distributed else self._check_cancel, **kwargs)
+        barrier(ctx)
+        if not ctx.is_main:
+            attach_embeddings(sources, self.model, cfg.data.embedding_cache_dir, encode=False, **kwargs)
 
     def _prepare_out_dir(self) -> Path | None:
         """The checkpoint to resume from (None = fresh); refuses to overwrite an existing run."""
@@ -280,10 +307,12 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = sampler.sample(cfg.optim.batch_size)
                 target, target_mask, ref_image, ref_mask = self._to_device(batch, device)
-                target, target_mask, ref_image, ref_mask = augment_pair_batch(
-                    target, target_mask, ref_image, ref_mask, sampler.rng, cfg.augment)
+                cached = self._embeddings_to_device(batch, device)
+                if cached is None:  # cached embeddings fix the pixels: views carry their own randomisation
+                    target, target_mask, ref_image, ref_mask = augment_pair_batch(
+                        target, target_mask, ref_image, ref_mask, sampler.rng, cfg.augment)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits, iou = net(target, ref_image, ref_mask)
+                    logits, iou = net(target, ref_image, ref_mask, *(cached or ()))
                 parts = loss_fn(logits, target_mask)
                 loss = parts.total
                 iou_loss = torch.zeros((), device=device)
@@ -383,6 +412,13 @@ class Trainer:
             return torch.from_numpy(a).to(device, non_blocking=True)[:, None].float()
 
         return images(batch.target), masks(batch.target_mask), images(batch.ref_image), masks(batch.ref_mask)
+
+    @staticmethod
+    def _embeddings_to_device(batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if batch.target_embedding is None or batch.ref_embedding is None:
+            return None
+        return (torch.from_numpy(batch.target_embedding).to(device).float(),
+                torch.from_numpy(batch.ref_embedding).to(device).float())
 
     def _save(self, step: int, epoch: int, model: nn.Module, optimizer, scheduler, scaler, sampler: PairSampler,
               fingerprint: str, best: dict) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .distributed import DistContext, all_reduce_sum, shard
-from .pairs import validation_pairs
+from .pairs import stack_embeddings, validation_pairs
 from .sources import Source
 
 __all__ = ["validation_dice", "dice_from_sums"]
@@ -66,8 +66,14 @@ def validation_dice(model: torch.nn.Module, sources: list[Source], device: torch
                 return torch.from_numpy(a).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
             ref_mask_t = torch.from_numpy(ref_mask).to(device)[:, None].float()
+            cached = stack_embeddings([(case, row, ref, rrow) for _, _, case, row, ref, rrow in chunk])
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(to_images(target), to_images(ref_image), ref_mask_t)
+                if cached is None:
+                    logits = model(to_images(target), to_images(ref_image), ref_mask_t)
+                else:  # the frozen encoder's cached embeddings: the same result without the encoder
+                    ie, se = (torch.from_numpy(a).to(device).float() for a in cached)
+                    prompt = model.encode_reference(to_images(ref_image), ref_mask_t, embeddings=se)
+                    logits = model.decode(ie, prompt)[0]
             pred = (logits.float()[:, 0] > logit_threshold).cpu().numpy()
             for (src, task, case, *_), p, g in zip(chunk, pred, gt.astype(bool)):
                 sums[index[(f"{src}/{task}", case.name)]] += torch.tensor(
