@@ -52,7 +52,7 @@ def files(tmp_path_factory):
 def fake(monkeypatch):
     """The CLI's model resolver returns the thresholding test double (see test_infer_fakes.py)."""
     model = ThresholdModel(image_size=64)
-    monkeypatch.setattr(cli_segment, "resolve_model", lambda name, checkpoint=None: model)
+    monkeypatch.setattr(cli_segment, "resolve_model", lambda name, checkpoint=None, sha256=None: model)
     return model
 
 
@@ -247,3 +247,26 @@ def test_overlap_contested_and_flip_tta_reach_the_engine():
     assert options().flip_tta is EngineOptions().flip_tta  # no flag: the engine's default
     with pytest.raises(SystemExit):
         options("--contested", "bigger")
+
+
+def test_roi_box_limits_the_result_and_is_recorded(files, fake, tmp_path):
+    r = files["root"]
+    out = tmp_path / "boxed.seg.nrrd"
+    assert _run("--target", r / "ct.nrrd", "--reference", r / "atlas.nrrd", "--reference-labels", r / "atlas.seg.nrrd",
+                "--roi", "0,0,2,23,39,9", "--output", out) == 0
+    labels = read_labels(out)
+    assert labels.geometry.same_grid(files["image"].geometry) and labels.shape == files["image"].shape
+    assert labels.layers[0][:, :, 24:].max() == 0 and labels.layers[0][:2].max() == 0  # nothing outside the box
+    assert labels.layers[0][2:10, :, :24].max() > 0
+    record = json.loads((tmp_path / "boxed.ksam.json").read_text(encoding="utf-8"))
+    assert record["roi"]["mode"] == "box" and record["roi"]["box"] == "0,0,2,23,39,9"
+
+
+@pytest.mark.parametrize("roi, message", [("1,2,3", "--roi must be"), ("900,900,50,950,950,60", "does not overlap")])
+def test_bad_roi_is_one_line_and_writes_nothing(files, fake, tmp_path, capsys, roi, message):
+    r = files["root"]
+    out = tmp_path / "never.seg.nrrd"
+    assert _run("--target", r / "ct.nrrd", "--reference", r / "atlas.nrrd", "--reference-labels",
+                r / "atlas.seg.nrrd", "--roi", roi, "--output", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()

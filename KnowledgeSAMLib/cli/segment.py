@@ -49,7 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="auto: anchor when the reference is the target, volume when it is another image")
     parser.add_argument("--model", default="default",
                         help="'default' (embedded model), a saved model folder, or a config name (random weights)")
-    parser.add_argument("--sam-checkpoint", metavar="PATH", help="SAM ViT-B checkpoint, for models built on it")
+    parser.add_argument("--sam-checkpoint", metavar="PATH",
+                        help="pretrained base checkpoint (SAM ViT-B or LiteMedSAM layout) for models that reference "
+                             "it instead of storing it; another file than the official one needs --sam-sha256")
+    parser.add_argument("--sam-sha256", metavar="HASH",
+                        help="SHA256 of your own fine-tuned --sam-checkpoint (accepted only with exactly this hash)")
+    parser.add_argument("--roi", default="auto", metavar="ROI",
+                        help="where the model looks: auto (default: around the reference's structures, found in the "
+                             "target by a coarse first pass), none (whole slices), x0,y0,z0,x1,y1,z1 (target voxel "
+                             "indices, inclusive) or ras:R0,A0,S0,R1,A1,S1 (millimetres, as Slicer shows them)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--batch-size", type=int, default=8, metavar="N")
     parser.add_argument("--preset", default="auto", help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
@@ -163,7 +171,7 @@ def _device_for_rank(device: str, world: int) -> str:
     return device
 
 
-def resolve_model(name_or_path: str, sam_checkpoint: str | None = None):
+def resolve_model(name_or_path: str, sam_checkpoint: str | None = None, sam_sha256: str | None = None):
     """The model for ``--model``: through the registry (default model, folder or config name); falls back
     to loading a saved folder or building a config when the registry is unavailable."""
     try:
@@ -171,7 +179,7 @@ def resolve_model(name_or_path: str, sam_checkpoint: str | None = None):
     except ImportError:  # pragma: no cover - the registry ships with the package
         registry_resolve = None
     if registry_resolve is not None:
-        return registry_resolve(name_or_path, sam_checkpoint=sam_checkpoint)
+        return registry_resolve(name_or_path, sam_checkpoint=sam_checkpoint, sam_sha256=sam_sha256)
     path = Path(name_or_path).expanduser()  # pragma: no cover
     if path.is_dir():  # pragma: no cover
         from ..model.weights import load_model
@@ -269,8 +277,11 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.output import write_result
     from ..infer.reference import ReferenceCache
 
+    from ..infer.roi import parse_roi
+
     inputs = check_inputs(args)
     options = _options(args)
+    roi = parse_roi(args.roi)
     slice_range = _slice_range(args.slice_range)
     reference_slices = _ints(args.slice, "--slice") or None
     targets, rank, world = shard(list(zip(inputs.targets, inputs.outputs)))
@@ -281,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     wanted = [find_segment(labels, key, inputs.labels_path) for key in inputs.wanted]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = resolve_model(args.model, args.sam_checkpoint)
+        model = resolve_model(args.model, args.sam_checkpoint, args.sam_sha256)
     for warning in caught:
         print(f"knowledgesam: warning: {warning.message}")
     cache = ReferenceCache()
@@ -291,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
             target=target, reference=reference if reference is not None else target, reference_labels=labels,
             segments=wanted, mode=args.mode, axis=args.axis, reference_slices=reference_slices,
             slice_range=slice_range, device=device, batch_size=args.batch_size, preset=args.preset,
-            options=options)
+            options=options, roi=roi)
         bar = _Bar(target_path.name, args.quiet, rank if world > 1 else 0)
         try:
             result = segment(request, model, progress=bar, reference_cache=cache)

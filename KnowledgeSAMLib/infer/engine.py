@@ -25,7 +25,8 @@ from ..data.volume import Labels
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
-from .modes import RunContext, average_runs, labelled_override, run_anchor, run_propagate, run_volume
+from .focus import resolve_roi, run_focused
+from .modes import RunContext, labelled_override, run_anchor, run_propagate, run_volume
 from .output import labels_from_probabilities
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import EngineOptions, SegmentationResult, SegmentRequest, prepare_request
@@ -33,7 +34,7 @@ from .slicing import axis_view, slice_count
 
 __all__ = ["segment", "relabel", "model_fingerprint"]
 
-_RUNNERS = {"anchor": run_anchor, "propagate": run_propagate, "volume": run_volume}
+_RUNNERS = {"anchor": run_anchor, "propagate": run_propagate}
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -66,6 +67,78 @@ def _digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+class _Runner:
+    """Everything one ``segment`` call shares between its passes (coarse, per region, mirrored).
+
+    A pass runs the chosen mode over some target slices, optionally looking only at a crop of the target and of
+    the reference (:mod:`.roi`), and leaves its probabilities on the whole target grid.
+    """
+
+    def __init__(self, request: SegmentRequest, prepared, model, tracker: Progress,
+                 reference_cache: ReferenceCache | None) -> None:
+        self.request, self.prepared, self.model, self.tracker = request, prepared, model, tracker
+        self.opts = request.options
+        target, reference = request.target, request.reference
+        self.same = prepared.same_volume
+        self.size = int(model.config.image_size)
+        self.tview = axis_view(target.shape, target.geometry, request.axis)
+        self.rview = self.tview if self.same else axis_view(reference.shape, reference.geometry, request.axis)
+        preset = get_preset(request.preset)
+        self.t_map = preset.fit(target)
+        self.r_map = self.t_map if self.same else preset.fit(reference)
+        self.policy = DevicePolicy(choose_device(request.device), int(request.batch_size),
+                                   bf16_on_cuda=self.opts.mixed_precision)
+        self.dtype = getattr(torch, self.opts.embedding_dtype)
+        self.reference_cache = reference_cache
+        self.reference_key = None
+        if reference_cache is not None and not self.same:
+            self.reference_key = (_digest(reference.array), reference.geometry,
+                                  _digest(prepared.reference_labels.layers), request.axis,
+                                  tuple(sorted(self.r_map.to_dict().items())), self.size, str(self.dtype),
+                                  model_fingerprint(model))
+        self.runs: list[RunContext] = []
+
+    def source(self, image, view, mapping, crop, mirrored: bool) -> SliceSource:
+        shape = view.slice_shape if crop is None else (crop[1] - crop[0], crop[3] - crop[2])
+        return SliceSource(image, view, mapping, SquareFit(shape, view.spacing_hw, self.size), mirrored, crop)
+
+    def run(self, slices: list[int], *, mirrored: bool = False, target_crop=None, reference_crop=None,
+            segments=None, labels: Labels | None = None, target_pos: np.ndarray | None = None,
+            extent: tuple[float, float] | None = None) -> RunContext:
+        """One pass of the mode over ``slices``; see the class docstring."""
+        request, prepared = self.request, self.prepared
+        segments = list(segments or prepared.segments)
+        labels = labels if labels is not None else prepared.reference_labels
+        t_src = self.source(request.target, self.tview, self.t_map, target_crop, mirrored)
+        same_source = self.same and target_crop == reference_crop
+        r_src = t_src if same_source else self.source(request.reference, self.rview, self.r_map, reference_crop,
+                                                       mirrored)
+        targets = EmbeddingCache(self.model, t_src, self.policy, self.dtype, self.tracker)
+        key = None if self.reference_key is None else self.reference_key + (mirrored, reference_crop)
+        bank = ReferenceBank(self.model, r_src, labels, segments, self.policy, request.reference_slices,
+                             cache=targets if same_source else None, prompt_cache_size=self.opts.prompt_cache_size,
+                             embedding_dtype=self.dtype, progress=self.tracker,
+                             shared=self.reference_cache if key is not None else None, shared_key=key)
+
+        def fall_back(cpu: torch.device) -> None:  # out of memory on the GPU: model and caches move to the CPU
+            self.model.to(cpu)
+            targets.move_to(cpu)
+            bank.move_to(cpu)
+
+        self.policy.on_fallback = fall_back
+        ctx = RunContext(model=self.model, policy=self.policy, options=self.opts, progress=self.tracker, target=t_src,
+                         targets=targets, bank=bank, segments=segments, slices=slices, same_volume=self.same)
+        if prepared.mode == "volume":
+            run_volume(ctx, target_pos=target_pos, extent=extent)
+        else:
+            _RUNNERS[prepared.mode](ctx)
+        self.runs.append(ctx)
+        return ctx
+
+    def orientations(self) -> tuple[bool, ...]:
+        return (False, True) if self.opts.flip_tta else (False,)
+
+
 def segment(request: SegmentRequest, model, progress: Callable[[int, int], None] | None = None,
             cancel: CancelToken | None = None, reference_cache: ReferenceCache | None = None) -> SegmentationResult:
     """Segment ``request.target`` with the knowledge prompt (reference image + labels); see
@@ -79,91 +152,62 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     tracker = Progress(progress, cancel)
     tracker.check()
     prepared = prepare_request(request, slice_count)
-    opts = request.options
-    target, reference, same = request.target, request.reference, prepared.same_volume
-    size = int(model.config.image_size)
-
-    tview = axis_view(target.shape, target.geometry, request.axis)
-    rview = tview if same else axis_view(reference.shape, reference.geometry, request.axis)
+    runner = _Runner(request, prepared, model, tracker, reference_cache)
+    tview = runner.tview
     slices = list(range(*request.slice_range)) if request.slice_range else list(range(tview.n))
-    preset = get_preset(request.preset)
-    t_map = preset.fit(target)
-    r_map = t_map if same else preset.fit(reference)
-
-    device = choose_device(request.device)
-    policy = DevicePolicy(device, int(request.batch_size), bf16_on_cuda=opts.mixed_precision)
-    dtype = getattr(torch, opts.embedding_dtype)
-    reference_key = None
-    if reference_cache is not None and not same:
-        reference_key = (_digest(reference.array), reference.geometry, _digest(prepared.reference_labels.layers),
-                         request.axis, tuple(sorted(r_map.to_dict().items())), size, str(dtype),
-                         model_fingerprint(model))
-
-    def run_orientation(mirrored: bool) -> RunContext:
-        """One full pass of the mode, on the target and reference as they are or mirrored left-right."""
-        t_src = SliceSource(target, tview, t_map, SquareFit(tview.slice_shape, tview.spacing_hw, size), mirrored)
-        r_src = t_src if same else SliceSource(reference, rview, r_map,
-                                               SquareFit(rview.slice_shape, rview.spacing_hw, size), mirrored)
-        targets = EmbeddingCache(model, t_src, policy, dtype, tracker)
-        bank = ReferenceBank(model, r_src, prepared.reference_labels, prepared.segments, policy,
-                             request.reference_slices, cache=targets if same else None,
-                             prompt_cache_size=opts.prompt_cache_size, embedding_dtype=dtype, progress=tracker,
-                             shared=reference_cache,
-                             shared_key=None if reference_key is None else reference_key + (mirrored,))
-
-        def fall_back(cpu: torch.device) -> None:  # out of memory on the GPU: model and caches move to the CPU
-            model.to(cpu)
-            targets.move_to(cpu)
-            bank.move_to(cpu)
-
-        policy.on_fallback = fall_back
-        ctx = RunContext(model=model, policy=policy, options=opts, progress=tracker, target=t_src, targets=targets,
-                         bank=bank, segments=prepared.segments, slices=slices, same_volume=same)
-        _RUNNERS[prepared.mode](ctx)
-        return ctx
+    roi = resolve_roi(request.roi, request.target, tview, slices)
 
     was_training = bool(getattr(model, "training", False))
-    model.to(device)
+    model.to(runner.policy.device)
     model.eval()
     inference_started = time.perf_counter()
     try:
         with torch.inference_mode():
-            runs = [run_orientation(mirrored) for mirrored in ((False, True) if opts.flip_tta else (False,))]
+            ctx, roi_record = run_focused(runner, slices, roi)
     finally:
         model.train(was_training)
     inference_s = time.perf_counter() - inference_started
     tracker.check()
-    ctx = average_runs(runs)
 
-    if same and opts.keep_reference_labels:
-        labelled_override(ctx, prepared.reference_labels)
-    labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, opts, target)
+    if prepared.same_volume and request.options.keep_reference_labels:
+        labelled_override(ctx, prepared.reference_labels, request.reference_slices)
+    labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, request.options, request.target)
     tracker.check()
-
-    provenance = {
-        "software": {"name": "KnowledgeSAM", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": getattr(model.config, "name", type(model).__name__), "image_size": size,
-                  "sha256": model_fingerprint(model)},
-        "target": target.source, "reference": reference.source,
-        "reference_labels": prepared.reference_labels.source,
-        "same_volume": same, "mode": prepared.mode, "requested_mode": request.mode, "axis": request.axis,
-        "slice_axis_index": tview.slice_axis, "slices": [slices[0], slices[-1] + 1] if slices else [],
-        "reference_slices": {seg.name: ctx.bank.labelled_slices(seg).tolist() for seg in prepared.segments},
-        "segments": [{"name": s.name, "label_value": s.label_value, "layer": s.layer} for s in labels.segments],
-        "intensity": {"preset": request.preset, "target": t_map.to_dict(), "reference": r_map.to_dict()},
-        "device": str(policy.device), "precision": policy.precision, "batch_size": policy.batch_size,
-        "options": dataclasses.asdict(opts),
-        "counts": {"target_slices_encoded": sum(run.targets.encoded for run in runs),
-                   "reference_slices_encoded": 0 if same else sum(run.bank.cache.encoded for run in runs),
-                   "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
-                   "heads_run": sum(run.heads_run for run in runs)},
-        "timings": {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)},
-        "notes": policy.notes + ctx.notes,
-    }
+    provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, inference_s, started)
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)
+
+
+def _provenance(request: SegmentRequest, prepared, runner: _Runner, ctx: RunContext, slices: list[int],
+                roi_record: dict, inference_s: float, started: float) -> dict:
+    model, opts, runs = runner.model, request.options, runner.runs
+    size = runner.size
+    return {
+        "software": {"name": "KnowledgeSAM", "version": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": getattr(model.config, "name", type(model).__name__), "image_size": size,
+                  "sha256": model_fingerprint(model),
+                  "base_sha256": getattr(model.config, "sam_checkpoint_sha256", None)},
+        "target": request.target.source, "reference": request.reference.source,
+        "reference_labels": prepared.reference_labels.source,
+        "same_volume": prepared.same_volume, "mode": prepared.mode, "requested_mode": request.mode,
+        "axis": request.axis, "slice_axis_index": runner.tview.slice_axis,
+        "slices": [slices[0], slices[-1] + 1] if slices else [],
+        "reference_slices": {seg.name: ctx.bank.labelled_slices(seg).tolist() for seg in ctx.segments},
+        "roi": roi_record,
+        "segments": [{"name": s.name, "label_value": s.label_value, "layer": s.layer} for s in prepared.segments],
+        "intensity": {"preset": request.preset, "target": runner.t_map.to_dict(), "reference": runner.r_map.to_dict()},
+        "device": str(runner.policy.device), "precision": runner.policy.precision,
+        "batch_size": runner.policy.batch_size, "options": dataclasses.asdict(opts),
+        "counts": {"target_slices_encoded": sum(run.targets.encoded for run in runs),
+                   "reference_slices_encoded": 0 if prepared.same_volume else sum(
+                       run.bank.cache.encoded for run in runs),
+                   "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
+                   "heads_run": sum(run.heads_run for run in runs)},
+        "timings": {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)},
+        "notes": list(dict.fromkeys(runner.policy.notes + [n for run in runs for n in run.notes])),
+    }
 
 
 def relabel(request: SegmentRequest, result: SegmentationResult, options: EngineOptions) -> Labels:

@@ -26,7 +26,8 @@ from .device import DevicePolicy
 from .reference import EmbeddingCache, ReferenceBank, SliceSource, relative
 from .request import EngineOptions
 
-__all__ = ["RunContext", "run_anchor", "run_propagate", "run_volume", "average_runs", "largest_component"]
+__all__ = ["RunContext", "run_anchor", "run_propagate", "run_volume", "average_runs", "largest_component",
+           "positions_in_reference"]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RunContext:
     confidence: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n,) float32, NaN = not run
     notes: list[str] = field(default_factory=list)
     heads_run: int = 0
+    alignment: object | None = None  # volume mode, aligned prior: the fitted StackAlignment (reference → target)
 
     def __post_init__(self) -> None:
         shape = self.target.image.shape
@@ -312,18 +314,37 @@ def aligned_positions(ctx: RunContext, margin: int = 2) -> np.ndarray:
     target_mm = tview.positions_mm(np.asarray(ctx.slices))
     fit = align_stacks(centred(every[slab], every.mean(axis=0)), rview.positions_mm(slab), centred(target),
                        target_mm, min_overlap=1.0)
+    ctx.alignment = fit
     ctx.notes.append(f"placed the reference's labelled slices in the target: target mm = {fit.scale:.3f} x "
                      f"reference mm {fit.shift:+.1f} (mean similarity {fit.similarity:.3f})")
-    # the fit maps the reference slab into the target, so the target slices go back through its inverse
+    return positions_in_reference(fit, tview, rview, ctx.slices)
+
+
+def positions_in_reference(fit, tview, rview, slices) -> np.ndarray:
+    """Target slices' positions in the reference scan (``[0, 1]`` over its slices) through a fitted alignment.
+
+    The fit maps the reference slab into the target, so the target slices go back through its inverse."""
+    target_mm = tview.positions_mm(np.asarray(slices))
     return relative(fit.invert(target_mm), 0.0, (rview.n - 1) * rview.slice_spacing)  # the scan's span in mm
 
 
-def run_volume(ctx: RunContext) -> None:
+def run_volume(ctx: RunContext, target_pos: np.ndarray | None = None,
+               extent: tuple[float, float] | None = None) -> None:
+    """Volume mode. ``target_pos`` (the target slices' positions in the reference scan, from an earlier pass's
+    alignment) or ``extent`` (where, in the target's canonical slice order, the structures lie — a user's box)
+    replace the configured position prior."""
     opts = ctx.options
     prior = opts.position_prior if ctx.target.n > 1 else "none"
-    passes = 2 if prior == "two-pass" else 1
+    passes = 2 if prior == "two-pass" and target_pos is None and extent is None else 1
     ctx.progress.add_total(len(ctx.bank.all_slices()) + passes * len(ctx.slices))
     ctx.bank.ensure_embeddings(count_progress=True)  # each reference slice encoded once
+    if extent is not None and ctx.target.n > 1:
+        _volume_pass(ctx, opts.top_k, {seg.name: "extent" for seg in ctx.segments},
+                     {seg.name: extent for seg in ctx.segments})
+        return
+    if target_pos is not None:
+        _volume_pass(ctx, opts.top_k, {seg.name: "scan" for seg in ctx.segments}, {}, target_pos)
+        return
     if prior == "aligned":  # the scan prior, with target positions mapped into the reference's scan
         _volume_pass(ctx, opts.top_k, {seg.name: "scan" for seg in ctx.segments}, {}, aligned_positions(ctx))
         return
@@ -391,11 +412,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return sitk.GetArrayViewFromImage(components) == 1
 
 
-def labelled_override(ctx: RunContext, labels: Labels) -> None:
-    """Same volume: the slices the user labelled keep exactly the user's labels."""
+def labelled_override(ctx: RunContext, labels: Labels, reference_slices: Sequence[int] | None = None) -> None:
+    """Same volume: the slices the user labelled keep exactly the user's labels (``reference_slices``: only
+    those of them that were given as the reference)."""
     wanted = set(ctx.slices)
+    allowed = None if reference_slices is None else set(int(k) for k in reference_slices)
+    view = ctx.target.view
     for seg in ctx.segments:
-        for k in ctx.bank.labelled_slices(seg):
-            if int(k) in wanted:
-                plane = np.ascontiguousarray(ctx.target.view.get(labels.layers[seg.layer], int(k))) == seg.label_value
-                ctx.target.view.put(ctx.probabilities[seg.name], int(k), plane.astype(np.uint8) * 255)
+        for k in np.flatnonzero(view.slice_has(labels.layers[seg.layer] == seg.label_value)):
+            if int(k) in wanted and (allowed is None or int(k) in allowed):
+                plane = np.ascontiguousarray(view.get(labels.layers[seg.layer], int(k))) == seg.label_value
+                view.put(ctx.probabilities[seg.name], int(k), plane.astype(np.uint8) * 255)

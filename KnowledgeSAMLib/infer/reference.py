@@ -31,14 +31,25 @@ __all__ = ["SliceSource", "EmbeddingCache", "ReferenceBank", "Descriptors", "Ref
 class SliceSource:
     """One volume seen through an axis view, an intensity mapping and a square fit to the model size.
 
-    ``mirrored`` flips every model-size image and mask left-right and flips probabilities back in
+    ``crop`` (rows ``r0:r1``, columns ``c0:c1`` of the canonical slice; ``fit`` is then built for the crop's
+    shape) makes the model look only at a region of interest; :meth:`to_slice` pastes results back into the
+    whole slice. ``mirrored`` flips every model-size image and mask left-right and flips probabilities back in
     :meth:`to_slice`: the engine's flip test-time augmentation runs the same modes on a mirrored target
     and reference and averages the two results on the unmirrored grid.
     """
 
-    def __init__(self, image: Image, view: AxisView, mapping, fit, mirrored: bool = False) -> None:
+    def __init__(self, image: Image, view: AxisView, mapping, fit, mirrored: bool = False,
+                 crop: tuple[int, int, int, int] | None = None) -> None:
         self.image, self.view, self.mapping, self.fit = image, view, mapping, fit
         self.mirrored = bool(mirrored)
+        self.crop = crop
+
+    def _plane(self, array: np.ndarray, k: int) -> np.ndarray:
+        plane = self.view.get(array, k)
+        if self.crop is not None:
+            r0, r1, c0, c1 = self.crop
+            plane = plane[r0:r1, c0:c1]
+        return np.ascontiguousarray(plane)
 
     def _model_space(self, square: np.ndarray) -> np.ndarray:
         """Mirror an ``S×S[×C]`` model-size array when this source is mirrored (its own inverse)."""
@@ -50,7 +61,7 @@ class SliceSource:
 
     def model_image(self, k: int) -> np.ndarray:
         """Slice ``k`` as a ``3×S×S`` float32 array in [0, 1]."""
-        plane = np.ascontiguousarray(self.view.get(self.image.array, k))
+        plane = self._plane(self.image.array, k)
         rgb = np.asarray(self.mapping.apply(plane), dtype=np.float32)
         square = self._model_space(np.asarray(self.fit.to_model(rgb, 1), dtype=np.float32))
         if square.ndim == 2:
@@ -62,7 +73,7 @@ class SliceSource:
 
     def model_mask(self, labels: Labels, segment: Segment, k: int) -> np.ndarray:
         """The segment's mask on slice ``k`` as an ``S×S`` float32 {0, 1} array."""
-        plane = np.ascontiguousarray(self.view.get(labels.layers[segment.layer], k)) == segment.label_value
+        plane = self._plane(labels.layers[segment.layer], k) == segment.label_value
         square = self._model_space(np.asarray(self.fit.to_model(plane.astype(np.float32), 0), dtype=np.float32))
         return np.ascontiguousarray(square > 0.5, dtype=np.float32)
 
@@ -72,7 +83,13 @@ class SliceSource:
     def to_slice(self, square: np.ndarray) -> np.ndarray:
         """An ``S×S`` probability map back onto the slice grid ``(h, w)``."""
         square = np.ascontiguousarray(self._model_space(np.asarray(square, dtype=np.float32)))
-        return np.asarray(self.fit.to_original(square), dtype=np.float32)
+        plane = np.asarray(self.fit.to_original(square), dtype=np.float32)
+        if self.crop is None:
+            return plane
+        r0, r1, c0, c1 = self.crop
+        whole = np.zeros(self.view.slice_shape, dtype=np.float32)
+        whole[r0:r1, c0:c1] = plane
+        return whole
 
 
 class EmbeddingCache:

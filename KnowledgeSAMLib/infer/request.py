@@ -101,7 +101,8 @@ class SegmentRequest:
 
     ``segments`` are segments of ``reference_labels`` (an empty list means all of them).
     ``reference_slices`` restricts the reference labels to these slice indices along ``axis`` (e.g. the
-    one slice a user drew); ``slice_range`` = ``(start, stop)`` limits the target slices segmented.
+    one slice a user drew); ``slice_range`` = ``(start, stop)`` limits the target slices segmented; ``roi``
+    says where in the slices the model looks (see :mod:`.focus`).
     """
 
     target: Image
@@ -117,6 +118,9 @@ class SegmentRequest:
     preset: str = "auto"  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
     options: EngineOptions = field(default_factory=EngineOptions)
     keep_probabilities: bool = False  # also return the probability maps (see ``relabel``)
+    # where the model looks (infer/focus.py): "auto" (around the reference's structures and, in another image,
+    # where a coarse pass finds them), "none" (whole slices), a voxel ``RoiBox`` or two RAS points
+    roi: Any = "auto"
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 from ..data.volume import Image, Labels
 from ..errors import InputError
 
-__all__ = ["ViewSpec", "draw_view", "volume_view", "structure_box"]
+__all__ = ["ViewSpec", "draw_view", "volume_view"]
 
 
 @dataclass(frozen=True)
@@ -53,37 +53,6 @@ def draw_view(rng: np.random.Generator, *, roi: bool, margin_range: tuple[float,
         blur=float(rng.uniform(0.0, 1.2) * r) if rng.random() < 0.5 else 0.0,
         downsample=float(rng.uniform(1.0, 1.0 + 1.0 * r)) if rng.random() < 0.4 else 1.0,
     )
-
-
-def structure_box(masks: list[np.ndarray], view, margin: float, shift: tuple[float, float] = (0.0, 0.0),
-                  min_side_mm: float = 20.0) -> tuple[int, int, int, int] | None:
-    """The in-plane box ``(r0, r1, c0, c1)`` (canonical slice pixels) around the union of ``masks`` over all
-    slices, grown by ``margin`` × its larger physical side on each side, made square in millimetres, shifted,
-    and clipped to the slice. None when the masks are empty."""
-    h, w = view.slice_shape
-    rows = np.zeros(h, dtype=bool)
-    cols = np.zeros(w, dtype=bool)
-    for m in masks:
-        for k in np.flatnonzero(view.slice_has(m)):
-            plane = view.get(m, int(k))
-            rows |= plane.any(axis=1)
-            cols |= plane.any(axis=0)
-    if not rows.any():
-        return None
-    sy, sx = view.spacing_hw
-    r_idx, c_idx = np.flatnonzero(rows), np.flatnonzero(cols)
-    centre_mm = np.array([(r_idx[0] + r_idx[-1] + 1) / 2 * sy, (c_idx[0] + c_idx[-1] + 1) / 2 * sx])
-    extent_mm = max((r_idx[-1] - r_idx[0] + 1) * sy, (c_idx[-1] - c_idx[0] + 1) * sx)
-    side_mm = max(min_side_mm, extent_mm * (1.0 + 2.0 * margin))
-    centre_mm = centre_mm + np.asarray(shift) * side_mm
-    r0 = int(np.floor((centre_mm[0] - side_mm / 2) / sy))
-    r1 = int(np.ceil((centre_mm[0] + side_mm / 2) / sy))
-    c0 = int(np.floor((centre_mm[1] - side_mm / 2) / sx))
-    c1 = int(np.ceil((centre_mm[1] + side_mm / 2) / sx))
-    r0, r1, c0, c1 = max(0, r0), min(h, r1), max(0, c0), min(w, c1)
-    if r1 - r0 < 2 or c1 - c0 < 2:
-        return None
-    return r0, r1, c0, c1
 
 
 def _as_nchw(planes: np.ndarray):
@@ -165,6 +134,7 @@ def volume_view(name: str, source: str, image: Image, labels: Labels, tasks: lis
     ``max_slices`` of them evenly spread (0 = all). Returns None when none of the tasks is present.
     """
     from ..data.resize import SquareFit
+    from ..infer.roi import structure_box
     from ..infer.slicing import axis_view
     from .sources import SliceCase
 

@@ -1,0 +1,241 @@
+"""Segment where the structures are: the passes of one run when it focuses on regions of interest.
+
+``roi="auto"`` (the default):
+
+* the reference's requested structures, united over their slices, give one region per separate group (the left
+  and the right kidney are two), each grown by a margin (:func:`~.roi.region_crops`). A region covering most of
+  the slice is no focus: the run then looks at whole slices, as without ROI;
+* the same volume (anchor, propagate): the target regions are the reference's;
+* another volume: a **coarse pass** on whole slices (every second or third target slice) finds the structures
+  in the target; its regions, grown by the same margin, are matched to the reference's by their position in
+  the slice, and each pair gets a **fine pass** in which target and reference are cropped alike, over the
+  slices where the coarse pass found the region (plus a margin). Volume mode's slice alignment is fitted once
+  in the coarse pass and reused.
+
+A user's box (``roi=RoiBox``) is one target region over its slices; the reference's region is found as above.
+Results of the fine passes are pasted into the whole target grid (outside them: 0) and combined by maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..data.volume import Image, Labels
+from ..errors import InputError
+from .modes import RunContext, average_runs, positions_in_reference
+from .roi import (DEFAULT_MARGIN, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, restrict_to_crop,
+                  union_plane)
+from .slicing import AxisView
+
+__all__ = ["RoiChoice", "resolve_roi", "run_focused", "SAME_VOLUME_MARGIN"]
+
+SAME_VOLUME_MARGIN = 0.5  # the labelled slices show only part of the structures: look wider around them
+
+
+@dataclass(frozen=True)
+class RoiChoice:
+    """``kind`` "none" (whole slices), "auto" or "box" (a user's box, with its slices along the axis)."""
+
+    kind: str
+    crop: Crop | None = None
+    slices: tuple[int, ...] = ()
+    text: str = ""
+
+
+def resolve_roi(roi, target: Image, view: AxisView, slices: Sequence[int]) -> RoiChoice:
+    """A request's ``roi`` (``"auto"``, ``"none"``, a :class:`RoiBox`, two RAS points or their text) checked against
+    the target; an ROI that misses the image or the requested slices is an :class:`InputError`."""
+    if roi is None or isinstance(roi, str) and not isinstance(roi, RoiBox):
+        roi = parse_roi(roi)
+    if roi == "auto" or roi == "none":
+        return RoiChoice(kind=str(roi))
+    if isinstance(roi, tuple) and len(roi) == 2 and not isinstance(roi, RoiBox):
+        roi = RoiBox.from_ras(roi[0], roi[1], target.geometry)
+    if not isinstance(roi, RoiBox):
+        raise InputError(f"roi must be 'auto', 'none' or a box, got {roi!r}")
+    box = roi.check(target.shape, target.source or "the target")
+    crop, box_slices = box.crop_and_slices(view)
+    wanted = [k for k in box_slices if k in set(slices)]
+    if not wanted:
+        raise InputError(f"--roi {box.describe()} covers no slice of the requested slice range")
+    return RoiChoice(kind="box", crop=crop, slices=tuple(wanted), text=box.describe())
+
+
+def _merge(runs: list[RunContext]) -> RunContext:
+    """Combine passes over different regions: per voxel the highest probability, per slice the highest
+    confidence. The first pass carries the result."""
+    first = runs[0]
+    for run in runs[1:]:
+        for name, prob in run.probabilities.items():
+            if name in first.probabilities:
+                np.maximum(first.probabilities[name], prob, out=first.probabilities[name])
+            else:
+                first.probabilities[name] = prob
+            if name in first.confidence:
+                first.confidence[name] = np.fmax(first.confidence[name], run.confidence[name])
+            else:
+                first.confidence[name] = run.confidence[name]
+        first.notes.extend(n for n in run.notes if n not in first.notes)
+        first.heads_run += run.heads_run
+    return first
+
+
+def _complete(ctx: RunContext, segments, shape, slices: Sequence[int]) -> RunContext:
+    """Every requested structure has a probability map and a confidence row (zeros / NaN where not run)."""
+    for seg in segments:
+        ctx.probabilities.setdefault(seg.name, np.zeros(shape, dtype=np.uint8))
+        ctx.confidence.setdefault(seg.name, np.full(ctx.target.n, np.nan, dtype=np.float32))
+    ctx.segments = list(segments)
+    ctx.slices = list(slices)
+    return ctx
+
+
+def _pass(runner, slices: list[int], **kwargs) -> RunContext:
+    """One pass per orientation (flip test-time augmentation), averaged."""
+    return average_runs([runner.run(slices, mirrored=m, **kwargs) for m in runner.orientations()])
+
+
+def _present_segments(prepared, labels: Labels, view: AxisView) -> list:
+    return [seg for seg in prepared.segments if view.slice_has(labels.layers[seg.layer] == seg.label_value).any()]
+
+
+def _reference_regions(runner, margin: float) -> list[Crop]:
+    prepared, request = runner.prepared, runner.request
+    labels = prepared.reference_labels
+    masks = [labels.layers[seg.layer] == seg.label_value for seg in prepared.segments]
+    plane = union_plane(masks, runner.rview, slices=request.reference_slices)
+    return region_crops(plane, runner.rview, margin)
+
+
+def _voxel_box(view: AxisView, crop: Crop, slices: Sequence[int]) -> list[int]:
+    """A canonical crop over slices as a voxel box ``[x0, y0, z0, x1, y1, z1]`` (inclusive), for provenance."""
+    mask = np.zeros(view.shape, dtype=bool)
+    plane = np.zeros(view.slice_shape, dtype=bool)
+    plane[crop[0]:crop[1], crop[2]:crop[3]] = True
+    for k in slices:
+        view.put(mask, int(k), plane)
+    zyx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    (z0, z1), (y0, y1), (x0, x1) = ((int(v[0]), int(v[-1])) for v in zyx)
+    return [x0, y0, z0, x1, y1, z1]
+
+
+def _region_pass(runner, slices: list[int], target_crop: Crop, reference_crop: Crop, **kwargs) -> RunContext | None:
+    """A fine pass over one region pair, with the reference labels outside its crop removed (the other kidney's
+    slices must not become prompts for this one); None when the region holds no requested structure."""
+    prepared = runner.prepared
+    layers = restrict_to_crop(prepared.reference_labels.layers, runner.rview, reference_crop)
+    labels = Labels(layers, prepared.reference_labels.geometry, prepared.reference_labels.segments,
+                    prepared.reference_labels.source)
+    segments = _present_segments(prepared, labels, runner.rview)
+    if not segments or not slices:
+        return None
+    if runner.request.reference_slices is not None:
+        allowed = set(int(k) for k in runner.request.reference_slices)
+        segments = [s for s in segments
+                    if any(int(k) in allowed for k in np.flatnonzero(
+                        runner.rview.slice_has(labels.layers[s.layer] == s.label_value)))]
+        if not segments:
+            return None
+    return _pass(runner, slices, target_crop=target_crop, reference_crop=reference_crop, segments=segments,
+                 labels=labels, **kwargs)
+
+
+def _coarse_slices(slices: list[int]) -> tuple[list[int], int]:
+    stride = 3 if len(slices) >= 36 else 2 if len(slices) >= 16 else 1
+    return slices[::stride], stride
+
+
+def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride: int,
+                    slices: list[int]) -> list[tuple[Crop, list[int]]]:
+    """Regions the coarse pass found in the target, each with the slices (of ``slices``) it spans."""
+    view = runner.tview
+    threshold = int(round(runner.opts.threshold * 255))
+    masks = [p > threshold for p in coarse.probabilities.values()]
+    plane = union_plane(masks, view, slices=coarse_slices)
+    regions = []
+    for crop in region_crops(plane, view, DEFAULT_MARGIN):
+        r0, r1, c0, c1 = crop
+        found = [k for k in coarse_slices if any(view.get(m, k)[r0:r1, c0:c1].any() for m in masks)]
+        if not found:
+            continue
+        low, high = min(found) - stride - 1, max(found) + stride + 1
+        regions.append((crop, [k for k in slices if low <= k <= high]))
+    return regions
+
+
+def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, dict]:
+    """Run the request's mode over ``slices`` looking where ``roi`` says; returns the combined pass and a
+    provenance record of the regions used."""
+    prepared = runner.prepared
+    shape = runner.request.target.shape
+
+    def whole(note: str) -> tuple[RunContext, dict]:
+        return _pass(runner, slices), {"mode": roi.kind, "used": "whole slices", "note": note}
+
+    if roi.kind == "none":
+        return whole("roi none")
+    margin = SAME_VOLUME_MARGIN if runner.same else DEFAULT_MARGIN
+    ref_regions = [c for c in _reference_regions(runner, margin) if is_focus(c, runner.rview)]
+    if roi.kind == "box":
+        reference_crop = _match(roi.crop, runner.tview, ref_regions, runner.rview) if ref_regions else None
+        if runner.same:
+            reference_crop = roi.crop
+        extent = None
+        if prepared.mode == "volume" and len(roi.slices) > 1:
+            ordered = np.asarray(runner.tview.ordered(np.asarray(roi.slices)), dtype=float)
+            extent = (float(ordered.min()), float(ordered.max()))
+        ctx = (_region_pass(runner, list(roi.slices), roi.crop, reference_crop, extent=extent)
+               if reference_crop is not None else
+               _pass(runner, list(roi.slices), target_crop=roi.crop, extent=extent))
+        if ctx is None:
+            raise InputError("the reference holds none of the requested structures near the given box")
+        record = {"mode": "box", "box": roi.text, "regions": [{
+            "target": _voxel_box(runner.tview, roi.crop, roi.slices),
+            "reference": None if reference_crop is None else list(reference_crop)}]}
+        return _complete(ctx, prepared.segments, shape, roi.slices), record
+    if not ref_regions:
+        return whole("the reference's structures fill most of the slice")
+    if runner.same:
+        passes = [p for p in (_region_pass(runner, slices, crop, crop) for crop in ref_regions) if p is not None]
+        if not passes:
+            return whole("no region holds a requested structure")
+        record = {"mode": "auto", "regions": [{"target": _voxel_box(runner.tview, c, slices), "reference": list(c)}
+                                              for c in ref_regions]}
+        return _complete(_merge(passes), prepared.segments, shape, slices), record
+    # another volume: a coarse look at whole slices finds the regions in the target
+    coarse_slices, stride = _coarse_slices(slices)
+    coarse = runner.run(coarse_slices)
+    regions = _target_regions(coarse, runner, coarse_slices, stride, slices)
+    focused = [(crop, ks) for crop, ks in regions if is_focus(crop, runner.tview)]
+    if not focused or len(focused) < len(regions):
+        ctx, record = whole("the coarse pass found no focused region" if not focused else
+                            "a region the coarse pass found fills most of the slice")
+        record["coarse_slices"] = len(coarse_slices)
+        return ctx, record
+    kwargs = {}
+    if coarse.alignment is not None:
+        fit = coarse.alignment
+        kwargs["target_pos_for"] = lambda ks: positions_in_reference(fit, runner.tview, runner.rview, ks)
+    passes, used = [], []
+    for crop, ks in focused:
+        reference_crop = _match(crop, runner.tview, ref_regions, runner.rview)
+        extra = {"target_pos": kwargs["target_pos_for"](ks)} if kwargs else {}
+        ctx = _region_pass(runner, ks, crop, reference_crop, **extra)
+        if ctx is not None:
+            passes.append(ctx)
+            used.append({"target": _voxel_box(runner.tview, crop, ks), "reference": list(reference_crop)})
+    if not passes:
+        ctx, record = whole("no region pair holds a requested structure")
+        return ctx, record
+    record = {"mode": "auto", "coarse_slices": len(coarse_slices), "regions": used}
+    return _complete(_merge(passes), prepared.segments, shape, slices), record
+
+
+def _match(crop: Crop, view: AxisView, candidates: list[Crop], other_view: AxisView) -> Crop:
+    """The candidate region (of the other scan) whose centre is nearest, in fractions of the slice."""
+    centre = crop_centre(crop, view)
+    distances = [float(np.linalg.norm(crop_centre(c, other_view) - centre)) for c in candidates]
+    return candidates[int(np.argmin(distances))]

@@ -1,0 +1,149 @@
+"""Regions of interest: parsing and refusal, exact paste-back into the target geometry, and ``roi="auto"`` finding
+an off-centre structure in a large field of view (fake model, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from KnowledgeSAMLib.data.volume import Geometry, Image, Labels, Segment
+from KnowledgeSAMLib.errors import InputError
+from KnowledgeSAMLib.infer import SegmentRequest, segment
+from KnowledgeSAMLib.infer.roi import RoiBox, parse_roi, region_crops, structure_box
+from KnowledgeSAMLib.infer.slicing import axis_view
+
+from test_infer_fakes import ThresholdModel, dice
+
+
+def small_structure(shape=(10, 96, 120), centre=(70, 30), seed=0, geometry: Geometry | None = None,
+                    source: str = "") -> tuple[Image, Labels]:
+    """A body-sized field of view with one small bright structure off-centre (``centre`` = (row y, col x))."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    nz, ny, nx = shape
+    labels = np.zeros(shape, np.uint8)
+    blob = (np.abs(z - nz / 2) < nz * 0.35) & (((y - centre[0]) / 7.0) ** 2 + ((x - centre[1]) / 9.0) ** 2 < 1)
+    labels[blob] = 1
+    hu = np.full(shape, -900.0)
+    body = ((y - ny / 2) / (ny * 0.48)) ** 2 + ((x - nx / 2) / (nx * 0.48)) ** 2 < 1
+    hu[body] = -60.0
+    hu[labels == 1] = 200.0
+    hu += rng.normal(0, 4, shape)
+    geometry = geometry or Geometry(spacing=(0.9, 0.8, 2.5), origin=(-40.0, -30.0, 0.0))
+    image = Image(hu.astype(np.int16), geometry, source=source or f"fov{seed}.nrrd")
+    return image, Labels(labels[None], geometry, [Segment("blob", 1, 0)], source=f"fov{seed}.seg.nrrd")
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+def test_parse_roi_forms_and_refusals():
+    assert parse_roi(None) == "auto" and parse_roi("auto") == "auto" and parse_roi("none") == "none"
+    box = parse_roi("30,5,2,10,40,8")
+    assert box == RoiBox((10, 5, 2), (30, 40, 8))  # corners in any order
+    a, b = parse_roi("ras:-10,20,30,15.5,40,60")
+    assert a == (-10.0, 20.0, 30.0) and b == (15.5, 40.0, 60.0)
+    for bad in ("1,2,3", "a,b,c,d,e,f", "1,2,3,4,5,6,7", "1.5,2,3,4,5,6"):
+        with pytest.raises(InputError, match="--roi"):
+            parse_roi(bad)
+
+
+def test_a_box_off_the_image_is_refused_and_a_partial_one_clipped():
+    with pytest.raises(InputError, match="does not overlap"):
+        RoiBox((200, 0, 0), (300, 10, 3)).check((10, 96, 120))
+    clipped = RoiBox((-5, 10, 2), (500, 20, 99)).check((10, 96, 120))
+    assert clipped == RoiBox((0, 10, 2), (119, 20, 9))
+
+
+def test_ras_points_become_the_voxel_box_they_span():
+    geometry = Geometry(spacing=(0.9, 0.8, 2.5), origin=(-40.0, -30.0, 0.0))
+    corner = lambda i, j, k: geometry.index_to_physical() @ np.array([i, j, k, 1.0])  # noqa: E731
+    a, b = corner(10, 20, 2), corner(30, 50, 6)
+    ras = lambda p: (-p[0], -p[1], p[2])  # noqa: E731
+    assert RoiBox.from_ras(ras(a), ras(b), geometry) == RoiBox((10, 20, 2), (30, 50, 6))
+
+
+def test_region_crops_separate_two_groups_and_grow_each_by_the_margin():
+    image, labels = small_structure(centre=(48, 25))
+    second = small_structure(centre=(48, 95))[1]
+    layers = np.maximum(labels.layers, second.layers)
+    view = axis_view(image.shape, image.geometry, "axial")
+    plane = view.get(layers[0], 5) > 0
+    crops = region_crops(plane, view)
+    assert len(crops) == 2
+    one = structure_box([labels.layers[0] > 0], view, margin=0.3)
+    assert one in crops
+    r0, r1, c0, c1 = one
+    assert r1 - r0 > 14 and c1 - c0 > 18  # larger than the structure itself
+
+
+# ------------------------------------------------------------------------------------- paste-back
+
+@pytest.mark.parametrize("direction", [
+    (1, 0, 0, 0, 1, 0, 0, 0, 1),
+    # oblique: rotated 25 degrees about z, with index axes permuted and flipped
+    tuple(np.array([[0.0, np.cos(0.44), -np.sin(0.44)], [0.0, np.sin(0.44), np.cos(0.44)], [-1.0, 0.0, 0.0]]).ravel()),
+])
+def test_a_box_result_lands_in_exactly_the_target_geometry_and_only_inside_the_box(direction):
+    geometry = Geometry(spacing=(0.9, 0.8, 2.5), origin=(-40.0, -30.0, 10.0), direction=direction)
+    image, labels = small_structure(geometry=geometry, centre=(70, 30))
+    reference, ref_labels = small_structure(seed=1, centre=(60, 40))
+    box = RoiBox((10, 50, 0), (60, 90, 9))
+    result = segment(SegmentRequest(image, reference, ref_labels, roi=box, mode="volume", batch_size=4),
+                     ThresholdModel(image_size=32))
+    out = result.labels
+    assert out.shape == image.shape and out.geometry == image.geometry
+    predicted = out.layers[0] == 1
+    inside = np.zeros(image.shape, dtype=bool)
+    inside[box.as_mask_bounds()] = True
+    assert predicted.any() and not (predicted & ~inside).any()
+    truth = labels.layers[0] == 1
+    assert dice(predicted, truth & inside) > 0.85
+    assert result.provenance["roi"]["mode"] == "box" and result.provenance["roi"]["box"] == "10,50,0,60,90,9"
+
+
+def test_a_box_outside_the_requested_slices_is_refused():
+    image, labels = small_structure()
+    reference, ref_labels = small_structure(seed=1)
+    with pytest.raises(InputError, match="no slice"):
+        segment(SegmentRequest(image, reference, ref_labels, roi=RoiBox((0, 0, 0), (50, 50, 2)), slice_range=(5, 9)),
+                ThresholdModel(image_size=32))
+
+
+# ------------------------------------------------------------------------------------------- auto
+
+def test_auto_finds_an_off_centre_structure_in_another_scan_and_looks_only_there():
+    image, labels = small_structure(shape=(18, 96, 120), centre=(72, 28))
+    reference, ref_labels = small_structure(shape=(16, 96, 120), seed=1, centre=(30, 90))
+    model = ThresholdModel(image_size=32)
+    whole = segment(SegmentRequest(image, reference, ref_labels, roi="none", batch_size=4), model)
+    focused = segment(SegmentRequest(image, reference, ref_labels, batch_size=4), model)
+    truth = labels.layers[0] == 1
+    record = focused.provenance["roi"]
+    assert record["mode"] == "auto" and len(record["regions"]) == 1
+    x0, y0, z0, x1, y1, z1 = record["regions"][0]["target"]
+    zs, ys, xs = np.nonzero(truth)
+    assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
+    assert (x1 - x0) < 60 and (y1 - y0) < 60  # a focus, not the whole 120 x 96 slice
+    assert dice(focused.labels.layers[0] == 1, truth) >= dice(whole.labels.layers[0] == 1, truth) - 0.02
+    assert dice(focused.labels.layers[0] == 1, truth) > 0.85
+    counts = focused.provenance["counts"]
+    assert counts["target_slices_encoded"] <= 18 + 18 // 2 + 1  # coarse pass on every second slice, then the region
+
+
+def test_auto_on_the_same_volume_uses_the_labelled_structure_region():
+    image, labels = small_structure(shape=(12, 96, 120), centre=(30, 85))
+    result = segment(SegmentRequest(image, image, labels, reference_slices=[6], batch_size=4),
+                     ThresholdModel(image_size=32))
+    record = result.provenance["roi"]
+    assert record["mode"] == "auto" and len(record["regions"]) == 1
+    truth = labels.layers[0] == 1
+    assert dice(result.labels.layers[0] == 1, truth) > 0.85
+    np.testing.assert_array_equal(result.labels.layers[0][6] == 1, truth[6])  # the labelled slice kept as drawn
+
+
+def test_roi_none_keeps_whole_slices():
+    image, labels = small_structure()
+    reference, ref_labels = small_structure(seed=1, centre=(40, 60))
+    result = segment(SegmentRequest(image, reference, ref_labels, roi="none", batch_size=4),
+                     ThresholdModel(image_size=32))
+    assert result.provenance["roi"]["used"] == "whole slices"
