@@ -34,10 +34,9 @@ from slicer.util import VTKObservationMixin
 from KnowledgeSAMSlicer import environment
 
 environment.ensureLibraryImportable(__file__)
+choices = environment.libraryChoices()  # modes and axes: one definition, KnowledgeSAMLib/choices.py
 
 HOMEPAGE = "https://github.com/KnowledgeSAM/SlicerKnowledgeSAM"
-AXES = ["axial", "coronal", "sagittal"]
-MODES = ["auto", "anchor", "propagate", "volume"]
 SLICE_CURRENT, SLICE_ALL, SLICE_NUMBER = "current slice in view", "all labelled slices", "slice number"
 REFERENCE_SLICE_MODES = [SLICE_CURRENT, SLICE_ALL, SLICE_NUMBER]
 SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"
@@ -110,8 +109,8 @@ class KnowledgeSAMParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSliceMode: Annotated[str, Choice(REFERENCE_SLICE_MODES)] = SLICE_CURRENT
     referenceSliceIndex: Annotated[int, Minimum(0)] = 0
-    axis: Annotated[str, Choice(AXES)] = "axial"
-    mode: Annotated[str, Choice(MODES)] = "auto"
+    axis: Annotated[str, Choice(list(choices.AXES))] = choices.DEFAULT_AXIS
+    mode: Annotated[str, Choice(list(choices.MODES))] = choices.DEFAULT_MODE
     useSliceRange: bool = False
     sliceRangeStart: Annotated[int, Minimum(0)] = 0
     sliceRangeStop: Annotated[int, Minimum(0)] = 0

@@ -160,3 +160,12 @@ def test_icon_is_128_square_png():
     for path in (ROOT / "KnowledgeSAM.png", ROOT / "KnowledgeSAM" / "Resources" / "Icons" / "KnowledgeSAM.png"):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size == (128, 128)
+
+
+def test_the_choices_load_where_the_library_cannot():
+    """The Slicer module reads KnowledgeSAMLib/choices.py at import (its parameter node's Choice lists), also on
+    Slicer 5.8 (Python 3.9): it must parse as Python 3.9 and import nothing."""
+    path = ROOT / "KnowledgeSAMLib" / "choices.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not _pep604_annotations(tree)

@@ -31,6 +31,8 @@ class UsageError(ValueError):
 
 
 def buildParser():
+    from KnowledgeSAMLib import choices
+
     parser = argparse.ArgumentParser(
         prog=PROG, description="Segment target volumes with a knowledge prompt (reference volume + segmentation).")
     parser.add_argument("--target", nargs="+", required=True, metavar="VOLUME", help="volume file(s) to segment")
@@ -44,9 +46,10 @@ def buildParser():
                         help="output .seg.nrrd; with several targets a folder or a pattern containing {name}")
     parser.add_argument("--reference-slice", type=int, default=None, metavar="K",
                         help="same-volume modes: use only this labelled slice of the reference (along --axis)")
-    parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
-    parser.add_argument("--mode", choices=("auto", "anchor", "propagate", "volume"), default="auto")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--axis", choices=choices.AXES, default=choices.DEFAULT_AXIS)
+    parser.add_argument("--mode", choices=choices.MODES, default=choices.DEFAULT_MODE)
+    parser.add_argument("--device", default=choices.DEFAULT_DEVICE,
+                        help=f"{', '.join(choices.DEVICES)}, or cuda:1 for the second GPU (default: %(default)s)")
     parser.add_argument("--slice-range", nargs=2, type=int, default=None, metavar=("START", "STOP"),
                         help="segment only target slices START..STOP-1 along --axis")
     parser.add_argument("--model", default=None, metavar="FOLDER",
@@ -135,15 +138,6 @@ def _load(loader, path, what):
 
 def main(argv):
     """Run inside Slicer; returns the exit status."""
-    try:
-        args = parseArguments(argv)
-        plan = planOutputs(args.target, args.output, args.overwrite)
-    except UsageError as error:
-        _say(str(error), error=True)
-        return EXIT_BAD_INPUT
-    except SystemExit as request:  # --help
-        return int(request.code or 0)
-
     moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if moduleDir not in sys.path:
         sys.path.insert(0, moduleDir)  # KnowledgeSAM.py and KnowledgeSAMSlicer/ live here
@@ -154,6 +148,14 @@ def main(argv):
     if reason:
         _say(reason, error=True)
         return EXIT_BAD_INPUT
+    try:
+        args = parseArguments(argv)
+        plan = planOutputs(args.target, args.output, args.overwrite)
+    except UsageError as error:
+        _say(str(error), error=True)
+        return EXIT_BAD_INPUT
+    except SystemExit as request:  # --help
+        return int(request.code or 0)
 
     import slicer
 

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import choices
 from ..errors import InputError, WeightsError
 
 FILES = {
@@ -32,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="segment a phantom with the default model; writes files and a montage")
     parser.add_argument("--output", default="knowledgesam-demo", metavar="DIR",
                         help="folder for the demo files (default ./knowledgesam-demo)")
-    parser.add_argument("--model", default="default", help="model to use (default: the embedded default model)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument("--model", default=choices.DEFAULT_MODEL, help="model to use (default: the embedded default model)")
+    parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
+    parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--shape", metavar="Z,Y,X",
                         help="phantom crop size; Y and X give the square in-plane size (default 40,96,96)")
     parser.add_argument("--overwrite", action="store_true", help="replace files of an earlier demo")

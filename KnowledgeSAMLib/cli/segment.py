@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import choices
 from ..errors import InputError, KnowledgeSAMError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -44,25 +45,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slice", metavar="K", help="labelled reference slice(s) to use, e.g. 40 or 38,45 "
                         "(index along --axis; default: every slice where the structure is labelled)")
     parser.add_argument("--slice-range", metavar="A:B", help="only segment target slices A..B-1 along --axis")
-    parser.add_argument("--axis", default="axial", choices=("axial", "sagittal", "coronal"))
-    parser.add_argument("--mode", default="auto", choices=("auto", "anchor", "propagate", "volume"),
+    parser.add_argument("--axis", default=choices.DEFAULT_AXIS, choices=choices.AXES)
+    parser.add_argument("--mode", default=choices.DEFAULT_MODE, choices=choices.MODES,
                         help="auto: anchor when the reference is the target, volume when it is another image")
-    parser.add_argument("--model", default="default",
+    parser.add_argument("--model", default=choices.DEFAULT_MODEL,
                         help="'default' (embedded model), a saved model folder, or a config name (random weights)")
     parser.add_argument("--sam-checkpoint", metavar="PATH", help="SAM ViT-B checkpoint, for models built on it")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
-    parser.add_argument("--preset", default="auto", help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
+    parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
+    parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
+    parser.add_argument("--preset", default=choices.DEFAULT_PRESET, help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
     parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest 3D connected component of each structure")
     parser.add_argument("--flip-tta", default=None, action=argparse.BooleanOptionalAction,
                         help="also segment the left-right mirrored target with the mirrored reference and "
                              "average the two (twice the compute; default: the engine's, see EngineOptions)")
-    parser.add_argument("--overlap", default=None, choices=("auto", "layers", "argmax"),
+    parser.add_argument("--overlap", default=None, choices=choices.OVERLAPS,
                         help="auto (default): structures sharing a layer in the reference stay exclusive; "
                              "layers: every structure keeps its own mask (may overlap); argmax: all exclusive")
-    parser.add_argument("--contested", default=None, choices=("smaller", "probability"),
+    parser.add_argument("--contested", default=None, choices=choices.CONTESTED,
                         help="who keeps a voxel two exclusive structures claim: the smaller structure (default) "
                              "or the more probable one")
     parser.add_argument("--output", required=True, metavar="OUT",

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..choices import (AXES, CONTESTED, DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MODE,
+                       DEFAULT_PRESET, DEVICES, MODES, OVERLAPS)
 from ..data.volume import Image, Labels, Segment
 from ..errors import InputError
 
@@ -19,10 +21,6 @@ __all__ = [
     "AXES", "MODES", "DEVICES", "EngineOptions", "SegmentRequest", "SegmentationResult",
     "PreparedRequest", "prepare_request",
 ]
-
-AXES = ("axial", "sagittal", "coronal")
-MODES = ("auto", "anchor", "propagate", "volume")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,9 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.position_prior not in ("two-pass", "scan", "aligned", "none"):
             raise ValueError(f"position_prior must be two-pass, scan, aligned or none, not {self.position_prior!r}")
-        if self.overlap not in ("auto", "layers", "argmax"):
+        if self.overlap not in OVERLAPS:
             raise ValueError(f"overlap must be auto, layers or argmax, not {self.overlap!r}")
-        if self.contested not in ("probability", "smaller"):
+        if self.contested not in CONTESTED:
             raise ValueError(f"contested must be probability or smaller, not {self.contested!r}")
         if self.top_k < 1 or self.first_pass_k < 1:
             raise ValueError("top_k and first_pass_k must be at least 1")
@@ -108,13 +106,13 @@ class SegmentRequest:
     reference: Image
     reference_labels: Labels
     segments: list[Segment] = field(default_factory=list)
-    mode: str = "auto"
-    axis: str = "axial"
+    mode: str = DEFAULT_MODE
+    axis: str = DEFAULT_AXIS
     reference_slices: Sequence[int] | None = None
     slice_range: tuple[int, int] | None = None
-    device: str = "auto"
-    batch_size: int = 8
-    preset: str = "auto"  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
+    device: str = DEFAULT_DEVICE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    preset: str = DEFAULT_PRESET  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
     options: EngineOptions = field(default_factory=EngineOptions)
     keep_probabilities: bool = False  # also return the probability maps (see ``relabel``)
 

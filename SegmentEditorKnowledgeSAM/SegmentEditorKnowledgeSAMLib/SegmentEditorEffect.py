@@ -21,8 +21,6 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 __all__ = ["SegmentEditorEffect"]
 
 PROMPT_SELF, PROMPT_OTHER = "labelled slices of this segment", "another volume"
-AXES = ["axial", "coronal", "sagittal"]
-MODES = ["auto", "anchor", "propagate", "volume"]
 PREVIEW_NODE_NAME = "KnowledgeSAM preview"
 POLL_INTERVAL_MS = 150
 
@@ -65,6 +63,12 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
 
     # ------------------------------------------------------------------ options
 
+    @staticmethod
+    def _choices():
+        from KnowledgeSAMSlicer import environment
+
+        return environment.libraryChoices()
+
     def setupOptionsFrame(self):
         self.promptComboBox = qt.QComboBox()
         self.promptComboBox.addItems([PROMPT_SELF, PROMPT_OTHER])
@@ -88,12 +92,12 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
                                                                                  self.referenceSegmentSelector)
 
         self.axisComboBox = qt.QComboBox()
-        self.axisComboBox.addItems(AXES)
+        self.axisComboBox.addItems(list(self._choices().AXES))
         self.axisComboBox.setToolTip(_("Slicing plane."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Axis:"), self.axisComboBox)
 
         self.modeComboBox = qt.QComboBox()
-        self.modeComboBox.addItems(MODES)
+        self.modeComboBox.addItems(list(self._choices().MODES))
         self.modeComboBox.setToolTip(_("auto: anchor for labelled slices of this segment, volume for another "
                                        "volume. propagate: walk slice by slice from the labelled slices."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Mode:"), self.modeComboBox)
@@ -172,13 +176,14 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         return slicer.util.mainWindow().cursor
 
     def setMRMLDefaults(self):
+        choices = self._choices()
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.Prompt", PROMPT_SELF)
-        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Axis", "axial")
-        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Mode", "auto")
+        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Axis", choices.DEFAULT_AXIS)
+        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Mode", choices.DEFAULT_MODE)
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.UseRange", 0)
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.RangeStart", 0)
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.RangeStop", 0)
-        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Device", "auto")
+        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Device", choices.DEFAULT_DEVICE)
 
     @staticmethod
     def _setCombo(combo, text):
