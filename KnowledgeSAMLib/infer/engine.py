@@ -9,17 +9,14 @@ the target's geometry with per-slice confidence and provenance. Nothing is writt
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 import weakref
-from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .. import __version__
 from ..data.intensity import get_preset
 from ..data.volume import Labels
 from ..data.resize import SquareFit
@@ -27,6 +24,7 @@ from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
 from .modes import RunContext, average_runs, labelled_override, run_anchor, run_propagate, run_volume
 from .output import labels_from_probabilities
+from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import EngineOptions, SegmentationResult, SegmentRequest, prepare_request
 from .slicing import axis_view, slice_count
@@ -139,28 +137,10 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
         labelled_override(ctx, prepared.reference_labels)
     labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, opts, target)
     tracker.check()
-
-    provenance = {
-        "software": {"name": "KnowledgeSAM", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": getattr(model.config, "name", type(model).__name__), "image_size": size,
-                  "sha256": model_fingerprint(model)},
-        "target": target.source, "reference": reference.source,
-        "reference_labels": prepared.reference_labels.source,
-        "same_volume": same, "mode": prepared.mode, "requested_mode": request.mode, "axis": request.axis,
-        "slice_axis_index": tview.slice_axis, "slices": [slices[0], slices[-1] + 1] if slices else [],
-        "reference_slices": {seg.name: ctx.bank.labelled_slices(seg).tolist() for seg in prepared.segments},
-        "segments": [{"name": s.name, "label_value": s.label_value, "layer": s.layer} for s in labels.segments],
-        "intensity": {"preset": request.preset, "target": t_map.to_dict(), "reference": r_map.to_dict()},
-        "device": str(policy.device), "precision": policy.precision, "batch_size": policy.batch_size,
-        "options": dataclasses.asdict(opts),
-        "counts": {"target_slices_encoded": sum(run.targets.encoded for run in runs),
-                   "reference_slices_encoded": 0 if same else sum(run.bank.cache.encoded for run in runs),
-                   "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
-                   "heads_run": sum(run.heads_run for run in runs)},
-        "timings": {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)},
-        "notes": policy.notes + ctx.notes,
-    }
+    timings = {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)}
+    provenance = engine_record(request, prepared, model, fingerprint=model_fingerprint(model), view=tview,
+                               slices=slices, labels=labels, mappings=(t_map, r_map), policy=policy, runs=runs,
+                               merged=ctx, timings=timings)
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)
