@@ -8,7 +8,7 @@ the engine, and each must refuse the same bad input with the same message before
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..errors import InputError
 
 __all__ = [
     "AXES", "MODES", "DEVICES", "EngineOptions", "SegmentRequest", "SegmentationResult",
-    "PreparedRequest", "prepare_request",
+    "PreparedRequest", "prepare_request", "labelled_slices",
 ]
 
 
@@ -275,6 +275,26 @@ def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedReq
             )
     return PreparedRequest(request=request, reference_labels=labels, segments=segments, mode=mode,
                            same_volume=same)
+
+
+def labelled_slices(labels: Labels, segments: Sequence[Segment], slice_has: Callable[[np.ndarray], np.ndarray],
+                    reference_slices: Sequence[int] | None = None, where: str = "the reference") -> dict[str, np.ndarray]:
+    """Per segment, the reference slices that carry it (``slice_has``: an axis view's), limited to
+    ``reference_slices``; an InputError names the first segment with none.
+
+    One check for everyone: the engine's reference bank uses these lists, and the Segmenter runs the same
+    function before any compute so a front-end can refuse the input at once."""
+    allowed = None if reference_slices is None else {int(k) for k in reference_slices}
+    found: dict[str, np.ndarray] = {}
+    for seg in segments:
+        present = np.flatnonzero(slice_has(labels.layers[seg.layer] == seg.label_value))
+        if allowed is not None:
+            present = np.array([k for k in present if k in allowed], dtype=int)
+        if present.size == 0:
+            on = "" if allowed is None else f" on slice(s) {', '.join(str(k) for k in sorted(allowed))}"
+            raise InputError(f"{labels.source or where}: segment {seg.name!r} is empty in the reference labels{on}")
+        found[seg.name] = present.astype(int)
+    return found
 
 
 def with_options(request: SegmentRequest, **changes: Any) -> SegmentRequest:
