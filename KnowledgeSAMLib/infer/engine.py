@@ -22,7 +22,7 @@ from ..data.volume import Labels
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
-from .modes import RunContext, average_runs, labelled_override, run_anchor, run_propagate, run_volume
+from .modes import RUNNERS, RunContext, average_runs, labelled_override
 from .output import labels_from_probabilities
 from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
@@ -31,7 +31,6 @@ from .slicing import axis_view, slice_count
 
 __all__ = ["segment", "relabel", "model_fingerprint"]
 
-_RUNNERS = {"anchor": run_anchor, "propagate": run_propagate, "volume": run_volume}
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -117,7 +116,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
         policy.on_fallback = fall_back
         ctx = RunContext(model=model, policy=policy, options=opts, progress=tracker, target=t_src, targets=targets,
                          bank=bank, segments=prepared.segments, slices=slices, same_volume=same)
-        _RUNNERS[prepared.mode](ctx)
+        RUNNERS[prepared.mode](ctx)
         return ctx
 
     was_training = bool(getattr(model, "training", False))
