@@ -227,3 +227,22 @@ def test_slicer_folders_reach_the_library_through_the_bridge():
 def test_the_graph_sees_function_level_and_relative_imports(module):
     targets = {imp.target for imp in ALL_IMPORTS if imp.source == module}
     assert "KnowledgeSAMLib.infer.request" in targets or "KnowledgeSAMLib.infer" in targets, targets
+
+
+FUNCTION_LINES = 80
+SHORT_FUNCTIONS = ("KnowledgeSAMLib/infer/", "KnowledgeSAMLib/cli/", "KnowledgeSAMLib/mrml/", "KnowledgeSAM/",
+                   "SegmentEditorKnowledgeSAM/")
+
+
+def test_functions_of_the_engine_and_the_front_ends_stay_short():
+    """Issue 18's target: no function over 80 lines (docstring included) where requests are handled."""
+    long = []
+    for module, path in MODULES.items():
+        if not path.relative_to(ROOT).as_posix().startswith(SHORT_FUNCTIONS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, f"split these functions (at most {FUNCTION_LINES} lines):\n" + "\n".join(long)

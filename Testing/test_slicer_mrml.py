@@ -500,3 +500,34 @@ def test_writeback_knows_when_the_output_was_edited_afterwards(kidney_scene):
     assert not write.edited_since()
     add_segment(write.segmentation_node, np.ones((12, 20, 24), np.uint8), target, "later edit")
     assert write.edited_since()
+
+
+def test_masks_go_back_onto_the_grid_of_an_image_read_from_a_node(kidney_scene):
+    """The effect keeps the Image's geometry instead of a second temporary volume node: same labelmap."""
+    scene, target, reference, segmentation, ids = kidney_scene
+    mask = np.zeros((12, 20, 24), np.uint8)
+    mask[3:6, 4:9, 5:7] = 1
+    from_node = mrml.oriented_image_from_mask(mask, target)
+    from_geometry = mrml.oriented_image_from_mask(mask, mrml.image_from_volume_node(target).geometry)
+    matrices = []
+    for image in (from_node, from_geometry):
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        matrices.append(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]))
+        assert image.GetDimensions() == (24, 20, 12)
+    np.testing.assert_allclose(matrices[0], matrices[1], atol=1e-9)
+
+
+def test_replace_slices_keeps_the_original_outside_the_range(kidney_scene):
+    from KnowledgeSAMLib.infer.slicing import axis_view
+
+    scene, target, reference, segmentation, ids = kidney_scene
+    geometry = mrml.image_from_volume_node(target).geometry
+    rng = np.random.default_rng(3)
+    original, new = (rng.random((2, 12, 20, 24)) > 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(mrml.replace_slices(original, new, geometry, "axial", None), new)
+    combined = mrml.replace_slices(original, new, geometry, "axial", (2, 5))
+    view = axis_view(combined.shape, geometry, "axial")
+    for k in range(view.n):  # slices counted as the engine counts them along the axis
+        expected = new if 2 <= k < 5 else original
+        np.testing.assert_array_equal(view.get(combined, k), view.get(expected, k))
