@@ -9,7 +9,6 @@ This file must stay importable by Slicer 5.8 (Python 3.9): no ``X | Y`` annotati
 ``KnowledgeSAMLib`` (Python >= 3.10) is imported only inside functions.
 """
 
-import json
 import logging
 import os
 import traceback
@@ -32,18 +31,17 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from KnowledgeSAMSlicer import environment
+from KnowledgeSAMSlicer.selftest import ModuleTestCases, runTests
 
 environment.ensureLibraryImportable(__file__)
+choices = environment.libraryChoices()  # modes and axes: one definition, KnowledgeSAMLib/choices.py
 
 HOMEPAGE = "https://github.com/KnowledgeSAM/SlicerKnowledgeSAM"
-AXES = ["axial", "coronal", "sagittal"]
-MODES = ["auto", "anchor", "propagate", "volume"]
 SLICE_CURRENT, SLICE_ALL, SLICE_NUMBER = "current slice in view", "all labelled slices", "slice number"
 REFERENCE_SLICE_MODES = [SLICE_CURRENT, SLICE_ALL, SLICE_NUMBER]
 SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"
 SETTINGS_SAM_CHECKPOINT = "KnowledgeSAM/SamCheckpointPath"
 SETTINGS_DEVICE = "KnowledgeSAM/Device"
-POLL_INTERVAL_MS = 150
 
 
 def _sameNode(a, b):
@@ -110,8 +108,8 @@ class KnowledgeSAMParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSliceMode: Annotated[str, Choice(REFERENCE_SLICE_MODES)] = SLICE_CURRENT
     referenceSliceIndex: Annotated[int, Minimum(0)] = 0
-    axis: Annotated[str, Choice(AXES)] = "axial"
-    mode: Annotated[str, Choice(MODES)] = "auto"
+    axis: Annotated[str, Choice(list(choices.AXES))] = choices.DEFAULT_AXIS
+    mode: Annotated[str, Choice(list(choices.MODES))] = choices.DEFAULT_MODE
     useSliceRange: bool = False
     sliceRangeStart: Annotated[int, Minimum(0)] = 0
     sliceRangeStop: Annotated[int, Minimum(0)] = 0
@@ -131,13 +129,10 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._observedSegmentation = None
-        self._job = None
+        self._checklist = None  # KnowledgeSAMSlicer.segmentlist.SegmentChecklist
+        self._monitor = None  # KnowledgeSAMSlicer.worker.JobMonitor: the running job, if any
         self._prepared = None
         self._lastWrite = None
-        self._pollTimer = None
-        self._updatingSegmentList = False
-        self._listedSegmentationId = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -164,15 +159,15 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.updateDevices)
-        self.ui.segmentsListWidget.connect("itemChanged(QListWidgetItem*)", self.onSegmentCheckChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
 
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(POLL_INTERVAL_MS)
-        self._pollTimer.connect("timeout()", self.onPollJob)
+        from KnowledgeSAMSlicer import segmentlist, worker
 
+        self._checklist = segmentlist.SegmentChecklist(self.ui.segmentsListWidget, lambda: self._parameterNode,
+                                                       self.updateGUIState)
+        self._monitor = worker.JobMonitor(self.ui.progressBar, self.onJobFinished)
         self.initializeParameterNode()
         self.updateDevices()
         self.updateDependencyStatus()
@@ -181,11 +176,10 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(reason, error=True)
 
     def cleanup(self):
-        if self._job is not None:
-            self._job.cancel()
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
-        self._observeSegmentation(None)
+        if self._monitor is not None:
+            self._monitor.stop()
+        if self._checklist is not None:
+            self._checklist.cleanup()
         self.removeObservers()
 
     def enter(self):
@@ -200,7 +194,7 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
         self._lastWrite = None
-        self._listedSegmentationId = None
+        self._checklist.forget()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -229,84 +223,8 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIState)
         self.updateGUIState()
 
-    # ---------------------------------------------------------------- segment checklist
-
     def _checkedSegmentIds(self):
-        if not self._parameterNode:
-            return []
-        try:
-            return list(json.loads(self._parameterNode.referenceSegmentIds or "[]"))
-        except ValueError:
-            return []
-
-    _SEGMENT_EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified")
-
-    def _observeSegmentation(self, segmentationNode):
-        """Keep the checklist in step with the reference segmentation's segments."""
-        events = [getattr(slicer.vtkSegmentation, name) for name in self._SEGMENT_EVENTS]
-        if self._observedSegmentation is not None:
-            for event in events:
-                self.removeObserver(self._observedSegmentation, event, self.refreshSegmentList)
-        self._observedSegmentation = segmentationNode
-        if segmentationNode is not None:
-            for event in events:
-                self.addObserver(segmentationNode, event, self.refreshSegmentList)
-
-    def _syncReferenceSegmentation(self):
-        segmentationNode = self._parameterNode.referenceSegmentation if self._parameterNode else None
-        if segmentationNode is not self._observedSegmentation:
-            self._observeSegmentation(segmentationNode)
-            self.refreshSegmentList()
-
-    def refreshSegmentList(self, caller=None, event=None):
-        """Rebuild the checklist from the reference segmentation. Checked: the saved IDs; for a newly
-        chosen segmentation without saved IDs, all of its segments."""
-        listWidget = self.ui.segmentsListWidget
-        segmentationNode = self._parameterNode.referenceSegmentation if self._parameterNode else None
-        checked = set(self._checkedSegmentIds())
-        newNode = segmentationNode is not None and segmentationNode.GetID() != self._listedSegmentationId
-        self._listedSegmentationId = segmentationNode.GetID() if segmentationNode is not None else None
-        self._updatingSegmentList = True
-        try:
-            listWidget.clear()
-            if segmentationNode is None:
-                return
-            segmentation = segmentationNode.GetSegmentation()
-            ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-            if newNode and not checked.intersection(ids):
-                checked = set(ids)
-            for segmentId in ids:
-                segment = segmentation.GetSegment(segmentId)
-                item = qt.QListWidgetItem(segment.GetName())
-                item.setData(qt.Qt.UserRole, segmentId)
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Checked if segmentId in checked else qt.Qt.Unchecked)
-                item.setIcon(self._colorIcon(segment.GetColor()))
-                listWidget.addItem(item)
-        finally:
-            self._updatingSegmentList = False
-        self._storeCheckedSegments()
-
-    @staticmethod
-    def _colorIcon(color):
-        pixmap = qt.QPixmap(12, 12)
-        pixmap.fill(qt.QColor.fromRgbF(color[0], color[1], color[2]))
-        return qt.QIcon(pixmap)
-
-    def onSegmentCheckChanged(self, item=None):
-        if not self._updatingSegmentList:
-            self._storeCheckedSegments()
-
-    def _storeCheckedSegments(self):
-        if not self._parameterNode:
-            return
-        listWidget = self.ui.segmentsListWidget
-        ids = [listWidget.item(row).data(qt.Qt.UserRole) for row in range(listWidget.count)
-               if listWidget.item(row).checkState() == qt.Qt.Checked]
-        text = json.dumps(ids)
-        if text != self._parameterNode.referenceSegmentIds:
-            self._parameterNode.referenceSegmentIds = text
-        self.updateGUIState()
+        return self._checklist.checkedIds() if self._checklist is not None else []
 
     # ---------------------------------------------------------------- devices, dependencies, model
 
@@ -374,10 +292,11 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(f"KnowledgeSAM: {text}")
 
     def _busy(self):
-        return self._job is not None
+        return self._monitor is not None and self._monitor.busy
 
     def updateGUIState(self, caller=None, event=None):
-        self._syncReferenceSegmentation()
+        if self._checklist is not None:
+            self._checklist.sync()
         p = self._parameterNode
         busy = self._busy()
         available = environment.libraryUnavailableReason() is None
@@ -435,47 +354,28 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._prepared = self.logic.prepare(
                 p.targetVolume, referenceVolume, p.referenceSegmentation, self._checkedSegmentIds(),
                 outputSegmentationNode=p.outputSegmentation, referenceSliceIndex=sliceIndex, axis=p.axis,
-                mode=p.mode, device=self.ui.deviceComboBox.currentData or "auto", sliceRange=sliceRange)
+                mode=p.mode, device=self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, sliceRange=sliceRange)
         except (KnowledgeSAMError, ValueError) as error:
             self.setStatus(str(error), error=True)
             slicer.util.errorDisplay(str(error))
             return
         modelPath, samPath = self._modelArguments()
         logic, prepared = self.logic, self._prepared
-        from KnowledgeSAMSlicer import worker
 
         def work(progress, cancel):
             return logic.runPrepared(prepared, model=modelPath, samCheckpoint=samPath, progressCallback=progress,
                                      cancel=cancel)
 
-        from KnowledgeSAMLib.infer.cancel import CancelToken
-
-        self._job = worker.sharedWorker().submit(work, CancelToken())
-        self.ui.progressBar.setVisible(True)
-        self.ui.progressBar.setRange(0, 0)  # busy until the engine reports its total
+        self._monitor.start(work)
         self.setStatus(_("Segmenting {target}...").format(target=p.targetVolume.GetName()))
         self.updateGUIState()
-        self._pollTimer.start()
 
     def onCancelButton(self):
-        if self._job is not None:
-            self._job.cancel()
+        if self._busy():
+            self._monitor.cancel()
             self.setStatus(_("Cancelling after the current batch..."))
 
-    def onPollJob(self):
-        job = self._job
-        if job is None:
-            self._pollTimer.stop()
-            return
-        done, total = job.progress()
-        if total > 0:
-            self.ui.progressBar.setRange(0, total)
-            self.ui.progressBar.setValue(done)
-        if not job.done():
-            return
-        self._pollTimer.stop()
-        self._job = None
-        self.ui.progressBar.setVisible(False)
+    def onJobFinished(self, job):
         try:
             self._finishJob(job)
         finally:
@@ -546,7 +446,9 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
-    """GUI-free: usable from the Python console and ``Slicer --no-main-window --python-script``.
+    """GUI-free: usable from the Python console and ``Slicer --no-main-window --python-script``. It only
+    passes nodes to ``KnowledgeSAMLib.mrml`` and keeps one ``Segmenter`` (the model, loaded once and shared
+    with the Segment Editor effect, and the reference's encoding, reused for the next target).
 
     Console example::
 
@@ -557,39 +459,38 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self._segmenter = None
 
     def getParameterNode(self):
         return KnowledgeSAMParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def loadModel(model=None, samCheckpoint=None):
-        """The KSAM for ``model`` (None: the embedded default; a folder; a config name for tests), cached."""
-        if model is not None and not isinstance(model, (str, os.PathLike)):
-            return model
-        from KnowledgeSAMLib.model.registry import resolve_model
-        from KnowledgeSAMSlicer.worker import sharedModelCache
+    def segmenter(self, model=None, samCheckpoint=None, engine=None):
+        """The Segmenter for ``model`` (None: the embedded default; a model folder; a config name; a loaded
+        model) and ``samCheckpoint``; ``engine`` replaces the inference engine (test seam)."""
+        from KnowledgeSAMLib import mrml
 
-        def loader(name, sam):
-            return resolve_model(str(name), sam_checkpoint=sam)
-
-        return sharedModelCache().get(str(model or "default"), samCheckpoint, loader)
+        if self._segmenter is None or self._segmenter.engine is not engine:
+            self._segmenter = mrml.Segmenter(model, samCheckpoint, engine=engine, models=mrml.shared_models())
+        else:
+            self._segmenter.use_model(model, samCheckpoint)
+        return self._segmenter
 
     def prepare(self, targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
-                outputSegmentationNode=None, referenceSliceIndex=None, axis="axial", mode="auto", device="auto",
-                sliceRange=None):
-        """Read the nodes into an engine request (main thread); raises InputError on bad input."""
+                outputSegmentationNode=None, referenceSliceIndex=None, axis=choices.DEFAULT_AXIS,
+                mode=choices.DEFAULT_MODE, device=choices.DEFAULT_DEVICE, sliceRange=None, **requestOptions):
+        """Read the nodes into a checked engine request (main thread); raises InputError on bad input.
+        ``requestOptions`` go to ``SegmentRequest`` unchanged (e.g. ``options=EngineOptions(...)``)."""
         from KnowledgeSAMLib import mrml
 
         return mrml.prepare_inputs(targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
-                                   outputSegmentationNode, referenceSliceIndex, axis, mode, device, sliceRange)
+                                   outputSegmentationNode, referenceSliceIndex, axis=axis, mode=mode, device=device,
+                                   slice_range=sliceRange, **requestOptions)
 
     def runPrepared(self, prepared, model=None, samCheckpoint=None, progressCallback=None, cancel=None, engine=None):
         """Run the engine on a prepared request; touches no MRML node (safe on the worker thread)."""
         from KnowledgeSAMLib import mrml
 
-        if engine is None:
-            model = self.loadModel(model, samCheckpoint)
-        return mrml.run_engine(prepared, model=model, progress=progressCallback, cancel=cancel, engine=engine)
+        return mrml.run_engine(prepared, self.segmenter(model, samCheckpoint, engine), progressCallback, cancel)
 
     def writePrepared(self, prepared, result, saveStateForUndo=None):
         """Write a result into the scene (main thread), all or nothing; returns a WriteBack (``.undo()``)."""
@@ -598,8 +499,9 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
         return mrml.write_outputs(prepared, result, save_state_for_undo=saveStateForUndo)
 
     def segment(self, targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
-                outputSegmentationNode=None, referenceSliceIndex=None, axis="axial", mode="auto", device="auto",
-                progressCallback=None, cancel=None, sliceRange=None, model=None, samCheckpoint=None, engine=None):
+                outputSegmentationNode=None, referenceSliceIndex=None, axis=choices.DEFAULT_AXIS,
+                mode=choices.DEFAULT_MODE, device=choices.DEFAULT_DEVICE, progressCallback=None, cancel=None,
+                sliceRange=None, model=None, samCheckpoint=None, engine=None, **requestOptions):
         """Segment the target with the knowledge prompt; returns the output vtkMRMLSegmentationNode.
 
         :param referenceVolumeNode: the image the reference segmentation was drawn on (may be the target).
@@ -607,26 +509,25 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
         :param outputSegmentationNode: None creates a new node; in an existing node only the output
             segments (same names as the reference segments) are added or replaced.
         :param referenceSliceIndex: same-volume modes: the labelled slice(s) to use, along ``axis``.
-        :param axis: ``axial``, ``coronal`` or ``sagittal``.
+        :param axis: ``axial``, ``sagittal`` or ``coronal``.
         :param mode: ``auto``, ``anchor``, ``propagate`` or ``volume``.
         :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         :param progressCallback: ``callback(done, total)``.
-        :param cancel: a ``KnowledgeSAMLib.infer.cancel.CancelToken``.
+        :param cancel: a ``KnowledgeSAMLib.mrml.CancelToken``.
         :param sliceRange: ``(start, stop)`` target slices along ``axis``.
         :param model: None (embedded default), a model folder, or a loaded model.
         :param samCheckpoint: path of ``sam_vit_b_01ec64.pth`` for models that need it.
         :param engine: replaces the inference engine (test seam).
+        :param requestOptions: further ``SegmentRequest`` fields, passed through.
 
         A run that fails or is cancelled leaves the scene exactly as it was.
         """
         from KnowledgeSAMLib import mrml
 
-        if engine is None:
-            model = self.loadModel(model, samCheckpoint)
         return mrml.segment_volume_nodes(
             targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds, outputSegmentationNode,
-            referenceSliceIndex, axis, mode, device, progressCallback, cancel, sliceRange=sliceRange, model=model,
-            samCheckpoint=samCheckpoint, engine=engine)
+            referenceSliceIndex, axis, mode, device, progressCallback, cancel, sliceRange=sliceRange,
+            segmenter=self.segmenter(model, samCheckpoint, engine), **requestOptions)
 
 
 #
@@ -634,222 +535,13 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
 #
 
 
-class KnowledgeSAMTest(ScriptedLoadableModuleTest):
+class KnowledgeSAMTest(ModuleTestCases, ScriptedLoadableModuleTest):
     """Runs inside Slicer: ``Slicer --testing --python-code "import slicer.testing;
-    slicer.testing.runUnitTest(['<path>/KnowledgeSAM'], 'KnowledgeSAM')"`` or the Self Tests module."""
+    slicer.testing.runUnitTest(['<path>/KnowledgeSAM'], 'KnowledgeSAM')"`` or the Self Tests module. The
+    tests are in ``KnowledgeSAMSlicer/selftest.py``."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        reason = environment.libraryUnavailableReason()
-        if reason:
-            self.delayDisplay(f"Skipping KnowledgeSAM tests: {reason}")
-            return
-        self.setUp()
-        self.test_conversions_match_slicer_util()
-        self.setUp()
-        self.test_logic_writes_only_its_segments()
-        self.setUp()
-        self.test_failed_run_leaves_scene_unchanged()
-        self.setUp()
-        self.test_widget_checklist_and_apply_state()
-        self.setUp()
-        self.test_sample_data_loads()
-        self.setUp()
-        self.test_real_engine_tiny_model()
-
-    # helpers ---------------------------------------------------------------
-
-    def _volume(self, array, name, ijkToRas=None):
-        import numpy as np
-
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        slicer.util.updateVolumeFromArray(node, array)
-        if ijkToRas is not None:
-            node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijkToRas, dtype=float)))
-        return node
-
-    def _segmentation(self, volume, masks, name="reference"):
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-        node.CreateDefaultDisplayNodes()
-        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        ids = {}
-        for segmentName, (mask, color) in masks.items():
-            ids[segmentName] = node.GetSegmentation().AddEmptySegment("", segmentName, color)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, ids[segmentName], volume)
-        return node, ids
-
-    def _phantom(self):
-        """A small tilted CT-like volume with two structures, and a second grid to resample onto."""
-        import numpy as np
-
-        rng = np.random.default_rng(1)
-        array = rng.normal(0, 20, (16, 40, 40)).astype(np.int16)
-        zz, yy, xx = np.mgrid[:16, :40, :40]
-        kidney = ((zz - 8) ** 2 / 25 + (yy - 20) ** 2 / 100 + (xx - 14) ** 2 / 36) <= 1
-        artery = (np.abs(yy - 20) <= 1) & (np.abs(xx - 26) <= 1)
-        array[kidney] += 180
-        array[artery] += 300
-        matrix = np.array([[-0.9, 0.1, 0, 30], [-0.1, -0.9, 0, 20], [0, 0, 2.5, -10], [0, 0, 0, 1]])
-        volume = self._volume(array, "phantom", matrix)
-        return volume, {"kidney": (kidney.astype(np.uint8), [0.8, 0.3, 0.2]),
-                        "artery": (artery.astype(np.uint8), [0.9, 0.1, 0.1])}
-
-    @staticmethod
-    def _copyEngine(request, model, progress, cancel):
-        """Stand-in engine: reference labels resampled to the target (tests the Slicer plumbing only)."""
-        import numpy as np
-
-        from KnowledgeSAMLib.data.io import resample_labels_to
-        from KnowledgeSAMLib.data.volume import Labels
-        from KnowledgeSAMLib.infer.request import SegmentationResult
-
-        onTarget = resample_labels_to(request.reference_labels, request.target.geometry, request.target.shape)
-        layers = np.zeros_like(onTarget.layers)
-        for index, segment in enumerate(request.segments):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            layers[segment.layer][onTarget.mask(segment)] = segment.label_value
-            if progress is not None:
-                progress(index + 1, len(request.segments))
-        return SegmentationResult(Labels(layers, request.target.geometry, list(request.segments)), {},
-                                  {"model": {"sha256": "copy-engine"}, "device": "cpu"})
-
-    @staticmethod
-    def _segmentState(segmentationNode, volumeNode):
-        segmentation = segmentationNode.GetSegmentation()
-        state = {}
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            segment = segmentation.GetSegment(segmentId)
-            voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-            state[segmentId] = (index, segment.GetName(), tuple(segment.GetColor()), voxels.tobytes())
-        return state
-
-    # tests -----------------------------------------------------------------
-
-    def test_conversions_match_slicer_util(self):
-        """KnowledgeSAMLib.mrml's conversions agree with slicer.util's array helpers."""
-        import numpy as np
-
-        from KnowledgeSAMLib import mrml
-
-        self.delayDisplay("Conversions against slicer.util")
-        volume, masks = self._phantom()
-        segmentation, ids = self._segmentation(volume, masks)
-        image = mrml.image_from_volume_node(volume)
-        np.testing.assert_array_equal(image.array, slicer.util.arrayFromVolume(volume))
-        other = self._volume(np.zeros((20, 30, 30), np.int16), "other grid",
-                             [[1.2, 0, 0, 0], [0, 1.2, 0, 0], [0, 0, 2.0, -5], [0, 0, 0, 1]])
-        labels = mrml.labels_from_segmentation_node(segmentation, list(ids.values()), other)
-        for name, segmentId in ids.items():
-            expected = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, other) != 0
-            np.testing.assert_array_equal(labels.mask(labels.find(segmentId)), expected)
-        self.delayDisplay("Conversions passed")
-
-    def test_logic_writes_only_its_segments(self):
-        import numpy as np
-
-        self.delayDisplay("Logic write-back into an existing segmentation")
-        volume, masks = self._phantom()
-        reference, ids = self._segmentation(volume, masks)
-        output, outIds = self._segmentation(volume, {"liver": (np.ones((16, 40, 40), np.uint8), [0.5, 0.5, 0.0])},
-                                            "my work")
-        before = self._segmentState(output, volume)
-        result = KnowledgeSAMLogic().segment(volume, volume, reference, ["kidney", "artery"], output, mode="anchor",
-                                             engine=self._copyEngine)
-        self.assertIs(result, output)
-        after = self._segmentState(output, volume)
-        self.assertEqual(after[outIds["liver"]], before[outIds["liver"]])
-        segmentation = output.GetSegmentation()
-        for name in ("kidney", "artery"):
-            segmentId = segmentation.GetSegmentIdBySegmentName(name)
-            self.assertTrue(segmentId, f"output segment {name} missing")
-            np.testing.assert_allclose(segmentation.GetSegment(segmentId).GetColor(), masks[name][1], atol=1e-6)
-            written = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, volume)
-            np.testing.assert_array_equal(written != 0, masks[name][0] != 0)
-        self.delayDisplay("Write-back passed")
-
-    def test_failed_run_leaves_scene_unchanged(self):
-        from KnowledgeSAMLib.errors import CancelledError, InputError
-        from KnowledgeSAMLib.infer.cancel import CancelToken
-
-        self.delayDisplay("Failed and cancelled runs change nothing")
-        volume, masks = self._phantom()
-        reference, ids = self._segmentation(volume, masks)
-        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        stateBefore = self._segmentState(reference, volume)
-        logic = KnowledgeSAMLogic()
-        with self.assertRaises(InputError):
-            logic.segment(volume, volume, reference, ["no such segment"], engine=self._copyEngine)
-        token = CancelToken()
-        token.cancel()
-        with self.assertRaises(CancelledError):
-            logic.segment(volume, volume, reference, ["kidney"], cancel=token, engine=self._copyEngine)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
-        self.assertEqual(self._segmentState(reference, volume), stateBefore)
-        self.delayDisplay("Failure handling passed")
-
-    def test_widget_checklist_and_apply_state(self):
-        self.delayDisplay("Panel: checklist and Apply state")
-        volume, masks = self._phantom()
-        reference, ids = self._segmentation(volume, masks)
-        widget = slicer.modules.knowledgesam.widgetRepresentation().self()
-        parameterNode = widget.logic.getParameterNode()
-        parameterNode.targetVolume = volume
-        parameterNode.referenceSegmentation = reference
-        widget.setParameterNode(parameterNode)
-        listWidget = widget.ui.segmentsListWidget
-        self.assertEqual(listWidget.count, 2)
-        self.assertEqual(sorted(widget._checkedSegmentIds()), sorted(ids.values()))
-        self.assertTrue(widget.ui.applyButton.enabled)
-        for row in range(listWidget.count):
-            listWidget.item(row).setCheckState(qt.Qt.Unchecked)
-        self.assertEqual(widget._checkedSegmentIds(), [])
-        self.assertFalse(widget.ui.applyButton.enabled)
-        self.delayDisplay("Panel passed")
-
-    def test_sample_data_loads(self):
-        import SampleData
-
-        from KnowledgeSAMSlicer import sampledata
-
-        self.delayDisplay("Sample data")
-        registerSampleData()
-        nodes = SampleData.downloadSamples(sampledata.SAMPLE_NAME)
-        classes = sorted(node.GetClassName() for node in nodes)
-        self.assertEqual(classes, ["vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"])
-        segmentation = [n for n in nodes if n.IsA("vtkMRMLSegmentationNode")][0]
-        self.assertGreater(segmentation.GetSegmentation().GetNumberOfSegments(), 0)
-        self.delayDisplay("Sample data passed")
-
-    def test_real_engine_tiny_model(self):
-        """The real engine with a randomly initialised tiny model: geometry and names, not accuracy."""
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            self.delayDisplay("PyTorch is not installed: real-engine test skipped (press 'Install dependencies')")
-            return
-        import warnings
-
-        import numpy as np
-
-        from KnowledgeSAMLib.model.registry import resolve_model
-
-        self.delayDisplay("Real engine, tiny model")
-        volume, masks = self._phantom()
-        reference, ids = self._segmentation(volume, masks)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = resolve_model("tiny")
-        output = KnowledgeSAMLogic().segment(volume, volume, reference, ["kidney"], referenceSliceIndex=8,
-                                             mode="anchor", device="cpu", model=model)
-        segmentation = output.GetSegmentation()
-        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
-        segmentId = segmentation.GetSegmentIdBySegmentName("kidney")
-        written = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, volume)
-        self.assertEqual(written.shape, slicer.util.arrayFromVolume(volume).shape)
-        # the user's labelled slice is kept as drawn (the engine's keep_reference_labels)
-        np.testing.assert_array_equal(written[8] != 0, masks["kidney"][0][8] != 0)
-        self.delayDisplay("Real engine passed")
+        runTests(self, self.TESTS)

@@ -42,14 +42,9 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        from KnowledgeSAMSlicer import environment
+        from KnowledgeSAMSlicer import selftest
 
-        reason = environment.libraryUnavailableReason()
-        if reason:
-            self.delayDisplay(f"Skipping: {reason}")
-            return
-        self.setUp()
-        self.test_fill_from_labelled_slice_respects_mask_and_undo()
+        selftest.runTests(self, ["test_fill_from_labelled_slice_respects_mask_and_undo"])
 
     @staticmethod
     def _fillEveryAxialSlice(request, model, progress, cancel):
@@ -57,7 +52,7 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         from KnowledgeSAMLib.data.volume import Labels
-        from KnowledgeSAMLib.infer.request import SegmentationResult
+        from KnowledgeSAMLib.mrml import SegmentationResult
 
         labels = request.reference_labels
         segment = request.segments[0]

@@ -50,9 +50,12 @@ def files(tmp_path_factory):
 
 @pytest.fixture()
 def fake(monkeypatch):
-    """The CLI's model resolver returns the thresholding test double (see test_infer_fakes.py)."""
+    """The model registry (which the CLI's Segmenter asks) returns the thresholding test double
+    (see test_infer_fakes.py)."""
+    from KnowledgeSAMLib.model import registry
+
     model = ThresholdModel(image_size=64)
-    monkeypatch.setattr(cli_segment, "resolve_model", lambda name, checkpoint=None, sha256=None: model)
+    monkeypatch.setattr(registry, "resolve_model", lambda name, sam_checkpoint=None, sam_sha256=None: model)
     return model
 
 

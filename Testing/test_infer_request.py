@@ -110,3 +110,12 @@ def test_2d_image_only_has_an_axial_plane(model):
 def test_wrong_types_are_refused(volume, model):
     image, labels = volume
     _refused(SegmentRequest(image.array, image, labels), model, "Image")
+
+
+def test_every_mode_a_front_end_offers_has_a_runner():
+    """choices.MODES (what the CLI and Slicer offer) and modes.RUNNERS (what the engine runs) agree."""
+    from KnowledgeSAMLib import choices
+    from KnowledgeSAMLib.infer.modes import RUNNERS
+
+    assert choices.MODES[0] == choices.DEFAULT_MODE == "auto"  # auto picks one of the runners
+    assert list(choices.MODES[1:]) == list(RUNNERS)

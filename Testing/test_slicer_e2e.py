@@ -92,7 +92,7 @@ def test_same_volume_anchor_run_into_an_existing_segmentation(tmp_path, tiny_mod
             reference.GetSegmentation().GetSegmentIdBySegmentName(name))
         np.testing.assert_allclose(segmentation.GetSegment(segment_id).GetColor(), reference_segment.GetColor())
         tags = segment_state(output)[segment_id][3]
-        assert tags["KnowledgeSAM.Model"] and "slices " + str(k) in mrml._get_tag(segmentation.GetSegment(segment_id),
+        assert tags["KnowledgeSAM.Model"] and "slices " + str(k) in mrml.segment_tag(segmentation.GetSegment(segment_id),
                                                                                   "KnowledgeSAM.Reference")
 
     on_grid = mrml.labels_from_segmentation_node(output, ["cortex", "medulla"], volume)
@@ -121,7 +121,7 @@ def test_another_patient_as_reference_creates_a_new_node(tmp_path, tiny_model):
     on_grid = mrml.labels_from_segmentation_node(output, None, target)
     assert on_grid.shape == target_image.shape and on_grid.geometry.same_grid(target_image.geometry)
     segment = segmentation.GetNthSegment(0)
-    assert mrml._get_tag(segment, "KnowledgeSAM.Mode") == "volume"
+    assert mrml.segment_tag(segment, "KnowledgeSAM.Mode") == "volume"
 
 
 def test_cancel_during_a_real_run_changes_nothing(tmp_path, tiny_model):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "KnowledgeSAM"))
 
 from KnowledgeSAMSlicer import dependencies, devices, environment, sampledata, worker  # noqa: E402
 
-from KnowledgeSAMLib.errors import CancelledError  # noqa: E402
+from KnowledgeSAMLib.errors import CancelledError, InputError  # noqa: E402
 from KnowledgeSAMLib.infer.cancel import CancelToken  # noqa: E402
 
 
@@ -72,20 +72,41 @@ def test_worker_cancel_and_busy_refusal():
         pool.shutdown(wait=True)
 
 
-def test_model_cache_reuses_until_the_source_changes(tmp_path):
-    cache = worker.ModelCache()
-    calls = []
+class _Stand:
+    """Records what the monitor does to a Qt timer / progress bar (no Qt needed)."""
 
-    def loader(name, sam):
-        calls.append((name, sam))
-        return object()
+    def __init__(self):
+        self.calls = []
 
-    folder = tmp_path / "model"
-    folder.mkdir()
-    first = cache.get(str(folder), None, loader)
-    assert cache.get(str(folder), None, loader) is first
-    assert cache.get(str(folder), "sam.pth", loader) is not first
-    assert len(calls) == 2
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name,) + args)
+
+
+def test_job_monitor_shows_progress_and_hands_back_the_finished_job():
+    timer, bar, finished = _Stand(), _Stand(), []
+    monitor = worker.JobMonitor(bar, finished.append, timer=timer)
+    release = threading.Event()
+
+    def work(progress, cancel):
+        progress(2, 5)
+        release.wait(10)
+        cancel.raise_if_cancelled()
+        return "result"
+
+    job = monitor.start(work)
+    assert monitor.busy and ("start",) in timer.calls and ("setRange", 0, 0) in bar.calls
+    for _ in range(200):
+        if job.progress() == (2, 5):
+            break
+        time.sleep(0.01)
+    monitor.poll()
+    assert ("setValue", 2) in bar.calls and not finished
+    release.set()
+    job.future.result(timeout=10)
+    monitor.poll()
+    assert finished == [job] and job.result() == "result" and not monitor.busy
+    assert ("setVisible", False) in bar.calls and ("stop",) in timer.calls
+
 
 # ------------------------------------------------------------------------------------------ dependencies
 
@@ -197,23 +218,24 @@ def test_batch_bad_arguments_are_one_line_errors(problem, argv, message):
 
 
 def test_batch_refuses_clashes_and_existing_files(tmp_path):
+    """The batch script plans outputs with the CLI's rules (KnowledgeSAMLib.infer.paths), Slicer's file types."""
     batch = load_batch_script()
     a, b = tmp_path / "a" / "case.nrrd", tmp_path / "b" / "case.nrrd"
     for path in (a, b):
         path.parent.mkdir()
         path.write_bytes(b"x")
-    with pytest.raises(batch.UsageError, match="same output file"):
+    with pytest.raises(InputError, match="would both be written to"):
         batch.planOutputs([str(a), str(b)], str(tmp_path / "out") + "/")
-    with pytest.raises(batch.UsageError, match="folder"):
+    with pytest.raises(InputError, match="folder"):
         batch.planOutputs([str(a), str(b)], str(tmp_path / "out.seg.nrrd"))
     existing = tmp_path / "done.seg.nrrd"
     existing.write_bytes(b"old")
-    with pytest.raises(batch.UsageError, match="not overwriting"):
+    with pytest.raises(InputError, match="not overwriting"):
         batch.planOutputs([str(a)], str(existing))
     assert batch.planOutputs([str(a)], str(existing), overwrite=True)
-    with pytest.raises(batch.UsageError, match="target file not found"):
+    with pytest.raises(InputError, match="target image not found"):
         batch.planOutputs([str(tmp_path / "nope.nrrd")], str(tmp_path / "x.seg.nrrd"))
-    with pytest.raises(batch.UsageError, match=r"\.seg\.nrrd"):
+    with pytest.raises(InputError, match=r"\.seg\.nrrd"):
         batch.planOutputs([str(a)], str(tmp_path / "x.png"))
     assert existing.read_bytes() == b"old"
 
@@ -222,4 +244,4 @@ def test_batch_main_reports_usage_errors_with_exit_status_2(capsys):
     batch = load_batch_script()
     assert batch.main(["--target", "missing.nrrd", "--reference", "r.nrrd", "--reference-segmentation", "s.seg.nrrd",
                        "--output", "o.seg.nrrd"]) == batch.EXIT_BAD_INPUT
-    assert "missing.nrrd: target file not found" in capsys.readouterr().err
+    assert "missing.nrrd: target image not found" in capsys.readouterr().err

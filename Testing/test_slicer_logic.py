@@ -96,7 +96,7 @@ def test_logic_segment_console_api_with_stand_in_engine(KnowledgeSAM, nodes):
     np.testing.assert_array_equal(
         mrml.labels_from_segmentation_node(output, [segment_id], volume).layers[0] != 0,
         mrml.labels_from_segmentation_node(reference, [kidney], volume).layers[0] != 0)
-    with pytest.raises(InputError, match="no voxels on reference slice 0"):
+    with pytest.raises(InputError, match=r"'kidney' is empty in the reference labels on slice\(s\) 0"):
         logic.segment(volume, volume, reference, ["kidney"], referenceSliceIndex=0, engine=copy_engine)
 
 
@@ -115,9 +115,7 @@ def test_logic_with_real_engine_and_cached_model(KnowledgeSAM, nodes, monkeypatc
             return real_resolve(name, sam_checkpoint=sam_checkpoint, **kwargs)
 
     monkeypatch.setattr(registry, "resolve_model", counting_resolve)
-    from KnowledgeSAMSlicer.worker import sharedModelCache
-
-    sharedModelCache().clear()
+    mrml.shared_models().clear()
     logic = KnowledgeSAM.KnowledgeSAMLogic()
     first = logic.segment(volume, None, reference, [], referenceSliceIndex=4, mode="anchor", device="cpu", model="tiny")
     second = logic.segment(volume, volume, reference, ["kidney"], mode="propagate", device="cpu", model="tiny")
@@ -128,4 +126,49 @@ def test_logic_with_real_engine_and_cached_model(KnowledgeSAM, nodes, monkeypatc
         assert [s.name for s in labels.segments] == ["kidney"]
         np.testing.assert_array_equal(labels.layers[0][4] != 0,
                                       mrml.labels_from_segmentation_node(reference, None, volume).layers[0][4] != 0)
-    sharedModelCache().clear()
+    mrml.shared_models().clear()
+
+
+def test_batch_script_encodes_the_reference_once_for_all_targets(KnowledgeSAM, monkeypatch, tmp_path, capsys):
+    """KnowledgeSAMBatch.py through the Logic's one Segmenter: N targets, one reference encoding."""
+    pytest.importorskip("torch")
+    from KnowledgeSAMLib.model import registry
+
+    from test_infer_fakes import ThresholdModel, blob_volume
+    from test_slicer_helpers import load_batch_script
+
+    scene = mrml.headless_scene()
+    spacing = np.diag([0.8, 0.8, 2.0, 1.0])
+    atlas, atlas_labels = blob_volume(shape=(14, 40, 48), seed=1, shift=(1, 2, -1))
+    reference = add_volume(scene, atlas.array, spacing, "atlas")
+    segmentation = new_segmentation(scene, reference, "atlas labels")
+    add_segment(segmentation, atlas_labels.mask("bright").astype(np.uint8), reference, "bright")
+    nodes = {tmp_path / "atlas.nrrd": reference, tmp_path / "atlas.seg.nrrd": segmentation}
+    for seed in (3, 4, 5):
+        nodes[tmp_path / f"case{seed}.nrrd"] = add_volume(scene, blob_volume(shape=(10, 40, 48), seed=seed)[0].array,
+                                                          spacing, f"case{seed}")
+    for path in nodes:
+        path.write_bytes(b"stands for the node")
+    load = {str(path): node for path, node in nodes.items()}.__getitem__
+
+    model = ThresholdModel(image_size=32)
+    monkeypatch.setattr(registry, "resolve_model", lambda name, sam_checkpoint=None: model)
+    mrml.shared_models().clear()
+    batch = load_batch_script()
+    targets = [str(tmp_path / f"case{seed}.nrrd") for seed in (3, 4, 5)]
+    args = batch.parseArguments(["--target", *targets, "--reference", str(tmp_path / "atlas.nrrd"),
+                                 "--reference-segmentation", str(tmp_path / "atlas.seg.nrrd"), "--mode", "volume",
+                                 "--device", "cpu", "--model", "fake", "--output", str(tmp_path / "out") + "/"])
+    plan = batch.planOutputs(args.target, args.output)
+    assert batch.segmentAll(args, plan, KnowledgeSAM.KnowledgeSAMLogic(), load, load) == batch.EXIT_OK, \
+        capsys.readouterr().err
+    assert all(Path(output).exists() for _, output in plan)
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1  # outputs removed again
+
+    alone = ThresholdModel(image_size=32)  # what one target costs on its own: its slices and the reference's
+    prepared = mrml.prepare_inputs(nodes[tmp_path / "case3.nrrd"], reference, segmentation, None, mode="volume",
+                                   device="cpu")
+    reference_slices = mrml.run_engine(prepared, mrml.Segmenter(alone)).provenance["counts"]["reference_slices_encoded"]
+    assert reference_slices > 0 and alone.encoded_images == reference_slices + 10
+    assert model.encoded_images == reference_slices + 3 * 10, "the reference must be encoded once for all targets"
+    mrml.shared_models().clear()

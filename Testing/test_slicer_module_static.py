@@ -150,8 +150,12 @@ def test_root_cmake_declares_the_extension():
     assert re.search(r"licen[cs]e", cmake, re.IGNORECASE), "the description must name the weights' licence"
     assert "add_subdirectory(KnowledgeSAM)" in cmake and "add_subdirectory(SegmentEditorKnowledgeSAM)" in cmake
     assert "KnowledgeSAMLib/*.py" in cmake and "Resources/Models/default" in cmake
-    module_cmake = (ROOT / "KnowledgeSAM" / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "WITH_GENERIC_TESTS" in module_cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module_cmake
+    # both scripted modules are built and self-tested by one macro, defined before the modules are added
+    macro = cmake[cmake.index("macro(knowledgesam_add_scripted_module)"):cmake.index("endmacro()")]
+    assert "WITH_GENERIC_TESTS" in macro and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in macro
+    assert cmake.index("endmacro()") < cmake.index("add_subdirectory(KnowledgeSAM)")
+    for folder in ("KnowledgeSAM", "SegmentEditorKnowledgeSAM"):
+        assert "knowledgesam_add_scripted_module()" in (ROOT / folder / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_icon_is_128_square_png():
@@ -160,3 +164,12 @@ def test_icon_is_128_square_png():
     for path in (ROOT / "KnowledgeSAM.png", ROOT / "KnowledgeSAM" / "Resources" / "Icons" / "KnowledgeSAM.png"):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size == (128, 128)
+
+
+def test_the_choices_load_where_the_library_cannot():
+    """The Slicer module reads KnowledgeSAMLib/choices.py at import (its parameter node's Choice lists), also on
+    Slicer 5.8 (Python 3.9): it must parse as Python 3.9 and import nothing."""
+    path = ROOT / "KnowledgeSAMLib" / "choices.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not _pep604_annotations(tree)

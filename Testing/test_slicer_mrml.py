@@ -15,6 +15,8 @@ vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
 from KnowledgeSAMLib import mrml  # noqa: E402
+from KnowledgeSAMLib.mrml import scene as mrml_scene  # noqa: E402
+from KnowledgeSAMLib.mrml.scene import ijk_to_ras  # noqa: E402
 from KnowledgeSAMLib.data.io import read_image, resample_labels_to  # noqa: E402
 from KnowledgeSAMLib.data.volume import Labels  # noqa: E402
 from KnowledgeSAMLib.errors import CancelledError, InputError, KnowledgeSAMError  # noqa: E402
@@ -116,7 +118,7 @@ def segment_state(segmentation_node) -> dict:
         segment = segmentation.GetSegment(segment_id)
         tags = {}
         for tag in ("TerminologyEntry", "KnowledgeSAM.Model", "KnowledgeSAM.Provenance", "Segmentation.Status"):
-            value = mrml._get_tag(segment, tag)
+            value = mrml.segment_tag(segment, tag)
             if value is not None:
                 tags[tag] = value
         extent, matrix, voxels = raw_labelmap(segmentation_node, segment_id)
@@ -300,16 +302,16 @@ def test_new_output_has_target_geometry_names_colours_and_provenance(kidney_scen
         assert segment.GetName() == name
         np.testing.assert_allclose(segment.GetColor(), reference_segment.GetColor())
         extent, matrix, _ = raw_labelmap(output, segment_id)
-        np.testing.assert_allclose(matrix, mrml._ijk_to_ras(target), atol=1e-9)
+        np.testing.assert_allclose(matrix, ijk_to_ras(target), atol=1e-9)
         np.testing.assert_array_equal(segment_array(output, segment_id, target) != 0,
                                       expected_on_target.mask(expected_on_target.segments[index]))
-        assert mrml._get_tag(segment, "KnowledgeSAM.Model") == "stand-in-0000"
-        assert mrml._get_tag(segment, "KnowledgeSAM.Mode") == "volume"
-        assert "reference segmentation" in mrml._get_tag(segment, "KnowledgeSAM.Reference")
+        assert mrml.segment_tag(segment, "KnowledgeSAM.Model") == "stand-in-0000"
+        assert mrml.segment_tag(segment, "KnowledgeSAM.Mode") == "volume"
+        assert "reference segmentation" in mrml.segment_tag(segment, "KnowledgeSAM.Reference")
         assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentStatus(segment) == \
             slicer.vtkSlicerSegmentationsModuleLogic.InProgress
     kidney = out_segmentation.GetSegment(out_segmentation.GetSegmentIdBySegmentName("kidney"))
-    assert mrml._get_tag(kidney, kidney.GetTerminologyEntryTagName()) == TERMINOLOGY
+    assert mrml.segment_tag(kidney, kidney.GetTerminologyEntryTagName()) == TERMINOLOGY
 
 
 def test_existing_output_only_its_segments_change(kidney_scene):
@@ -346,7 +348,7 @@ def test_writeback_undo_restores_the_previous_state(kidney_scene):
     add_segment(output, np.ones((12, 20, 24), np.uint8), target, "kidney", (0.0, 1.0, 1.0))
     before = segment_state(output)
     prepared = mrml.prepare_inputs(target, reference, segmentation, [ids["kidney"], ids["artery"]], output, mode="volume")
-    result = mrml.run_engine(prepared, engine=copy_engine)
+    result = mrml.run_engine(prepared, mrml.Segmenter(engine=copy_engine))
     undo_calls = []
     write = mrml.write_outputs(prepared, result, save_state_for_undo=lambda: undo_calls.append(1))
     assert undo_calls == [1]
@@ -356,7 +358,7 @@ def test_writeback_undo_restores_the_previous_state(kidney_scene):
 
     nodes = scene_node_ids(scene)
     prepared_new = mrml.prepare_inputs(target, reference, segmentation, [ids["kidney"]], None, mode="volume")
-    write_new = mrml.write_outputs(prepared_new, mrml.run_engine(prepared_new, engine=copy_engine))
+    write_new = mrml.write_outputs(prepared_new, mrml.run_engine(prepared_new, mrml.Segmenter(engine=copy_engine)))
     assert write_new.created_node and len(scene_node_ids(scene)) > len(nodes)
     write_new.undo()
     assert scene_node_ids(scene) == nodes
@@ -418,7 +420,7 @@ def test_failing_run_leaves_the_scene_unchanged(kidney_scene, existing_output, m
                 raise RuntimeError("simulated failure half-way through the write-back")
             return real(*args, **kw)
 
-        monkeypatch.setattr(mrml, "_segmentations_logic", lambda: type(
+        monkeypatch.setattr(mrml_scene, "segmentations_logic", lambda: type(
             "Logic", (), {"SetBinaryLabelmapToSegment": staticmethod(fails_on_second_segment),
                           "MODE_REPLACE": slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
                           "SetSegmentStatus": staticmethod(slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus),
@@ -494,7 +496,38 @@ def test_duplicate_segment_names_are_refused(kidney_scene):
 def test_writeback_knows_when_the_output_was_edited_afterwards(kidney_scene):
     scene, target, reference, segmentation, ids = kidney_scene
     prepared = mrml.prepare_inputs(target, reference, segmentation, [ids["kidney"]], None, mode="volume")
-    write = mrml.write_outputs(prepared, mrml.run_engine(prepared, engine=copy_engine))
+    write = mrml.write_outputs(prepared, mrml.run_engine(prepared, mrml.Segmenter(engine=copy_engine)))
     assert not write.edited_since()
     add_segment(write.segmentation_node, np.ones((12, 20, 24), np.uint8), target, "later edit")
     assert write.edited_since()
+
+
+def test_masks_go_back_onto_the_grid_of_an_image_read_from_a_node(kidney_scene):
+    """The effect keeps the Image's geometry instead of a second temporary volume node: same labelmap."""
+    scene, target, reference, segmentation, ids = kidney_scene
+    mask = np.zeros((12, 20, 24), np.uint8)
+    mask[3:6, 4:9, 5:7] = 1
+    from_node = mrml.oriented_image_from_mask(mask, target)
+    from_geometry = mrml.oriented_image_from_mask(mask, mrml.image_from_volume_node(target).geometry)
+    matrices = []
+    for image in (from_node, from_geometry):
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        matrices.append(np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]))
+        assert image.GetDimensions() == (24, 20, 12)
+    np.testing.assert_allclose(matrices[0], matrices[1], atol=1e-9)
+
+
+def test_replace_slices_keeps_the_original_outside_the_range(kidney_scene):
+    from KnowledgeSAMLib.infer.slicing import axis_view
+
+    scene, target, reference, segmentation, ids = kidney_scene
+    geometry = mrml.image_from_volume_node(target).geometry
+    rng = np.random.default_rng(3)
+    original, new = (rng.random((2, 12, 20, 24)) > 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(mrml.replace_slices(original, new, geometry, "axial", None), new)
+    combined = mrml.replace_slices(original, new, geometry, "axial", (2, 5))
+    view = axis_view(combined.shape, geometry, "axial")
+    for k in range(view.n):  # slices counted as the engine counts them along the axis
+        expected = new if 2 <= k < 5 else original
+        np.testing.assert_array_equal(view.get(combined, k), view.get(expected, k))

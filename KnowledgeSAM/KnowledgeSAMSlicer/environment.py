@@ -33,6 +33,27 @@ def ensureLibraryImportable(moduleFile):
     return None
 
 
+class _NoChoices:
+    """Stands in for ``KnowledgeSAMLib.choices`` when the library is missing: one empty choice each, so the
+    panel and the effect still load and can say what is wrong (:func:`libraryUnavailableReason`)."""
+
+    MODES = AXES = DEVICES = ("",)
+    DEFAULT_MODE = DEFAULT_AXIS = DEFAULT_DEVICE = ""
+
+
+def libraryChoices():
+    """``KnowledgeSAMLib.choices``: the modes, axes and devices every front-end offers (one definition).
+
+    Read while Slicer imports the module (the parameter node's ``Choice`` lists). That module has no imports
+    and parses as Python 3.9, so it loads even in a Slicer whose Python the rest of the library does not
+    support; only a broken installation gets the empty stand-in."""
+    try:
+        from KnowledgeSAMLib import choices
+    except ImportError:
+        return _NoChoices
+    return choices
+
+
 def libraryUnavailableReason():
     """None when ``KnowledgeSAMLib`` can be used here; otherwise a one-line explanation."""
     if sys.version_info[:2] < MINIMUM_PYTHON:

@@ -5,14 +5,18 @@ the first-convolution cost again (nnInteractive measured ~10x). Why Qt-free: the
 :meth:`Job.progress` / :meth:`Job.done` from a ``qt.QTimer`` on the main thread and does every MRML
 and Qt update there; the worker only runs pure-Python work (the engine, model loading).
 
-The loaded model is cached here too (:class:`ModelCache`), so the panel and the effect share it.
+:class:`JobMonitor` is the main-thread side the panel and the effect share: it submits the work with a
+cancel token, shows its progress in a progress bar and hands the finished job back. (The loaded model is
+kept by the library: ``KnowledgeSAMLib.mrml.shared_models()``.)
 """
 
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["Job", "InferenceWorker", "ModelCache", "sharedWorker", "sharedModelCache"]
+__all__ = ["Job", "InferenceWorker", "JobMonitor", "sharedWorker"]
+
+POLL_INTERVAL_MS = 150
 
 
 class _Progress:
@@ -93,40 +97,66 @@ class InferenceWorker:
         self._executor.shutdown(wait=wait)
 
 
-class ModelCache:
-    """Keeps the last loaded model, keyed by what it was loaded from (and the file's change time)."""
+class JobMonitor:
+    """Runs ``work(progress, cancel)`` on the shared worker and follows it from the main thread: a timer
+    polls the job, a progress bar shows it (busy until the engine reports a total), and ``finished(job)``
+    is called once, on the main thread, when it is done (``job.result()`` then returns or re-raises).
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._key = None
-        self._model = None
+    ``timer`` is a ``qt.QTimer`` (made here when not given; tests pass a stand-in)."""
 
-    @staticmethod
-    def _stamp(path):
-        import os
+    def __init__(self, progressBar, finished, timer=None):
+        if timer is None:
+            import qt
 
-        try:
-            return os.stat(path).st_mtime_ns if path else None
-        except OSError:
-            return None
+            timer = qt.QTimer()
+        self._bar = progressBar
+        self._finished = finished
+        self._timer = timer
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.poll)
+        self.job = None
 
-    def get(self, nameOrPath, samCheckpoint, loader):
-        """The cached model for ``(nameOrPath, samCheckpoint)`` or ``loader(nameOrPath, samCheckpoint)``."""
-        key = (str(nameOrPath), str(samCheckpoint or ""), self._stamp(nameOrPath), self._stamp(samCheckpoint))
-        with self._lock:
-            if self._key != key or self._model is None:
-                self._model = None  # release the old model before loading a new one
-                self._model = loader(nameOrPath, samCheckpoint)
-                self._key = key
-            return self._model
+    @property
+    def busy(self):
+        return self.job is not None
 
-    def clear(self):
-        with self._lock:
-            self._key, self._model = None, None
+    def start(self, work):
+        """Submit ``work`` with a new cancel token; returns the :class:`Job`."""
+        from KnowledgeSAMLib.mrml import CancelToken
+
+        self.job = sharedWorker().submit(work, CancelToken())
+        self._bar.setVisible(True)
+        self._bar.setRange(0, 0)
+        self._timer.start()
+        return self.job
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def poll(self):
+        job = self.job
+        if job is None:
+            self._timer.stop()
+            return
+        done, total = job.progress()
+        if total > 0:
+            self._bar.setRange(0, total)
+            self._bar.setValue(done)
+        if not job.done():
+            return
+        self._timer.stop()
+        self.job = None
+        self._bar.setVisible(False)
+        self._finished(job)
+
+    def stop(self):
+        """Cancel a running job and stop polling (module or effect going away)."""
+        self.cancel()
+        self._timer.stop()
 
 
 _worker = None
-_models = ModelCache()
 
 
 def sharedWorker():
@@ -135,7 +165,3 @@ def sharedWorker():
     if _worker is None:
         _worker = InferenceWorker()
     return _worker
-
-
-def sharedModelCache():
-    return _models

@@ -9,11 +9,14 @@ Usage::
         --output results/                # many targets: results/<target name>.seg.nrrd
         --output results/{name}-ksam.seg.nrrd
 
-Every target is segmented with the same reference; a failing target is reported and the others still run.
-The exit status is 0 when all succeeded, 2 when some input was bad (the message says which), 1 on an
-unexpected error. Existing output files are never replaced unless ``--overwrite`` is given.
+Every target is segmented with the same reference, loaded and encoded once; a failing target is reported
+and the others still run. The exit status is 0 when all succeeded, 2 when some input was bad (the message
+says which), 1 on an unexpected error. Existing output files are never replaced unless ``--overwrite`` is
+given. Targets and outputs follow the same rules as ``knowledgesam segment`` (``KnowledgeSAMLib.infer.paths``).
 
-The argument handling and output naming are plain Python (tested with pytest); only :func:`main` needs Slicer.
+This script only translates: arguments and files to nodes, nodes to files. The argument handling and output
+naming are plain Python, and :func:`segmentAll` takes its loaders as arguments (all tested with pytest on
+slicer-core); only :func:`main` needs Slicer.
 """
 
 import argparse
@@ -23,7 +26,6 @@ import time
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
 PROG = "KnowledgeSAMBatch"
-SEGMENTATION_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii")
 
 
 class UsageError(ValueError):
@@ -31,9 +33,12 @@ class UsageError(ValueError):
 
 
 def buildParser():
+    from KnowledgeSAMLib import choices
+
     parser = argparse.ArgumentParser(
         prog=PROG, description="Segment target volumes with a knowledge prompt (reference volume + segmentation).")
-    parser.add_argument("--target", nargs="+", required=True, metavar="VOLUME", help="volume file(s) to segment")
+    parser.add_argument("--target", nargs="+", required=True, metavar="VOLUME",
+                        help="volume file(s) to segment, a folder of volumes, or a .txt file listing one per line")
     parser.add_argument("--reference", required=True, metavar="VOLUME",
                         help="the image the reference segmentation was drawn on (may be the target itself)")
     parser.add_argument("--reference-segmentation", required=True, metavar="SEGMENTATION",
@@ -44,9 +49,10 @@ def buildParser():
                         help="output .seg.nrrd; with several targets a folder or a pattern containing {name}")
     parser.add_argument("--reference-slice", type=int, default=None, metavar="K",
                         help="same-volume modes: use only this labelled slice of the reference (along --axis)")
-    parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
-    parser.add_argument("--mode", choices=("auto", "anchor", "propagate", "volume"), default="auto")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--axis", choices=choices.AXES, default=choices.DEFAULT_AXIS)
+    parser.add_argument("--mode", choices=choices.MODES, default=choices.DEFAULT_MODE)
+    parser.add_argument("--device", default=choices.DEFAULT_DEVICE,
+                        help=f"{', '.join(choices.DEVICES)}, or cuda:1 for the second GPU (default: %(default)s)")
     parser.add_argument("--slice-range", nargs=2, type=int, default=None, metavar=("START", "STOP"),
                         help="segment only target slices START..STOP-1 along --axis")
     parser.add_argument("--model", default=None, metavar="FOLDER",
@@ -68,58 +74,20 @@ def parseArguments(argv):
     return parser.parse_args(argv)
 
 
-def targetName(path):
-    """File name without its (possibly double) extension: ``case1.nii.gz`` -> ``case1``."""
-    name = os.path.basename(os.path.normpath(path))
-    for extension in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return os.path.splitext(name)[0]
-
-
 def planOutputs(targets, output, overwrite=False):
-    """``[(target, output file)]``; refuses ambiguous or clashing outputs before any work starts."""
-    isFolder = output.endswith(("/", os.sep)) or os.path.isdir(output)
-    if "{name}" in output:
-        paths = [output.replace("{name}", targetName(t)) for t in targets]
-    elif isFolder:
-        paths = [os.path.join(output, targetName(t) + ".seg.nrrd") for t in targets]
-    elif len(targets) == 1:
-        paths = [output]
-    else:
-        raise UsageError(f"--output {output}: with {len(targets)} targets, give a folder (ending with /) "
-                         "or a pattern containing {name}")
-    for path in paths:
-        if not path.lower().endswith(SEGMENTATION_EXTENSIONS):
-            raise UsageError(f"--output {path}: use a .seg.nrrd (or .nii.gz) file name")
-        if os.path.exists(path) and not overwrite:
-            raise UsageError(f"{path}: file exists; not overwriting it (pass --overwrite)")
-    if len(set(os.path.abspath(p) for p in paths)) != len(paths):
-        raise UsageError("several targets would write the same output file; use {name} in --output")
-    for target in targets:
-        if not os.path.exists(target):
-            raise UsageError(f"{target}: target file not found")
-    return list(zip(targets, paths))
+    """``[(target, output file)]``; refuses missing targets and ambiguous, clashing or existing outputs before
+    any work starts (InputError)."""
+    from KnowledgeSAMLib import mrml
+
+    found = mrml.expand_targets(targets)
+    paths = mrml.plan_outputs(found, output, "seg.nrrd", writable=mrml.SEGMENTATION_FILE_TYPES, overwrite=overwrite)
+    return [(str(target), str(path)) for target, path in zip(found, paths)]
 
 
 def _say(message, error=False):
     stream = sys.stderr if error else sys.stdout
     stream.write(f"{PROG}: {'error: ' if error else ''}{message}\n")
     stream.flush()
-
-
-def _removeNodes(*nodes):
-    import slicer
-
-    for node in nodes:
-        if node is None or node.GetScene() is None:
-            continue
-        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-        helpers.append(node.GetStorageNode())
-        slicer.mrmlScene.RemoveNode(node)
-        for helper in helpers:
-            if helper is not None and helper.GetScene() is not None:
-                slicer.mrmlScene.RemoveNode(helper)
 
 
 def _load(loader, path, what):
@@ -135,15 +103,6 @@ def _load(loader, path, what):
 
 def main(argv):
     """Run inside Slicer; returns the exit status."""
-    try:
-        args = parseArguments(argv)
-        plan = planOutputs(args.target, args.output, args.overwrite)
-    except UsageError as error:
-        _say(str(error), error=True)
-        return EXIT_BAD_INPUT
-    except SystemExit as request:  # --help
-        return int(request.code or 0)
-
     moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if moduleDir not in sys.path:
         sys.path.insert(0, moduleDir)  # KnowledgeSAM.py and KnowledgeSAMSlicer/ live here
@@ -154,19 +113,36 @@ def main(argv):
     if reason:
         _say(reason, error=True)
         return EXIT_BAD_INPUT
+    from KnowledgeSAMLib.errors import KnowledgeSAMError
+
+    try:
+        args = parseArguments(argv)
+        plan = planOutputs(args.target, args.output, args.overwrite)
+    except (UsageError, KnowledgeSAMError) as error:
+        _say(str(error), error=True)
+        return EXIT_BAD_INPUT
+    except SystemExit as request:  # --help
+        return int(request.code or 0)
 
     import slicer
 
     from KnowledgeSAM import KnowledgeSAMLogic
+
+    return segmentAll(args, plan, KnowledgeSAMLogic(), slicer.util.loadVolume, slicer.util.loadSegmentation)
+
+
+def segmentAll(args, plan, logic, loadVolume, loadSegmentation):
+    """Segment each planned target with the reference; returns the exit status.
+
+    One ``logic`` for all targets: its Segmenter keeps the model and the reference's encoding. The loaders
+    take a path and return a node (``slicer.util.loadVolume``/``loadSegmentation`` in Slicer)."""
     from KnowledgeSAMLib import mrml
     from KnowledgeSAMLib.errors import KnowledgeSAMError
 
-    logic = KnowledgeSAMLogic()
     try:
-        referenceVolume = _load(slicer.util.loadVolume, args.reference, "reference volume")
-        referenceSegmentation = _load(slicer.util.loadSegmentation, args.reference_segmentation,
-                                      "reference segmentation")
-        model = logic.loadModel(args.model, args.sam_checkpoint)
+        referenceVolume = _load(loadVolume, args.reference, "reference volume")
+        referenceSegmentation = _load(loadSegmentation, args.reference_segmentation, "reference segmentation")
+        logic.segmenter(args.model, args.sam_checkpoint).load_model()  # a bad model fails before any target
     except KnowledgeSAMError as error:
         _say(str(error), error=True)
         return EXIT_BAD_INPUT
@@ -177,23 +153,26 @@ def main(argv):
         sameVolume = os.path.abspath(targetPath) == os.path.abspath(args.reference)
         target, output = None, None
         try:
-            target = referenceVolume if sameVolume else _load(slicer.util.loadVolume, targetPath, "target volume")
+            target = referenceVolume if sameVolume else _load(loadVolume, targetPath, "target volume")
 
-            def progress(done, total, _name=targetName(targetPath)):
+            def progress(done, total, _name=mrml.target_name(targetPath)):
                 if total and (done == total or done % max(1, total // 10) == 0):
                     _say(f"[{index}/{len(plan)}] {_name}: {done}/{total}")
 
             output = logic.segment(target, referenceVolume, referenceSegmentation, args.segments or [],
                                    referenceSliceIndex=args.reference_slice, axis=args.axis, mode=args.mode,
                                    device=args.device, progressCallback=progress,
-                                   sliceRange=tuple(args.slice_range) if args.slice_range else None, model=model)
+                                   sliceRange=tuple(args.slice_range) if args.slice_range else None,
+                                   model=args.model, samCheckpoint=args.sam_checkpoint)
             mrml.write_segmentation_node(output, outputPath, overwrite=args.overwrite)
             _say(f"[{index}/{len(plan)}] wrote {outputPath} ({time.perf_counter() - started:.1f} s)")
         except KnowledgeSAMError as error:
             failures += 1
             _say(f"{targetPath}: {error}", error=True)
         finally:
-            _removeNodes(output, None if sameVolume else target)
+            for node in (output, None if sameVolume else target):
+                if node is not None:
+                    mrml.remove_node(node)
     if failures:
         _say(f"{failures} of {len(plan)} target(s) failed", error=True)
         return EXIT_BAD_INPUT

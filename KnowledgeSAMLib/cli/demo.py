@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import choices
 from ..errors import InputError, WeightsError
 
 FILES = {
@@ -32,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="segment a phantom with the default model; writes files and a montage")
     parser.add_argument("--output", default="knowledgesam-demo", metavar="DIR",
                         help="folder for the demo files (default ./knowledgesam-demo)")
-    parser.add_argument("--model", default="default", help="model to use (default: the embedded default model)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument("--model", default=choices.DEFAULT_MODEL, help="model to use (default: the embedded default model)")
+    parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
+    parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--shape", metavar="Z,Y,X",
                         help="phantom crop size; Y and X give the square in-plane size (default 40,96,96)")
     parser.add_argument("--overwrite", action="store_true", help="replace files of an earlier demo")
@@ -42,28 +43,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _load_model(name: str):
-    """The requested model; when the embedded default is not there yet, a random tiny model, said loudly."""
-    from ..model.registry import resolve_model
+def _segmenter(name: str):
+    """A Segmenter with the requested model; when the embedded default is not there yet, a random tiny
+    model, said loudly."""
+    from ..infer.segmenter import Segmenter
 
+    segmenter = Segmenter(name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = resolve_model(name)
+            segmenter.load_model()
             note = None
         except WeightsError as error:
-            if name != "default":
+            if name != choices.DEFAULT_MODEL:
                 raise
             from ..model.build import build_model
 
-            model = build_model("tiny")
+            segmenter.use_model(build_model("tiny"))
             note = (f"{error}\nknowledgesam: warning: using a randomly initialised 'tiny' model instead; "
                     "its Dice is near chance and means nothing about KnowledgeSAM")
     for warning in caught:
         print(f"knowledgesam: warning: {warning.message}")
     if note:
         print(f"knowledgesam: warning: {note}")
-    return model
+    return segmenter
 
 
 def _shape(text: str | None) -> tuple[int, int, int] | None:
@@ -180,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data.io import write_image, write_labels
     from ..evaluation.metrics import dice
     from ..evaluation.overlay import save_overlay
-    from ..infer import SegmentRequest, segment
+    from ..infer import SegmentRequest
     from ..infer.output import sidecar_path, write_result
+    from ..infer.provenance import Sources
 
     out = Path(args.output).expanduser()
     paths = {key: out / name for key, name in FILES.items()}
@@ -196,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     reference, reference_labels = _phantom(REFERENCE_SEED, shape)
     target, truth = _phantom(TARGET_SEED, shape)
-    model = _load_model(args.model)
+    segmenter = _segmenter(args.model)
     request = SegmentRequest(target=target, reference=reference, reference_labels=reference_labels,
                              segments=list(reference_labels.segments), mode="auto", device=args.device,
                              batch_size=args.batch_size)
@@ -207,8 +211,10 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
+    sources = Sources(target=str(paths["target"]), reference=str(paths["reference"]),
+                      reference_labels=str(paths["reference_labels"]), model=args.model)
     try:
-        result = segment(request, model, progress=progress)
+        result = segmenter.segment(request, progress=progress, sources=sources)
     finally:
         bar.close()
 
@@ -217,9 +223,6 @@ def run(args: argparse.Namespace) -> int:
     write_labels(reference_labels, paths["reference_labels"], overwrite=args.overwrite)
     write_image(target, paths["target"], overwrite=args.overwrite)
     write_labels(truth, paths["truth"], overwrite=args.overwrite)
-    result.provenance.update(target=str(paths["target"]), reference=str(paths["reference"]),
-                             reference_labels=str(paths["reference_labels"]))
-    result.provenance["model"]["source"] = args.model
     write_result(result, paths["prediction"], overwrite=args.overwrite)
     picture = montage(target, reference, reference_labels, result.labels, truth, list(reference_labels.segments))
     save_overlay(picture, paths["montage"], overwrite=args.overwrite)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import choices
 from ..errors import InputError, KnowledgeSAMError
+from ..infer.paths import expand_targets, plan_outputs
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
 
 
@@ -44,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slice", metavar="K", help="labelled reference slice(s) to use, e.g. 40 or 38,45 "
                         "(index along --axis; default: every slice where the structure is labelled)")
     parser.add_argument("--slice-range", metavar="A:B", help="only segment target slices A..B-1 along --axis")
-    parser.add_argument("--axis", default="axial", choices=("axial", "sagittal", "coronal"))
-    parser.add_argument("--mode", default="auto", choices=("auto", "anchor", "propagate", "volume"),
+    parser.add_argument("--axis", default=choices.DEFAULT_AXIS, choices=choices.AXES)
+    parser.add_argument("--mode", default=choices.DEFAULT_MODE, choices=choices.MODES,
                         help="auto: anchor when the reference is the target, volume when it is another image")
-    parser.add_argument("--model", default="default",
+    parser.add_argument("--model", default=choices.DEFAULT_MODEL,
                         help="'default' (embedded model), a saved model folder, or a config name (random weights)")
     parser.add_argument("--sam-checkpoint", metavar="PATH",
                         help="pretrained base checkpoint (SAM ViT-B or LiteMedSAM layout) for models that reference "
@@ -58,23 +58,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where the model looks: auto (default: around the reference's structures, found in the "
                              "target by a coarse first pass), none (whole slices), x0,y0,z0,x1,y1,z1 (target voxel "
                              "indices, inclusive) or ras:R0,A0,S0,R1,A1,S1 (millimetres, as Slicer shows them)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
-    parser.add_argument("--preset", default="auto", help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
+    parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
+    parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
+    parser.add_argument("--preset", default=choices.DEFAULT_PRESET, help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
     parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest 3D connected component of each structure")
     parser.add_argument("--flip-tta", default=None, action=argparse.BooleanOptionalAction,
                         help="also segment the left-right mirrored target with the mirrored reference and "
                              "average the two (twice the compute; default: the engine's, see EngineOptions)")
-    parser.add_argument("--overlap", default=None, choices=("auto", "layers", "argmax"),
+    parser.add_argument("--overlap", default=None, choices=choices.OVERLAPS,
                         help="auto (default): structures sharing a layer in the reference stay exclusive; "
                              "layers: every structure keeps its own mask (may overlap); argmax: all exclusive")
-    parser.add_argument("--contested", default=None, choices=("smaller", "probability"),
+    parser.add_argument("--contested", default=None, choices=choices.CONTESTED,
                         help="who keeps a voxel two exclusive structures claim: the smaller structure (default) "
                              "or the more probable one")
     parser.add_argument("--output", required=True, metavar="OUT",
-                        help="output file (.seg.nrrd, .nii.gz, .nrrd), or a folder when there are several targets")
+                        help="output file (.seg.nrrd, .nii.gz, .nrrd), or a folder when there are several targets, "
+                             "or a pattern such as results/{name}-ksam.seg.nrrd")
     parser.add_argument("--format", default="seg.nrrd", choices=OUTPUT_FORMATS,
                         help="file type written into an output folder (default seg.nrrd)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -95,64 +96,6 @@ def _ints(text: str | None, what: str) -> list[int]:
         raise InputError(f"{what} must be integers separated by commas, got {text!r}") from None
 
 
-def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
-    return path.name.lower().endswith(tuple(suffixes))
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    return not any(_has_suffix(p, IMAGE_SUFFIXES) for p in folder.iterdir() if p.is_file())
-
-
-def expand_targets(items: Sequence[str]) -> list[Path]:
-    """Files as given; a folder of images → its images (sorted); a DICOM folder → itself; a .txt → its lines."""
-    targets: list[Path] = []
-    for item in items:
-        path = Path(item).expanduser()
-        if path.is_file() and path.suffix.lower() == ".txt":
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-            targets.extend(Path(line).expanduser() if Path(line).is_absolute() else path.parent / line
-                           for line in lines if line and not line.startswith("#"))
-        elif path.is_dir() and not _is_dicom_folder(path):
-            found = sorted(p for p in path.iterdir() if p.is_file() and _has_suffix(p, IMAGE_SUFFIXES)
-                           and not p.name.lower().endswith(".seg.nrrd"))
-            if not found:
-                raise InputError(f"{path}: folder contains no images")
-            targets.extend(found)
-        else:
-            targets.append(path)
-    for target in targets:
-        if not target.exists():
-            raise InputError(f"{target}: target image not found")
-    if not targets:
-        raise InputError("no target images given")
-    return targets
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def output_paths(targets: Sequence[Path], output: str, fmt: str) -> list[Path]:
-    """One output per target: ``OUT`` itself for one target with a file name, else ``OUT/<stem>.<fmt>``."""
-    out = Path(output).expanduser()
-    as_file = _has_suffix(out, LABEL_SUFFIXES) and not out.is_dir()
-    if len(targets) == 1 and as_file:
-        return [out]
-    if as_file:
-        raise InputError(f"{out}: several targets need an output folder, not a file name")
-    paths = [out / f"{_stem(t)}.{fmt}" for t in targets]
-    seen: dict[Path, Path] = {}
-    for target, path in zip(targets, paths):
-        if path in seen:
-            raise InputError(f"{target} and {seen[path]} would both be written to {path}; rename one of them")
-        seen[path] = target
-    return paths
-
-
 def shard(items: Sequence[Any]) -> tuple[list[Any], int, int]:
     """This process's share of ``items`` under torchrun (``RANK``/``WORLD_SIZE``); all of them otherwise."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -169,25 +112,6 @@ def _device_for_rank(device: str, world: int) -> str:
         if torch.cuda.is_available():
             return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     return device
-
-
-def resolve_model(name_or_path: str, sam_checkpoint: str | None = None, sam_sha256: str | None = None):
-    """The model for ``--model``: through the registry (default model, folder or config name); falls back
-    to loading a saved folder or building a config when the registry is unavailable."""
-    try:
-        from ..model.registry import resolve_model as registry_resolve
-    except ImportError:  # pragma: no cover - the registry ships with the package
-        registry_resolve = None
-    if registry_resolve is not None:
-        return registry_resolve(name_or_path, sam_checkpoint=sam_checkpoint, sam_sha256=sam_sha256)
-    path = Path(name_or_path).expanduser()  # pragma: no cover
-    if path.is_dir():  # pragma: no cover
-        from ..model.weights import load_model
-
-        return load_model(path, sam_checkpoint=sam_checkpoint)
-    from ..model.build import build_model  # pragma: no cover
-
-    return build_model(name_or_path, sam_checkpoint=sam_checkpoint)  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -208,14 +132,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     targets = expand_targets(args.target)
-    outputs = output_paths(targets, args.output, args.format)
-    if not args.overwrite:
-        from ..infer.output import sidecar_path
-
-        for path in outputs:
-            for candidate in (path, sidecar_path(path)):
-                if candidate.exists():
-                    raise InputError(f"{candidate}: file exists; not overwriting it (use --overwrite)")
+    outputs = plan_outputs(targets, args.output, args.format, overwrite=args.overwrite, sidecars=True)
     labels_path = Path(args.reference_labels).expanduser()
     if not labels_path.exists():
         raise InputError(f"{labels_path}: reference labels not found")
@@ -273,11 +190,10 @@ class _Bar:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.io import read_image, read_labels
-    from ..infer import SegmentRequest, segment
+    from ..infer import SegmentRequest
     from ..infer.output import write_result
-    from ..infer.reference import ReferenceCache
-
     from ..infer.roi import parse_roi
+    from ..infer.segmenter import Segmenter, Sources
 
     inputs = check_inputs(args)
     options = _options(args)
@@ -290,12 +206,12 @@ def run(args: argparse.Namespace) -> int:
     reference = read_image(inputs.reference_path) if inputs.reference_path else None
     labels = read_labels(inputs.labels_path)
     wanted = [find_segment(labels, key, inputs.labels_path) for key in inputs.wanted]
+    segmenter = Segmenter(args.model, args.sam_checkpoint, sam_sha256=args.sam_sha256)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = resolve_model(args.model, args.sam_checkpoint, args.sam_sha256)
+        segmenter.load_model()
     for warning in caught:
         print(f"knowledgesam: warning: {warning.message}")
-    cache = ReferenceCache()
     for target_path, output_path in targets:
         target = read_image(target_path)
         request = SegmentRequest(
@@ -303,15 +219,13 @@ def run(args: argparse.Namespace) -> int:
             segments=wanted, mode=args.mode, axis=args.axis, reference_slices=reference_slices,
             slice_range=slice_range, device=device, batch_size=args.batch_size, preset=args.preset,
             options=options, roi=roi)
+        sources = Sources(target=str(target_path), reference=str(inputs.reference_path or target_path),
+                          reference_labels=str(inputs.labels_path))
         bar = _Bar(target_path.name, args.quiet, rank if world > 1 else 0)
         try:
-            result = segment(request, model, progress=bar, reference_cache=cache)
+            result = segmenter.segment(request, progress=bar, sources=sources)
         finally:
             bar.close()
-        result.provenance["target"] = str(target_path)
-        result.provenance["reference"] = str(inputs.reference_path or target_path)
-        result.provenance["reference_labels"] = str(inputs.labels_path)
-        result.provenance["model"]["source"] = str(args.model)
         written = write_result(result, output_path, overwrite=args.overwrite)
         summary = ", ".join(f"{s.name}={int(result.labels.mask(s).sum())} voxels" for s in result.labels.segments)
         print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "

@@ -9,32 +9,29 @@ the target's geometry with per-slice confidence and provenance. Nothing is writt
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 import weakref
-from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .. import __version__
 from ..data.intensity import get_preset
 from ..data.volume import Labels
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
-from .modes import RunContext, labelled_override, run_anchor, run_propagate, run_volume
+from .modes import RUNNERS, RunContext, labelled_override, run_volume
 from .output import labels_from_probabilities
+from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import EngineOptions, SegmentationResult, SegmentRequest, prepare_request
 from .slicing import axis_view, slice_count
 
 __all__ = ["segment", "relabel", "model_fingerprint"]
 
-_RUNNERS = {"anchor": run_anchor, "propagate": run_propagate}
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -131,7 +128,7 @@ class _Runner:
         if prepared.mode == "volume":
             run_volume(ctx, target_pos=target_pos, extent=extent)
         else:
-            _RUNNERS[prepared.mode](ctx)
+            RUNNERS[prepared.mode](ctx)
         self.runs.append(ctx)
         return ctx
 
@@ -173,41 +170,18 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
         labelled_override(ctx, prepared.reference_labels, request.reference_slices)
     labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, request.options, request.target)
     tracker.check()
-    provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, inference_s, started)
+    provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, labels, inference_s, started)
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)
 
 
 def _provenance(request: SegmentRequest, prepared, runner: _Runner, ctx: RunContext, slices: list[int],
-                roi_record: dict, inference_s: float, started: float) -> dict:
-    model, opts, runs = runner.model, request.options, runner.runs
-    size = runner.size
-    return {
-        "software": {"name": "KnowledgeSAM", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": getattr(model.config, "name", type(model).__name__), "image_size": size,
-                  "sha256": model_fingerprint(model),
-                  "base_sha256": getattr(model.config, "sam_checkpoint_sha256", None)},
-        "target": request.target.source, "reference": request.reference.source,
-        "reference_labels": prepared.reference_labels.source,
-        "same_volume": prepared.same_volume, "mode": prepared.mode, "requested_mode": request.mode,
-        "axis": request.axis, "slice_axis_index": runner.tview.slice_axis,
-        "slices": [slices[0], slices[-1] + 1] if slices else [],
-        "reference_slices": {seg.name: ctx.bank.labelled_slices(seg).tolist() for seg in ctx.segments},
-        "roi": roi_record,
-        "segments": [{"name": s.name, "label_value": s.label_value, "layer": s.layer} for s in prepared.segments],
-        "intensity": {"preset": request.preset, "target": runner.t_map.to_dict(), "reference": runner.r_map.to_dict()},
-        "device": str(runner.policy.device), "precision": runner.policy.precision,
-        "batch_size": runner.policy.batch_size, "options": dataclasses.asdict(opts),
-        "counts": {"target_slices_encoded": sum(run.targets.encoded for run in runs),
-                   "reference_slices_encoded": 0 if prepared.same_volume else sum(
-                       run.bank.cache.encoded for run in runs),
-                   "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
-                   "heads_run": sum(run.heads_run for run in runs)},
-        "timings": {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)},
-        "notes": list(dict.fromkeys(runner.policy.notes + [n for run in runs for n in run.notes])),
-    }
+                roi_record: dict, labels: Labels, inference_s: float, started: float) -> dict:
+    timings = {"inference_s": round(inference_s, 3), "total_s": round(time.perf_counter() - started, 3)}
+    return engine_record(request, prepared, runner.model, fingerprint=model_fingerprint(runner.model),
+                         view=runner.tview, slices=slices, labels=labels, mappings=(runner.t_map, runner.r_map),
+                         policy=runner.policy, runs=runner.runs, merged=ctx, timings=timings, roi=roi_record)
 
 
 def relabel(request: SegmentRequest, result: SegmentationResult, options: EngineOptions) -> Labels:

@@ -178,7 +178,9 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
     if roi.kind == "none":
         return whole("roi none")
     margin = SAME_VOLUME_MARGIN if runner.same else DEFAULT_MARGIN
-    ref_regions = [c for c in _reference_regions(runner, margin) if is_focus(c, runner.rview)]
+    ref_regions = _reference_regions(runner, margin)
+    if not all(is_focus(c, runner.rview) for c in ref_regions):
+        ref_regions = []  # one region fills most of the slice: every structure is seen on whole slices
     if roi.kind == "box":
         reference_crop = _match(roi.crop, runner.tview, ref_regions, runner.rview) if ref_regions else None
         if runner.same:

@@ -26,8 +26,8 @@ from .device import DevicePolicy
 from .reference import EmbeddingCache, ReferenceBank, SliceSource, relative
 from .request import EngineOptions
 
-__all__ = ["RunContext", "run_anchor", "run_propagate", "run_volume", "average_runs", "largest_component",
-           "positions_in_reference"]
+__all__ = ["RunContext", "RUNNERS", "run_anchor", "run_propagate", "run_volume", "average_runs",
+           "largest_component", "positions_in_reference"]
 
 
 @dataclass
@@ -377,6 +377,11 @@ def run_volume(ctx: RunContext, target_pos: np.ndarray | None = None,
 
 
 # ------------------------------------------------------------------------------ test-time flips
+
+# Every mode's runner by the name a request uses; a new mode is a runner here plus its name in
+# KnowledgeSAMLib/choices.py MODES (the list the front-ends offer; Testing/test_infer_request.py checks both agree).
+RUNNERS = {"anchor": run_anchor, "propagate": run_propagate, "volume": run_volume}
+
 
 def average_runs(runs: Sequence[RunContext]) -> RunContext:
     """Average the probabilities and confidences of runs over the same slices (flip test-time augmentation).

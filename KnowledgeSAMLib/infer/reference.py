@@ -20,9 +20,9 @@ import torch
 from torch.nn import functional as F
 
 from ..data.volume import Image, Labels, Segment
-from ..errors import InputError
 from .cancel import Progress
 from .device import DevicePolicy
+from .request import labelled_slices
 from .slicing import AxisView
 
 __all__ = ["SliceSource", "EmbeddingCache", "ReferenceBank", "Descriptors", "ReferenceCache"]
@@ -196,18 +196,8 @@ class ReferenceBank:
         self._prompt_cache_size = max(1, int(prompt_cache_size))
         self.prompts_built = 0
         self.segments = list(segments)
-        self._slices: dict[str, np.ndarray] = {}
-        view = source.view
-        allowed = None if reference_slices is None else set(int(k) for k in reference_slices)
         where = source.image.source or labels.source or "the reference"
-        for seg in self.segments:
-            present = np.flatnonzero(view.slice_has(labels.layers[seg.layer] == seg.label_value))
-            if allowed is not None:
-                present = np.array([k for k in present if k in allowed], dtype=int)
-            if present.size == 0:
-                on = "" if allowed is None else f" on slice(s) {', '.join(str(k) for k in sorted(allowed))}"
-                raise InputError(f"{labels.source or where}: segment {seg.name!r} is empty in the reference labels{on}")
-            self._slices[seg.name] = present.astype(int)
+        self._slices = labelled_slices(labels, self.segments, source.view.slice_has, reference_slices, where)
         self.cache.pin(self.all_slices())
 
     def move_to(self, device: torch.device) -> None:
@@ -281,13 +271,20 @@ class ReferenceCache:
 
     The engine keys an entry by everything the cached tensors depend on (reference voxels and labels,
     axis, intensity mapping, model weights, model size, dtype), so a stale entry is never reused. Pass one
-    instance to every call of a batch (the CLI does for many targets with one reference).
+    instance to every call of a batch (the Segmenter does for every front-end). ``max_entries`` bounds the
+    memory of a long session: the least recently used entries go first (``None``: keep all).
     """
 
-    def __init__(self) -> None:
-        self._entries: dict[tuple, dict] = {}
+    def __init__(self, max_entries: int | None = None) -> None:
+        self._entries: OrderedDict[tuple, dict] = OrderedDict()
+        self.max_entries = max_entries
 
     def entry(self, key: tuple) -> dict:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        while self.max_entries is not None and len(self._entries) >= max(1, self.max_entries):
+            self._entries.popitem(last=False)
         return self._entries.setdefault(key, {"embeddings": {}, "prompts": OrderedDict(), "scan": {}})
 
     def __len__(self) -> int:

@@ -8,21 +8,19 @@ the engine, and each must refuse the same bad input with the same message before
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..choices import (AXES, CONTESTED, DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MODE,
+                       DEFAULT_PRESET, DEVICES, MODES, OVERLAPS)
 from ..data.volume import Image, Labels, Segment
 from ..errors import InputError
 
 __all__ = [
     "AXES", "MODES", "DEVICES", "EngineOptions", "SegmentRequest", "SegmentationResult",
-    "PreparedRequest", "prepare_request",
+    "PreparedRequest", "prepare_request", "labelled_slices",
 ]
-
-AXES = ("axial", "sagittal", "coronal")
-MODES = ("auto", "anchor", "propagate", "volume")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,9 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.position_prior not in ("two-pass", "scan", "aligned", "none"):
             raise ValueError(f"position_prior must be two-pass, scan, aligned or none, not {self.position_prior!r}")
-        if self.overlap not in ("auto", "layers", "argmax"):
+        if self.overlap not in OVERLAPS:
             raise ValueError(f"overlap must be auto, layers or argmax, not {self.overlap!r}")
-        if self.contested not in ("probability", "smaller"):
+        if self.contested not in CONTESTED:
             raise ValueError(f"contested must be probability or smaller, not {self.contested!r}")
         if self.top_k < 1 or self.first_pass_k < 1:
             raise ValueError("top_k and first_pass_k must be at least 1")
@@ -109,13 +107,13 @@ class SegmentRequest:
     reference: Image
     reference_labels: Labels
     segments: list[Segment] = field(default_factory=list)
-    mode: str = "auto"
-    axis: str = "axial"
+    mode: str = DEFAULT_MODE
+    axis: str = DEFAULT_AXIS
     reference_slices: Sequence[int] | None = None
     slice_range: tuple[int, int] | None = None
-    device: str = "auto"
-    batch_size: int = 8
-    preset: str = "auto"  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
+    device: str = DEFAULT_DEVICE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    preset: str = DEFAULT_PRESET  # intensity preset name (KnowledgeSAMLib.data.intensity.get_preset)
     options: EngineOptions = field(default_factory=EngineOptions)
     keep_probabilities: bool = False  # also return the probability maps (see ``relabel``)
     # where the model looks (infer/focus.py): "auto" (around the reference's structures and, in another image,
@@ -281,6 +279,26 @@ def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedReq
             )
     return PreparedRequest(request=request, reference_labels=labels, segments=segments, mode=mode,
                            same_volume=same)
+
+
+def labelled_slices(labels: Labels, segments: Sequence[Segment], slice_has: Callable[[np.ndarray], np.ndarray],
+                    reference_slices: Sequence[int] | None = None, where: str = "the reference") -> dict[str, np.ndarray]:
+    """Per segment, the reference slices that carry it (``slice_has``: an axis view's), limited to
+    ``reference_slices``; an InputError names the first segment with none.
+
+    One check for everyone: the engine's reference bank uses these lists, and the Segmenter runs the same
+    function before any compute so a front-end can refuse the input at once."""
+    allowed = None if reference_slices is None else {int(k) for k in reference_slices}
+    found: dict[str, np.ndarray] = {}
+    for seg in segments:
+        present = np.flatnonzero(slice_has(labels.layers[seg.layer] == seg.label_value))
+        if allowed is not None:
+            present = np.array([k for k in present if k in allowed], dtype=int)
+        if present.size == 0:
+            on = "" if allowed is None else f" on slice(s) {', '.join(str(k) for k in sorted(allowed))}"
+            raise InputError(f"{labels.source or where}: segment {seg.name!r} is empty in the reference labels{on}")
+        found[seg.name] = present.astype(int)
+    return found
 
 
 def with_options(request: SegmentRequest, **changes: Any) -> SegmentRequest:

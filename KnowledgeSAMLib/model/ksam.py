@@ -87,6 +87,7 @@ class KSAM(nn.Module):
         self.prompt_merge = prompt_merge
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self._runtime: tuple[object, tuple] | None = None  # (encoder runtime, weight stamp): see encoder_runtime
         self._set_trainable()
 
     # --- construction ---------------------------------------------------------------------------
@@ -109,9 +110,38 @@ class KSAM(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
             raise ValueError(f"{what} must be B×3×{s}×{s}, got {tuple(images.shape)}")
 
+    # --- an optional inference runtime for the encoder (e.g. ONNX Runtime on the CPU) ----------------
+    def _encoder_stamp(self) -> tuple:
+        return tuple((t.data_ptr(), int(getattr(t, "_version", 0))) for t in self.image_encoder.state_dict().values())
+
+    @property
+    def encoder_runtime(self):
+        """A callable replacing ``image_encoder`` for calls without gradients (None: PyTorch). It is dropped
+        as soon as the encoder's weights change (training, loading), so it never serves stale weights."""
+        if self._runtime is None:
+            return None
+        runtime, stamp = self._runtime
+        if stamp != self._encoder_stamp():
+            self._runtime = None
+            return None
+        return runtime
+
+    @encoder_runtime.setter
+    def encoder_runtime(self, runtime) -> None:
+        self._runtime = None if runtime is None else (runtime, self._encoder_stamp())
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles run in PyTorch: a runtime session is not copyable and belongs to these weights."""
+        state = self.__dict__.copy()
+        state["_runtime"] = None
+        return state
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """B×3×S×S images in [0, 1] → B×C×G×G embeddings (IE for targets, SE for references)."""
         self._check_images(images, "images")
+        runtime = self.encoder_runtime if not torch.is_grad_enabled() and images.device.type == "cpu" else None
+        if runtime is not None:
+            return runtime(self.normalise(images))
         return self.image_encoder(self.normalise(images))
 
     def encode_reference(self, ref_images: torch.Tensor, ref_masks: torch.Tensor,

@@ -136,7 +136,7 @@ def volume_view(name: str, source: str, image: Image, labels: Labels, tasks: lis
     from ..data.resize import SquareFit
     from ..infer.roi import structure_box
     from ..infer.slicing import axis_view
-    from .sources import SliceCase
+    from .cases import SliceCase
 
     if labels.shape != image.shape:
         raise InputError(f"{name}: labels grid {labels.shape} differs from image grid {image.shape}")

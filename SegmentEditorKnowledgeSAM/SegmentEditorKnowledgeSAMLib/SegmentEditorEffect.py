@@ -21,10 +21,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 __all__ = ["SegmentEditorEffect"]
 
 PROMPT_SELF, PROMPT_OTHER = "labelled slices of this segment", "another volume"
-AXES = ["axial", "coronal", "sagittal"]
-MODES = ["auto", "anchor", "propagate", "volume"]
 PREVIEW_NODE_NAME = "KnowledgeSAM preview"
-POLL_INTERVAL_MS = 150
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -37,11 +34,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self._job = None
-        self._run = None  # (prepared, temporary source node, selected segment id, slice range, original mask)
+        self._monitor = None  # KnowledgeSAMSlicer.worker.JobMonitor: the running job, if any
+        self._logic = None  # one KnowledgeSAMLogic: the model and the reference's encoding are reused
+        self._run = None  # what the preview was computed for (see _startPreview)
         self._previewMask = None
         self._previewNode = None
-        self._pollTimer = None
         self._discardResult = False  # the effect was deactivated while computing
 
     def clone(self):
@@ -65,12 +62,30 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
 
     # ------------------------------------------------------------------ options
 
-    def setupOptionsFrame(self):
-        self.promptComboBox = qt.QComboBox()
-        self.promptComboBox.addItems([PROMPT_SELF, PROMPT_OTHER])
-        self.promptComboBox.setToolTip(_("Where the knowledge prompt comes from."))
-        self.scriptedEffect.addLabeledOptionsWidget(_("Prompt:"), self.promptComboBox)
+    @staticmethod
+    def _choices():
+        from KnowledgeSAMSlicer import environment
 
+        return environment.libraryChoices()
+
+    def _combo(self, label, items, toolTip):
+        combo = qt.QComboBox()
+        combo.addItems(list(items))
+        combo.setToolTip(toolTip)
+        combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        return combo, self.scriptedEffect.addLabeledOptionsWidget(label, combo)
+
+    def _button(self, name, text, toolTip, slot):
+        button = qt.QPushButton(text)
+        button.objectName = self.__class__.__name__ + name
+        button.setToolTip(toolTip)
+        button.connect("clicked()", slot)
+        return button
+
+    def setupOptionsFrame(self):
+        choices = self._choices()
+        self.promptComboBox, _unused = self._combo(_("Prompt:"), [PROMPT_SELF, PROMPT_OTHER],
+                                                   _("Where the knowledge prompt comes from."))
         self.referenceVolumeSelector = slicer.qMRMLNodeComboBox()
         self.referenceVolumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
         self.referenceVolumeSelector.noneEnabled = False
@@ -80,57 +95,28 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         self.referenceVolumeSelector.setToolTip(_("The image the reference segmentation was drawn on."))
         self.referenceVolumeLabel = self.scriptedEffect.addLabeledOptionsWidget(_("Reference volume:"),
                                                                                 self.referenceVolumeSelector)
-
         self.referenceSegmentSelector = slicer.qMRMLSegmentSelectorWidget()
         self.referenceSegmentSelector.setMRMLScene(slicer.mrmlScene)
         self.referenceSegmentSelector.setToolTip(_("The reference segmentation and the segment to find."))
         self.referenceSegmentLabel = self.scriptedEffect.addLabeledOptionsWidget(_("Reference segment:"),
                                                                                  self.referenceSegmentSelector)
+        self.axisComboBox, _unused = self._combo(_("Axis:"), choices.AXES, _("Slicing plane."))
+        self.modeComboBox, _unused = self._combo(
+            _("Mode:"), choices.MODES, _("auto: anchor for labelled slices of this segment, volume for another "
+                                         "volume. propagate: walk slice by slice from the labelled slices."))
+        self._addSliceRange()
+        self.deviceComboBox, _unused = self._combo(_("Device:"), [], _("Where the model runs."))
 
-        self.axisComboBox = qt.QComboBox()
-        self.axisComboBox.addItems(AXES)
-        self.axisComboBox.setToolTip(_("Slicing plane."))
-        self.scriptedEffect.addLabeledOptionsWidget(_("Axis:"), self.axisComboBox)
-
-        self.modeComboBox = qt.QComboBox()
-        self.modeComboBox.addItems(MODES)
-        self.modeComboBox.setToolTip(_("auto: anchor for labelled slices of this segment, volume for another "
-                                       "volume. propagate: walk slice by slice from the labelled slices."))
-        self.scriptedEffect.addLabeledOptionsWidget(_("Mode:"), self.modeComboBox)
-
-        self.rangeCheckBox = qt.QCheckBox(_("only slices"))
-        self.rangeCheckBox.setToolTip(_("Fill only these slices (start included, stop excluded); the rest of the "
-                                        "segment is kept."))
-        self.rangeStartSpinBox = qt.QSpinBox()
-        self.rangeStartSpinBox.maximum = 100000
-        self.rangeStopSpinBox = qt.QSpinBox()
-        self.rangeStopSpinBox.maximum = 100000
-        rangeLayout = qt.QHBoxLayout()
-        rangeLayout.addWidget(self.rangeCheckBox)
-        rangeLayout.addWidget(self.rangeStartSpinBox)
-        rangeLayout.addWidget(qt.QLabel(_("to")))
-        rangeLayout.addWidget(self.rangeStopSpinBox)
-        self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), rangeLayout)
-
-        self.deviceComboBox = qt.QComboBox()
-        self.deviceComboBox.setToolTip(_("Where the model runs."))
-        self.scriptedEffect.addLabeledOptionsWidget(_("Device:"), self.deviceComboBox)
-
-        self.previewButton = qt.QPushButton(_("Preview"))
-        self.previewButton.objectName = self.__class__.__name__ + "Preview"
-        self.previewButton.setToolTip(_("Compute the result and show it without changing the segment."))
-        self.cancelButton = qt.QPushButton(_("Cancel"))
-        self.cancelButton.objectName = self.__class__.__name__ + "Cancel"
-        self.cancelButton.setToolTip(_("Stop a running computation, or discard the preview."))
-        self.applyButton = qt.QPushButton(_("Apply"))
-        self.applyButton.objectName = self.__class__.__name__ + "Apply"
-        self.applyButton.setToolTip(_("Write the preview into the selected segment (one undo step)."))
+        self.previewButton = self._button("Preview", _("Preview"), _("Compute the result and show it without "
+                                                                     "changing the segment."), self.onPreview)
+        self.cancelButton = self._button("Cancel", _("Cancel"), _("Stop a running computation, or discard the "
+                                                                  "preview."), self.onCancel)
+        self.applyButton = self._button("Apply", _("Apply"), _("Write the preview into the selected segment (one "
+                                                               "undo step)."), self.onApply)
         buttons = qt.QHBoxLayout()
-        buttons.addWidget(self.previewButton)
-        buttons.addWidget(self.cancelButton)
-        buttons.addWidget(self.applyButton)
+        for button in (self.previewButton, self.cancelButton, self.applyButton):
+            buttons.addWidget(button)
         self.scriptedEffect.addOptionsWidget(buttons)
-
         self.progressBar = qt.QProgressBar()
         self.progressBar.setVisible(False)
         self.scriptedEffect.addOptionsWidget(self.progressBar)
@@ -138,21 +124,27 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
-        self.promptComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.axisComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.modeComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.rangeCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
-        self.rangeStartSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
-        self.rangeStopSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
-        self.deviceComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.previewButton.connect("clicked()", self.onPreview)
-        self.cancelButton.connect("clicked()", self.onCancel)
-        self.applyButton.connect("clicked()", self.onApply)
+        from KnowledgeSAMSlicer import worker
 
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(POLL_INTERVAL_MS)
-        self._pollTimer.connect("timeout()", self.onPoll)
+        self._monitor = worker.JobMonitor(self.progressBar, self._onJobFinished)
         self._fillDevices()
+
+    def _addSliceRange(self):
+        self.rangeCheckBox = qt.QCheckBox(_("only slices"))
+        self.rangeCheckBox.setToolTip(_("Fill only these slices (start included, stop excluded); the rest of the "
+                                        "segment is kept."))
+        self.rangeStartSpinBox = qt.QSpinBox()
+        self.rangeStopSpinBox = qt.QSpinBox()
+        rangeLayout = qt.QHBoxLayout()
+        rangeLayout.addWidget(self.rangeCheckBox)
+        rangeLayout.addWidget(self.rangeStartSpinBox)
+        rangeLayout.addWidget(qt.QLabel(_("to")))
+        rangeLayout.addWidget(self.rangeStopSpinBox)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), rangeLayout)
+        self.rangeCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        for spinBox in (self.rangeStartSpinBox, self.rangeStopSpinBox):
+            spinBox.maximum = 100000
+            spinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
 
     def _fillDevices(self):
         try:
@@ -164,7 +156,8 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
             choices = []
         self.deviceComboBox.clear()
         if not choices:
-            self.deviceComboBox.addItem("auto", "auto")
+            default = self._choices().DEFAULT_DEVICE
+            self.deviceComboBox.addItem(default, default)
         for choice in choices:
             self.deviceComboBox.addItem(choice.label, choice.value)
 
@@ -172,13 +165,14 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         return slicer.util.mainWindow().cursor
 
     def setMRMLDefaults(self):
+        choices = self._choices()
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.Prompt", PROMPT_SELF)
-        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Axis", "axial")
-        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Mode", "auto")
+        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Axis", choices.DEFAULT_AXIS)
+        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Mode", choices.DEFAULT_MODE)
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.UseRange", 0)
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.RangeStart", 0)
         self.scriptedEffect.setParameterDefault("KnowledgeSAM.RangeStop", 0)
-        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Device", "auto")
+        self.scriptedEffect.setParameterDefault("KnowledgeSAM.Device", choices.DEFAULT_DEVICE)
 
     @staticmethod
     def _setCombo(combo, text):
@@ -206,6 +200,9 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
             widget.blockSignals(wasBlocked)
         self._updateEnabledState()
 
+    def _device(self):
+        return self.deviceComboBox.currentData or self._choices().DEFAULT_DEVICE
+
     def updateMRMLFromGUI(self, *unused):
         effect = self.scriptedEffect
         effect.setParameter("KnowledgeSAM.Prompt", self.promptComboBox.currentText)
@@ -214,8 +211,13 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         effect.setParameter("KnowledgeSAM.UseRange", 1 if self.rangeCheckBox.checked else 0)
         effect.setParameter("KnowledgeSAM.RangeStart", self.rangeStartSpinBox.value)
         effect.setParameter("KnowledgeSAM.RangeStop", self.rangeStopSpinBox.value)
-        effect.setParameter("KnowledgeSAM.Device", self.deviceComboBox.currentData or "auto")
+        effect.setParameter("KnowledgeSAM.Device", self._device())
         self._updateEnabledState()
+
+    @property
+    def _job(self):
+        """The running job (None when idle)."""
+        return self._monitor.job if self._monitor is not None else None
 
     def _updateEnabledState(self):
         busy = self._job is not None
@@ -276,11 +278,25 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
             logging.error(traceback.format_exc())
         self._updateEnabledState()
 
+    def _prepare(self, source, segmentationNode, segmentId, sliceRange):
+        """The engine request for this preview, read from the nodes (the temporary source volume included)."""
+        if self._logic is None:
+            from KnowledgeSAM import KnowledgeSAMLogic
+
+            self._logic = KnowledgeSAMLogic()
+        options = dict(axis=self.axisComboBox.currentText, mode=self.modeComboBox.currentText,
+                       device=self._device(), sliceRange=sliceRange)
+        if self.promptComboBox.currentText == PROMPT_SELF:
+            return self._logic.prepare(source, source, segmentationNode, [segmentId], **options)
+        referenceVolume = self.referenceVolumeSelector.currentNode()
+        referenceSegmentation = self.referenceSegmentSelector.currentNode()
+        referenceSegmentId = self.referenceSegmentSelector.currentSegmentID()
+        if referenceVolume is None or referenceSegmentation is None or not referenceSegmentId:
+            raise RuntimeError(_("Choose a reference volume, segmentation and segment."))
+        return self._logic.prepare(source, referenceVolume, referenceSegmentation, [referenceSegmentId], **options)
+
     def _startPreview(self):
-        from KnowledgeSAM import KnowledgeSAMLogic
         from KnowledgeSAMLib import mrml
-        from KnowledgeSAMLib.infer.cancel import CancelToken
-        from KnowledgeSAMSlicer import worker
 
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         segmentationNode = parameterSetNode.GetSegmentationNode()
@@ -288,56 +304,29 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         if not segmentId or self._sourceVolumeNode() is None:
             raise RuntimeError(_("Select a source volume and a segment first."))
         self._removePreviewNode()
-        source = self._alignedSourceAsVolume(segmentationNode)
+        sliceRange = (self.rangeStartSpinBox.value, self.rangeStopSpinBox.value) if self.rangeCheckBox.checked else None
+        source = self._alignedSourceAsVolume(segmentationNode)  # the only temporary node of a run
         try:
-            axis = self.axisComboBox.currentText
-            sliceRange = ((self.rangeStartSpinBox.value, self.rangeStopSpinBox.value)
-                          if self.rangeCheckBox.checked else None)
+            prepared = self._prepare(source, segmentationNode, segmentId, sliceRange)
             original = mrml.labels_from_segmentation_node(segmentationNode, [segmentId], source)
-            originalMask = original.mask(original.segments[0])
-            logic = KnowledgeSAMLogic()
-            if self.promptComboBox.currentText == PROMPT_SELF:
-                prepared = logic.prepare(source, source, segmentationNode, [segmentId], axis=axis,
-                                         mode=self.modeComboBox.currentText, device=self.deviceComboBox.currentData or "auto",
-                                         sliceRange=sliceRange)
-            else:
-                referenceVolume = self.referenceVolumeSelector.currentNode()
-                referenceSegmentation = self.referenceSegmentSelector.currentNode()
-                referenceSegmentId = self.referenceSegmentSelector.currentSegmentID()
-                if referenceVolume is None or referenceSegmentation is None or not referenceSegmentId:
-                    raise RuntimeError(_("Choose a reference volume, segmentation and segment."))
-                prepared = logic.prepare(source, referenceVolume, referenceSegmentation, [referenceSegmentId],
-                                         axis=axis, mode=self.modeComboBox.currentText,
-                                         device=self.deviceComboBox.currentData or "auto", sliceRange=sliceRange)
         finally:
-            slicer.mrmlScene.RemoveNode(source)  # the request holds a copy of the voxels
-        self._run = {"prepared": prepared, "segmentId": segmentId, "axis": axis, "sliceRange": sliceRange,
-                     "original": originalMask, "segmentationNode": segmentationNode}
-        engine = self.engine
+            slicer.mrmlScene.RemoveNode(source)  # the request holds a copy of the voxels, and their geometry
+        self._run = {"segmentId": segmentId, "axis": self.axisComboBox.currentText, "sliceRange": sliceRange,
+                     "original": original.mask(original.segments[0]), "grid": prepared.request.target.geometry,
+                     "segmentationNode": segmentationNode}
+        logic, engine = self._logic, self.engine
 
         def work(progress, cancel):
             return logic.runPrepared(prepared, progressCallback=progress, cancel=cancel, engine=engine)
 
-        self._job = worker.sharedWorker().submit(work, CancelToken())
-        self.progressBar.setVisible(True)
-        self.progressBar.setRange(0, 0)
+        self._monitor.start(work)
         self.setStatus(_("Computing (the first run loads the model)..."))
-        self._pollTimer.start()
 
     def onPoll(self):
-        job = self._job
-        if job is None:
-            self._pollTimer.stop()
-            return
-        done, total = job.progress()
-        if total > 0:
-            self.progressBar.setRange(0, total)
-            self.progressBar.setValue(done)
-        if not job.done():
-            return
-        self._pollTimer.stop()
-        self._job = None
-        self.progressBar.setVisible(False)
+        """Check the running job now (the monitor's timer does this every 150 ms)."""
+        self._monitor.poll()
+
+    def _onJobFinished(self, job):
         if self._discardResult:
             self._discardResult = False
             self._clearRun()
@@ -365,30 +354,18 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
         none), the segment as it was outside it."""
         import numpy as np
 
-        from KnowledgeSAMLib.infer.slicing import axis_view
+        from KnowledgeSAMLib import mrml
 
         labels = result.labels
         prediction = labels.mask(labels.segments[0]) if labels.segments else np.zeros_like(self._run["original"])
-        sliceRange = self._run["sliceRange"]
-        if sliceRange is None:
-            return prediction.astype(np.uint8)
-        combined = self._run["original"].astype(np.uint8).copy()
-        view = axis_view(combined.shape, labels.geometry, self._run["axis"])
-        index = [slice(None)] * 3
-        index[view.slice_axis] = slice(int(sliceRange[0]), int(sliceRange[1]))
-        combined[tuple(index)] = prediction[tuple(index)]
-        return combined
+        return mrml.replace_slices(self._run["original"], prediction, self._run["grid"], self._run["axis"],
+                                   self._run["sliceRange"])
 
     def _modifierFromMask(self, mask):
         """The mask as a labelmap in the editor's modifier geometry (exact: both are the aligned source grid)."""
         from KnowledgeSAMLib import mrml
 
-        segmentationNode = self._run["segmentationNode"]
-        source = self._alignedSourceAsVolume(segmentationNode)
-        try:
-            labelmap = mrml.oriented_image_from_mask(mask, source)
-        finally:
-            slicer.mrmlScene.RemoveNode(source)
+        labelmap = mrml.oriented_image_from_mask(mask, self._run["grid"])
         modifier = slicer.vtkOrientedImageData()
         reference = self.scriptedEffect.defaultModifierLabelmap()
         if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference,
@@ -431,18 +408,17 @@ The first run loads the model (a few seconds). Results must be reviewed; not for
 
     def onCancel(self):
         if self._job is not None:
-            self._job.cancel()
+            self._monitor.cancel()
             self.setStatus(_("Cancelling after the current batch..."))
             return
         self._clearRun()
         self._updateEnabledState()
 
     def _removePreviewNode(self):
-        if self._previewNode is not None and self._previewNode.GetScene() is not None:
-            display = self._previewNode.GetDisplayNode()
-            slicer.mrmlScene.RemoveNode(self._previewNode)
-            if display is not None and display.GetScene() is not None:
-                slicer.mrmlScene.RemoveNode(display)
+        if self._previewNode is not None:
+            from KnowledgeSAMLib import mrml
+
+            mrml.remove_node(self._previewNode)  # with its display node
         self._previewNode = None
 
     def _clearRun(self):

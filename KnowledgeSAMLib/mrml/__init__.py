@@ -1,0 +1,51 @@
+"""The only door between KnowledgeSAM and Slicer's MRML scene: nodes in, nodes out, all or nothing.
+
+Why a separate, Qt-free layer: the module panel, the Segment Editor effect, the batch script and the
+tests all need the same conversions, and each is where orientation and data-loss bugs breed:
+
+* :mod:`.volumes` — a volume node's voxels (Slicer's KJI order, RAS) become an
+  :class:`~KnowledgeSAMLib.data.volume.Image` (numpy ``(z, y, x)``, ITK/LPS geometry), and masks go back
+  onto a volume's grid;
+* :mod:`.segmentations` — chosen segments, resampled onto a reference volume's grid, become ``Labels``;
+* :mod:`.writeback` — result segments are written into a new or existing segmentation node (only the
+  output segments change; a failure restores the node; :class:`WriteBack` undoes a run as one step);
+* :mod:`.run` — one run: :func:`prepare_inputs` (main thread) → :func:`run_engine` (any thread) →
+  :func:`write_outputs` (main thread), or all three in :func:`segment_volume_nodes`;
+* :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks.
+
+Everything between the nodes (the model, the reference cache, input checks, provenance) belongs to the
+front-end-neutral :class:`Segmenter`, re-exported here with the other names the Slicer front-ends need,
+so that they import the library through this door only. Runs inside Slicer and on PyPI's ``slicer-core``
+(create the scene with :func:`headless_scene`); ``slicer`` and ``vtk`` are imported only when a node is
+touched, and torch only when a model runs.
+"""
+
+from __future__ import annotations
+
+from .. import choices
+from ..infer.cancel import CancelToken
+from ..infer.paths import expand_targets, plan_outputs, target_name
+from ..infer.provenance import Sources
+from ..infer.request import SegmentationResult
+from ..infer.segmenter import ModelCache, Segmenter, shared_models
+from .run import PreparedRun, prepare_inputs, run_engine, segment_volume_nodes, write_outputs
+from .scene import headless_scene, remove_node, same_coordinate_frame, same_node
+from .segmentations import labels_from_segmentation_node, resolve_segment_ids, segment_tag
+from .volumes import (geometry_from_volume_node, image_from_volume_node, oriented_image_from_mask, replace_slices,
+                      slice_index_at_ras)
+from .writeback import (DEFAULT_OPTIONS, SEGMENTATION_FILE_TYPES, MRMLOptions, WriteBack,
+                        apply_result_to_segmentation, write_segmentation_node)
+
+__all__ = [
+    # nodes <-> library data
+    "headless_scene", "same_node", "same_coordinate_frame", "remove_node",
+    "geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "oriented_image_from_mask",
+    "replace_slices", "labels_from_segmentation_node", "resolve_segment_ids", "segment_tag",
+    "MRMLOptions", "DEFAULT_OPTIONS", "WriteBack", "apply_result_to_segmentation",
+    "write_segmentation_node", "SEGMENTATION_FILE_TYPES",
+    # one run
+    "PreparedRun", "prepare_inputs", "run_engine", "write_outputs", "segment_volume_nodes",
+    # the library behind the door, for the Slicer front-ends
+    "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
+    "expand_targets", "plan_outputs", "target_name",
+]
