@@ -10,8 +10,11 @@ or name this package; ``Testing/test_unseen_phantoms.py`` checks that.
 
 * :func:`make_kidney_full_phantom` — ``kidney-full``: whole abdominal contrast CT (512², HU, int16),
   segments ``artery`` = 1, ``medulla`` = 2, ``cortex`` = 3 on one layer;
+* :func:`make_fundus_full_phantom` — ``fundus-full``: RGB fundus photograph with its circular field
+  of view, segments ``disc`` (layer 0, value 1) ⊃ ``cup`` (layer 1, value 2).
 """
 
+from .fundus_full import FUNDUS_FULL_SEGMENTS, make_fundus_full_phantom
 from .kidney_full import KIDNEY_FULL_SEGMENTS, make_kidney_full_phantom
 
-__all__ = ["make_kidney_full_phantom", "KIDNEY_FULL_SEGMENTS"]
+__all__ = ["make_kidney_full_phantom", "make_fundus_full_phantom", "KIDNEY_FULL_SEGMENTS", "FUNDUS_FULL_SEGMENTS"]
