@@ -229,3 +229,13 @@ def test_pretrained_litemedsam_segments_a_real_liver_from_a_box_and_random_weigh
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert dice(build_box_model("lite", pretrained=False)) < 0.3
+
+
+@needs_wheel
+def test_info_names_the_backbone_the_weights_source_and_their_hash(capsys):
+    from KnowledgeSAMLib.cli import main
+
+    assert main(["info", "--config", "lite"]) == 0
+    out = capsys.readouterr().out
+    assert "TinyViT (LiteMedSAM)" in out and LITE_MEDSAM.sha256 in out and "Apache-2.0" in out
+    assert str(litemedsam_path()) in out

@@ -1,4 +1,5 @@
-"""``knowledgesam info``: versions, the device that would be used, and parameter counts per part."""
+"""``knowledgesam info``: versions, the device that would be used, the model (backbone, where its pretrained
+weights come from and their hash) and parameter counts per part."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ PARTS_ORDER = ["image_encoder", "lora", "prompt_encoder", "adaptor", "knowledge_
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="show versions, device and model size")
-    parser.add_argument("--config", default="vit_b", help="model config name: vit_b, small or tiny (default vit_b)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", default="default",
+                       help="'default' (the embedded model, the default), a saved model folder, or a config name")
+    which.add_argument("--config", default=None,
+                       help="a config name (vit_b, lite, small, tiny): its architecture, knowledge heads untrained")
     parser.add_argument("--device", default="auto", help="device to report: auto, cpu, cuda or mps")
     parser.add_argument("--time", action="store_true", help="also time one forward pass (batch 1) on that device")
     parser.set_defaults(func=run)
@@ -28,20 +33,55 @@ def describe_device(device) -> str:
     return device.type
 
 
+def describe_weights(cfg) -> list[str]:
+    """Where a model's pretrained base comes from (name, file, hash) — the provenance a user checks first."""
+    from ..model.pretrained import BASES, locate_base
+
+    backbone = {"vit": "SAM ViT (segment-anything)", "tiny_vit": "TinyViT (LiteMedSAM)"}.get(cfg.encoder, cfg.encoder)
+    lines = [f"backbone: {backbone}, {cfg.image_size} px, embedding {cfg.prompt_dim}x{cfg.grid_size}x{cfg.grid_size}"]
+    if cfg.sam_checkpoint_sha256 is None:
+        lines.append("pretrained weights: none (trained from scratch)")
+        return lines
+    base = BASES.get(cfg.pretrained or "sam_vit_b")
+    official = base is not None and cfg.sam_checkpoint_sha256 == base.checkpoint.sha256
+    title = base.title if base is not None else "unknown base"
+    lines.append(f"pretrained weights: {title}{'' if official else ' (a fine-tuned copy)'}, "
+                 f"SHA256 {cfg.sam_checkpoint_sha256}, licence {base.licence if base else 'unknown'}")
+    found = locate_base(base.key) if base is not None else None
+    lines.append(f"base file on this machine: {found if found else 'not found (' + base.checkpoint.how_to_get + ')'}"
+                 if base is not None else "base file: unknown")
+    return lines
+
+
+def _load(args: argparse.Namespace):
+    import warnings
+
+    from ..model.build import build_model
+    from ..model.registry import resolve_model
+
+    if args.config:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build_model(args.config), f"config {args.config} (knowledge heads untrained)"
+    model = resolve_model(args.model)
+    return model, f"model {args.model}"
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__
     from ..infer.device import choose_device
-    from ..model.build import build_model
 
     device = choose_device(args.device)
     print(f"knowledgesam {__version__}  python {platform.python_version()}  torch {torch.__version__}")
     print(f"device: {describe_device(device)}  (cuda available: {torch.cuda.is_available()})")
-    model = build_model(args.config)
+    model, what = _load(args)
     cfg = model.config
-    print(f"config: {cfg.name}  image {cfg.image_size}x{cfg.image_size}  grid {cfg.grid_size}x{cfg.grid_size}  "
+    print(f"{what}: config {cfg.name}  image {cfg.image_size}x{cfg.image_size}  grid {cfg.grid_size}x{cfg.grid_size}  "
           f"encoder training: {cfg.encoder_training}")
+    for line in describe_weights(cfg):
+        print(line)
     counts = model.parameter_counts()
     print(f"{'part':<16}{'total':>14}{'trainable':>14}")
     for part in sorted(counts, key=lambda p: PARTS_ORDER.index(p) if p in PARTS_ORDER else 99):
