@@ -273,3 +273,21 @@ def test_bad_roi_is_one_line_and_writes_nothing(files, fake, tmp_path, capsys, r
                 r / "atlas.seg.nrrd", "--roi", roi, "--output", out) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+def test_absent_slices_and_slab_update_from_the_command_line(files, fake, tmp_path):
+    r = files["root"]
+    first = tmp_path / "first.seg.nrrd"
+    assert _run("--target", r / "ct.nrrd", "--reference-labels", r / "ct.seg.nrrd", "--mode", "propagate",
+                "--keep-slices", "4,8", "--absent-slices", "bright=10", "--output", first) == 0
+    labels = read_labels(first)
+    assert not labels.mask("bright")[10:].any() and labels.mask("bright")[4:9].any()
+    updated = tmp_path / "updated.seg.nrrd"
+    assert _run("--target", r / "ct.nrrd", "--reference-labels", first, "--mode", "propagate",
+                "--keep-slices", "4,8", "--update", 8, "--output", updated) == 0
+    record = json.loads((tmp_path / "updated.ksam.json").read_text(encoding="utf-8"))
+    assert record["update"] == {"corrected_slice": 8, "slab": [5, 12]}
+    again = read_labels(updated)
+    np.testing.assert_array_equal(again.mask("bright")[:5], labels.mask("bright")[:5])
+    assert _run("--target", r / "ct.nrrd", "--reference-labels", first, "--update", 8, "--output",
+                tmp_path / "never.seg.nrrd") == 2

@@ -44,6 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slice", metavar="K", help="labelled reference slice(s) to use, e.g. 40 or 38,45 "
                         "(index along --axis; default: every slice where the structure is labelled)")
     parser.add_argument("--slice-range", metavar="A:B", help="only segment target slices A..B-1 along --axis")
+    parser.add_argument("--keep-slices", metavar="K,...",
+                        help="the annotator's slices of --reference-labels (same as --slice): kept exactly as drawn "
+                             "and used as prompts; its other labelled slices are an earlier result (see --update)")
+    parser.add_argument("--absent-slices", metavar="SPEC",
+                        help="target slices where a structure is absent, kept empty and never propagated into: "
+                             "'12,30' (every structure) or 'head=12,30;body=5'")
+    parser.add_argument("--update", type=int, metavar="K",
+                        help="with --keep-slices: after correcting slice K, re-segment only the slab between its "
+                             "labelled neighbours; every other slice comes from --reference-labels (the earlier "
+                             "result), so a scripted annotation loop recomputes only what changed")
     parser.add_argument("--axis", default=choices.DEFAULT_AXIS, choices=choices.AXES)
     parser.add_argument("--mode", default=choices.DEFAULT_MODE, choices=choices.MODES,
                         help="auto: anchor when the reference is the target, volume when it is another image")
@@ -199,7 +209,12 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     roi = parse_roi(args.roi)
     slice_range = _slice_range(args.slice_range)
-    reference_slices = _ints(args.slice, "--slice") or None
+    if args.slice and args.keep_slices:
+        raise InputError("give the annotator's slices once: --slice or --keep-slices")
+    reference_slices = _ints(args.slice or args.keep_slices, "--keep-slices" if args.keep_slices else "--slice") or None
+    absent = _absent_spec(args.absent_slices)
+    if args.update is not None and reference_slices is None:
+        raise InputError("--update needs --keep-slices (the annotator's slices; the rest is an earlier result)")
     targets, rank, world = shard(list(zip(inputs.targets, inputs.outputs)))
     device = _device_for_rank(args.device, world)
 
@@ -218,12 +233,18 @@ def run(args: argparse.Namespace) -> int:
             target=target, reference=reference if reference is not None else target, reference_labels=labels,
             segments=wanted, mode=args.mode, axis=args.axis, reference_slices=reference_slices,
             slice_range=slice_range, device=device, batch_size=args.batch_size, preset=args.preset,
-            options=options, roi=roi)
+            options=options, roi=roi, absent_slices=absent)
         sources = Sources(target=str(target_path), reference=str(inputs.reference_path or target_path),
                           reference_labels=str(inputs.labels_path))
         bar = _Bar(target_path.name, args.quiet, rank if world > 1 else 0)
         try:
-            result = segmenter.segment(request, progress=bar, sources=sources)
+            if args.update is not None:
+                from ..infer.interactive import update_slab
+
+                result = update_slab(lambda r: segmenter.segment(r, progress=bar, sources=sources), request,
+                                     args.update)
+            else:
+                result = segmenter.segment(request, progress=bar, sources=sources)
         finally:
             bar.close()
         written = write_result(result, output_path, overwrite=args.overwrite)
@@ -231,6 +252,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "
               f"in {result.provenance['timings']['total_s']:.1f} s ({summary}); provenance in {written[-1].name}")
     return 0
+
+
+def _absent_spec(text: str | None) -> list[int] | dict[str, list[int]] | None:
+    """``--absent-slices``: '12,30' (every structure) or 'head=12,30;body=5' (per structure)."""
+    if not text or not text.strip():
+        return None
+    if "=" not in text:
+        return _ints(text, "--absent-slices")
+    out: dict[str, list[int]] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, _, ks = part.partition("=")
+        if not name.strip() or not ks.strip():
+            raise InputError(f"--absent-slices must look like 'head=12,30;body=5', got {text!r}")
+        out[name.strip()] = _ints(ks, "--absent-slices")
+    return out
 
 
 def find_segment(labels, key: Any, path: Path):

@@ -24,7 +24,7 @@ from .cancel import CancelToken, Progress
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
 from .modes import RUNNERS, RunContext, labelled_override, run_volume
-from .output import labels_from_probabilities
+from .output import assemble_labels, labels_from_probabilities, postprocess
 from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import EngineOptions, SegmentationResult, SegmentRequest, prepare_request
@@ -125,6 +125,7 @@ class _Runner:
         self.policy.on_fallback = fall_back
         ctx = RunContext(model=self.model, policy=self.policy, options=self.opts, progress=self.tracker, target=t_src,
                          targets=targets, bank=bank, segments=segments, slices=slices, same_volume=self.same)
+        ctx.absent = {seg.name: prepared.absent.get(seg.name, []) for seg in segments}
         if prepared.mode == "volume":
             run_volume(ctx, target_pos=target_pos, extent=extent)
         else:
@@ -166,14 +167,40 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     inference_s = time.perf_counter() - inference_started
     tracker.check()
 
+    drawn = {}
     if prepared.same_volume and request.options.keep_reference_labels:
-        labelled_override(ctx, prepared.reference_labels, request.reference_slices)
-    labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, request.options, request.target)
+        drawn = labelled_override(ctx, prepared.reference_labels, request.reference_slices)
+    _clear_absent(ctx, prepared, slices)
+    labels = _final_labels(ctx, prepared, request, tview, slices, drawn)
     tracker.check()
     provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, labels, inference_s, started)
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)
+
+
+def _final_labels(ctx: RunContext, prepared, request: SegmentRequest, view, slices: list[int],
+                  drawn: dict[str, dict[int, np.ndarray]]) -> Labels:
+    """Post-processed masks with the user's own slices imposed exactly (smoothing must not alter what was drawn)
+    and nothing outside the requested slices."""
+    masks = postprocess(ctx.probabilities, prepared.segments, view, request.options)
+    outside = [k for k in range(view.n) if k not in set(slices)]
+    empty = np.zeros(view.slice_shape, dtype=bool)
+    for seg in prepared.segments:
+        for k, plane in drawn.get(seg.name, {}).items():
+            view.put(masks[seg.name], k, plane)
+        for k in prepared.absent.get(seg.name, []) + outside:
+            view.put(masks[seg.name], k, empty)
+    return assemble_labels(masks, prepared.segments, request.target.geometry, request.target.shape)
+
+
+def _clear_absent(ctx: RunContext, prepared, slices: list[int]) -> None:
+    """Slices the annotator marked "structure absent" stay empty, whatever the mode predicted there."""
+    wanted = set(slices)
+    for seg in prepared.segments:
+        for k in prepared.absent.get(seg.name, []):
+            if k in wanted:
+                ctx.clear(seg, k, 1.0)
 
 
 def _provenance(request: SegmentRequest, prepared, runner: _Runner, ctx: RunContext, slices: list[int],

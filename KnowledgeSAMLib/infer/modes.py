@@ -14,84 +14,18 @@ All three share :class:`RunContext`: one target embedding per slice for all stru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..data.volume import Labels, Segment
-from .cancel import Progress
-from .device import DevicePolicy
-from .reference import EmbeddingCache, ReferenceBank, SliceSource, relative
-from .request import EngineOptions
+from .context import RunContext
+from .propagate import run_propagate
+from .reference import relative
 
 __all__ = ["RunContext", "RUNNERS", "run_anchor", "run_propagate", "run_volume", "average_runs",
            "largest_component", "positions_in_reference"]
-
-
-@dataclass
-class RunContext:
-    """Everything a mode needs, and where it leaves its results."""
-
-    model: object
-    policy: DevicePolicy
-    options: EngineOptions
-    progress: Progress
-    target: SliceSource
-    targets: EmbeddingCache
-    bank: ReferenceBank
-    segments: list[Segment]
-    slices: list[int]  # target slice indices to segment, ascending
-    same_volume: bool
-    probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 (z, y, x)
-    confidence: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n,) float32, NaN = not run
-    notes: list[str] = field(default_factory=list)
-    heads_run: int = 0
-    alignment: object | None = None  # volume mode, aligned prior: the fitted StackAlignment (reference → target)
-
-    def __post_init__(self) -> None:
-        shape = self.target.image.shape
-        for seg in self.segments:
-            self.probabilities.setdefault(seg.name, np.zeros(shape, dtype=np.uint8))
-            self.confidence.setdefault(seg.name, np.full(self.target.n, np.nan, dtype=np.float32))
-
-    def decode(self, embeddings: torch.Tensor, prompt) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heads on a batch → (B×S×S probabilities float32 on CPU, B IoU scores float32 on CPU)."""
-        logits, iou = self.model.decode(embeddings, prompt)
-        self.heads_run += int(embeddings.shape[0])
-        probs = torch.sigmoid(logits.float())[:, 0].cpu()
-        return probs, iou.float().reshape(embeddings.shape[0], -1)[:, 0].cpu()
-
-    def store(self, segment: Segment, k: int, square: np.ndarray | torch.Tensor, iou: float) -> None:
-        """Write a slice's ``S×S`` probability map onto the target grid (uint8) and its confidence."""
-        square = square.numpy() if isinstance(square, torch.Tensor) else square
-        plane = self.target.to_slice(square)
-        self.target.view.put(self.probabilities[segment.name], k,
-                             np.clip(np.rint(plane * 255.0), 0, 255).astype(np.uint8))
-        self.confidence[segment.name][k] = float(iou)
-
-    def clear(self, segment: Segment, k: int, iou: float = float("nan")) -> None:
-        self.target.view.put(self.probabilities[segment.name], k, np.zeros(self.target.view.slice_shape, np.uint8))
-        self.confidence[segment.name][k] = iou
-
-    def decode_pairs(self, segment: Segment, target_slices: Sequence[int], reference_slices: Sequence[int]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heads for (target slice, reference slice) pairs of one structure, batched under the policy."""
-        n = len(target_slices)
-        probs: list[torch.Tensor | None] = [None] * n
-        ious: list[torch.Tensor | None] = [None] * n
-
-        def run(start: int, stop: int) -> None:
-            embeddings = self.targets.get(target_slices[start:stop])
-            refs = list(reference_slices[start:stop])
-            prompt = self.bank.prompts(segment, refs[:1] if len(set(refs)) == 1 else refs)
-            p, q = self.decode(embeddings, prompt)
-            for i in range(stop - start):
-                probs[start + i], ious[start + i] = p[i], q[i]
-
-        self.policy.run_chunks(n, run)
-        return torch.stack(probs), torch.stack(ious)  # type: ignore[arg-type]
 
 
 def _positions(view, ks: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -130,106 +64,6 @@ def run_anchor(ctx: RunContext) -> None:
         ctx.targets.release(chunk)
         position += len(chunk)
         ctx.progress.advance(len(chunk))
-
-
-# -------------------------------------------------------------------------------------- propagate
-
-@dataclass
-class _Walker:
-    segment: Segment
-    seed: int
-    step: int  # +1 or -1
-    limit: int  # last slice of this walker's territory (inclusive)
-    current: int  # last slice done
-    mask: torch.Tensor  # 1×1×S×S {0, 1} of ``current``
-    alive: bool = True
-
-    def remaining(self, wanted: set[int]) -> int:
-        if self.current == self.limit:
-            return 0
-        span = range(self.current + self.step, self.limit + self.step, self.step)
-        return sum(1 for k in span if k in wanted)
-
-
-def run_propagate(ctx: RunContext) -> None:
-    opts = ctx.options
-    wanted = set(ctx.slices)
-    lo, hi = min(ctx.slices), max(ctx.slices)
-    ctx.progress.add_total(len(ctx.slices) * len(ctx.segments))
-    walkers: list[_Walker] = []
-    for seg in ctx.segments:
-        seeds = sorted(int(k) for k in ctx.bank.labelled_slices(seg))
-        # the seeds' own slices: the heads with the seed as reference (confidence, and hybrid anchor)
-        probs, ious = ctx.decode_pairs(seg, seeds, seeds)
-        for i, seed in enumerate(seeds):
-            if seed in wanted:
-                ctx.store(seg, seed, probs[i], float(ious[i]))
-                ctx.progress.advance(1)
-            mask = ctx.bank.source.masks(ctx.bank.labels, seg, [seed]).to(ctx.policy.device)
-            below = (seeds[i - 1] + seed) // 2 + 1 if i > 0 else min(lo, seed)
-            above = (seed + seeds[i + 1]) // 2 if i + 1 < len(seeds) else max(hi, seed)
-            for step, limit in ((-1, max(below, min(lo, seed))), (+1, min(above, max(hi, seed)))):
-                walker = _Walker(seg, seed, step, limit, seed, mask)
-                walker.alive = walker.remaining(wanted) > 0  # nothing to do outside the slice range
-                walkers.append(walker)
-
-    while True:
-        active = [w for w in walkers if w.alive]
-        if not active:
-            break
-        nexts = [w.current + w.step for w in active]
-        # prefetch ahead of every walker so the encoder still runs in full batches
-        ahead: list[int] = list(nexts)
-        depth = 1
-        while len(set(ahead)) < max(1, ctx.policy.batch_size) and depth < ctx.target.n:
-            ahead += [w.current + w.step * (depth + 1) for w in active
-                      if (w.limit - (w.current + w.step * (depth + 1))) * w.step >= 0]
-            depth += 1
-        ctx.targets.ensure([k for k in dict.fromkeys(ahead) if k not in ctx.targets][: max(1, ctx.policy.batch_size)]
-                           + nexts)
-        results: list[tuple[torch.Tensor, float] | None] = [None] * len(active)
-
-        def run(start: int, stop: int) -> None:
-            group = active[start:stop]
-            previous = [w.current for w in group]
-            ref = ctx.model.encode_reference(
-                ctx.target.images(previous).to(ctx.policy.device),
-                torch.cat([w.mask.to(ctx.policy.device) for w in group]),
-                embeddings=ctx.targets.get(previous),
-            )
-            embeddings = ctx.targets.get(nexts[start:stop])
-            probs, ious = ctx.decode(embeddings, ref)
-            near = [i for i, w in enumerate(group) if abs(nexts[start + i] - w.seed) <= opts.hybrid_slices]
-            for i in near:  # hybrid: average with the labelled slice as anchor
-                anchor_p, anchor_q = ctx.decode(embeddings[i:i + 1], ctx.bank.prompts(group[i].segment, [group[i].seed]))
-                probs[i] = 0.5 * (probs[i] + anchor_p[0])
-                ious[i] = 0.5 * (ious[i] + anchor_q[0])
-            for i in range(len(group)):
-                results[start + i] = (probs[i], float(ious[i]))
-
-        ctx.policy.run_chunks(len(active), run)
-        for walker, k, (prob, iou) in zip(active, nexts, results):  # type: ignore[misc]
-            binary = prob > opts.threshold
-            stop = int(binary.sum()) < opts.propagate_min_pixels or iou < opts.propagate_min_confidence
-            if stop:
-                walker.alive = False
-                if k in wanted:
-                    ctx.confidence[walker.segment.name][k] = iou
-                ctx.progress.advance(walker.remaining(wanted))
-                continue
-            if k in wanted:
-                ctx.store(walker.segment, k, prob, iou)
-            walker.current = k
-            walker.mask = binary.float()[None, None].to(ctx.policy.device)
-            ctx.progress.advance(1 if k in wanted else 0)
-            if walker.current == walker.limit:
-                walker.alive = False
-        ahead_of_walkers = set()
-        for w in walkers:
-            if w.alive:
-                ahead_of_walkers.add(w.current)
-                ahead_of_walkers.update(range(w.current + w.step, w.limit + w.step, w.step))
-        ctx.targets.keep_only(ahead_of_walkers)
 
 
 # ----------------------------------------------------------------------------------------- volume
@@ -417,14 +251,21 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return sitk.GetArrayViewFromImage(components) == 1
 
 
-def labelled_override(ctx: RunContext, labels: Labels, reference_slices: Sequence[int] | None = None) -> None:
+def labelled_override(ctx: RunContext, labels: Labels, reference_slices: Sequence[int] | None = None
+                      ) -> dict[str, dict[int, np.ndarray]]:
     """Same volume: the slices the user labelled keep exactly the user's labels (``reference_slices``: only
-    those of them that were given as the reference)."""
-    wanted = set(ctx.slices)
+    those of them that were given as the reference). Written into the probabilities even outside the requested
+    slice range — smoothing across slices then sees the same neighbours as a run over every slice — and
+    returned per structure (``{name: {slice: plane}}``) so that they can be imposed again after post-processing.
+    """
     allowed = None if reference_slices is None else set(int(k) for k in reference_slices)
     view = ctx.target.view
+    drawn: dict[str, dict[int, np.ndarray]] = {}
     for seg in ctx.segments:
+        drawn[seg.name] = {}
         for k in np.flatnonzero(view.slice_has(labels.layers[seg.layer] == seg.label_value)):
-            if int(k) in wanted and (allowed is None or int(k) in allowed):
+            if allowed is None or int(k) in allowed:
                 plane = np.ascontiguousarray(view.get(labels.layers[seg.layer], int(k))) == seg.label_value
                 view.put(ctx.probabilities[seg.name], int(k), plane.astype(np.uint8) * 255)
+                drawn[seg.name][int(k)] = plane
+    return drawn

@@ -119,6 +119,9 @@ class SegmentRequest:
     # where the model looks (infer/focus.py): "auto" (around the reference's structures and, in another image,
     # where a coarse pass finds them), "none" (whole slices), a voxel ``RoiBox`` or two RAS points
     roi: Any = "auto"
+    # target slices (along ``axis``) the annotator marked "structure absent": kept empty, and propagation stops
+    # there. A sequence applies to every segment; a mapping gives them per segment name.
+    absent_slices: Any = None
 
 
 @dataclass
@@ -144,6 +147,7 @@ class PreparedRequest:
     segments: list[Segment]
     mode: str
     same_volume: bool
+    absent: dict[str, list[int]] = field(default_factory=dict)  # segment name -> slices marked absent
 
 
 def _name(image: Image | Labels, role: str) -> str:
@@ -277,8 +281,71 @@ def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedReq
                 f"{_name(target, 'target')}: slice range {start}..{stop} is not within 0..{n_tgt} along the "
                 f"{request.axis} axis"
             )
+    absent = _absent_slices(request.absent_slices, segments, n_tgt, _name(target, "target"))
+    if same:
+        for seg in segments:
+            plane_has = labels.layers[seg.layer] == seg.label_value
+            clash = [k for k in absent.get(seg.name, []) if slice_count_fn and _slice_has(plane_has, request, k)]
+            if clash:
+                raise InputError(f"slice {clash[0]} is both labelled with {seg.name!r} and marked absent")
+        absent = _with_drawn_absences(absent, labels, segments, request)
     return PreparedRequest(request=request, reference_labels=labels, segments=segments, mode=mode,
-                           same_volume=same)
+                           same_volume=same, absent=absent)
+
+
+def _with_drawn_absences(absent: dict[str, list[int]], labels: Labels, segments: Sequence[Segment],
+                         request: SegmentRequest) -> dict[str, list[int]]:
+    """Same volume: a slice the annotator drew on one layer shows every structure of that layer as drawn — a
+    structure of the layer missing there is absent there (negative knowledge the annotator gave implicitly)."""
+    from .slicing import axis_view
+
+    view = axis_view(labels.shape, request.reference.geometry, request.axis)
+    allowed = None if request.reference_slices is None else {int(k) for k in request.reference_slices}
+    drawn_per_layer: dict[int, set[int]] = {}
+    for layer in {seg.layer for seg in segments}:
+        drawn = {int(k) for k in np.flatnonzero(view.slice_has(labels.layers[layer] > 0))}
+        drawn_per_layer[layer] = drawn if allowed is None else drawn & allowed
+    out = {name: list(ks) for name, ks in absent.items()}
+    for seg in segments:
+        own = {int(k) for k in np.flatnonzero(view.slice_has(labels.layers[seg.layer] == seg.label_value))}
+        implicit = drawn_per_layer[seg.layer] - own
+        if implicit:
+            out[seg.name] = sorted(set(out.get(seg.name, [])) | implicit)
+    return out
+
+
+def _slice_has(mask: np.ndarray, request: SegmentRequest, k: int) -> bool:
+    from .slicing import axis_view
+
+    view = axis_view(mask.shape, request.reference.geometry, request.axis)
+    return bool(view.get(mask, int(k)).any())
+
+
+def _absent_slices(value: Any, segments: Sequence[Segment], n_slices: int | None, where: str) -> dict[str, list[int]]:
+    """``absent_slices`` as {segment name: sorted slices}; out-of-range slices or unknown names are refused."""
+    if value is None:
+        return {}
+    names = [seg.name for seg in segments]
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise InputError(f"absent slices given for {unknown[0]!r}, which is not among the segments "
+                             f"({', '.join(names)})")
+        per = {name: list(value.get(name, ())) for name in names}
+    else:
+        per = {name: list(value) for name in names}
+    out = {}
+    for name, ks in per.items():
+        try:
+            ks = sorted({int(k) for k in ks})
+        except (TypeError, ValueError):
+            raise InputError(f"absent slices must be slice numbers, got {ks!r}") from None
+        if n_slices is not None and any(not 0 <= k < n_slices for k in ks):
+            bad = next(k for k in ks if not 0 <= k < n_slices)
+            raise InputError(f"{where}: absent slice {bad} is outside 0..{n_slices - 1}")
+        if ks:
+            out[name] = ks
+    return out
 
 
 def labelled_slices(labels: Labels, segments: Sequence[Segment], slice_has: Callable[[np.ndarray], np.ndarray],

@@ -1,0 +1,89 @@
+"""The annotator's loop: label or correct a slice, update only what that can change, look where the model is unsure.
+
+In propagate mode every labelled slice prompts the slices up to its labelled neighbours (:mod:`.propagate`), so a
+change to slice ``k`` can only change the slab between the labelled slices on either side of it. An update
+therefore segments that slab alone (``slice_range``) and keeps every other slice of the earlier result; the
+annotator's own slices are kept exactly as drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..data.volume import Labels
+from ..errors import InputError
+from .slicing import AxisView, axis_view
+
+__all__ = ["affected_slab", "merge_slab", "next_slice_to_check", "update_slab"]
+
+
+def affected_slab(labelled: Sequence[int], corrected: int, n_slices: int) -> tuple[int, int]:
+    """``(start, stop)`` of the slices a change to labelled slice ``corrected`` can change: from just after the
+    previous labelled slice to just before the next one (the volume's ends where there is none)."""
+    if not 0 <= corrected < n_slices:
+        raise InputError(f"corrected slice {corrected} is outside 0..{n_slices - 1}")
+    others = sorted(int(k) for k in labelled if int(k) != int(corrected))
+    below = [k for k in others if k < corrected]
+    above = [k for k in others if k > corrected]
+    return (below[-1] + 1 if below else 0), (above[0] if above else n_slices)
+
+
+def merge_slab(previous: Labels, update: Labels, view: AxisView, slab: tuple[int, int]) -> Labels:
+    """The earlier result with the slices of ``slab`` (along ``view``'s axis) taken from ``update``; both on the
+    same grid with the same layers (an update of the same request)."""
+    if previous.layers.shape != update.layers.shape:
+        raise InputError(f"cannot merge an update of shape {update.layers.shape} into a result of shape "
+                         f"{previous.layers.shape}: not the same request")
+    layers = previous.layers.copy()
+    for layer in range(layers.shape[0]):
+        for k in range(*slab):
+            view.put(layers[layer], k, np.ascontiguousarray(view.get(update.layers[layer], k)))
+    return Labels(layers, previous.geometry, previous.segments, previous.source)
+
+
+def next_slice_to_check(confidence: np.ndarray, predicted: np.ndarray, skip: Sequence[int] = ()) -> int | None:
+    """The slice the annotator should look at next: the least confident (IoU head) of the slices where the
+    structure was predicted, leaving out ``skip`` (the slices already labelled or marked absent); None if none."""
+    skip = set(int(k) for k in skip)
+    candidates = [k for k in np.flatnonzero(predicted) if int(k) not in skip and np.isfinite(confidence[k])]
+    if not candidates:
+        return None
+    return int(min(candidates, key=lambda k: (float(confidence[k]), int(k))))
+
+
+def update_slab(run, request, corrected: int):
+    """Re-segment only the slab a change to labelled slice ``corrected`` can change; every other slice comes from
+    the request's reference labels, which hold the annotator's slices *and* the earlier result (same volume).
+
+    ``run(request) -> SegmentationResult`` is the segmenter to use (``Segmenter.segment`` or ``infer.segment`` with
+    its model bound). The annotator's slices are ``request.reference_slices`` (required: the rest of the labels is
+    an earlier result, not the annotator's). Returns the result with the merged labels.
+    """
+    from dataclasses import replace
+
+    from .output import assemble_labels
+    from .request import prepare_request
+    from .slicing import slice_count
+
+    if request.reference_slices is None:
+        raise InputError("an update needs the annotator's slices (--keep-slices): the other labelled slices are an "
+                         "earlier result")
+    prepared = prepare_request(request, slice_count)
+    if not prepared.same_volume:
+        raise InputError("an update re-segments part of the target from its own labelled slices; the reference is "
+                         "another image")
+    view = axis_view(request.target.shape, request.target.geometry, request.axis)
+    keep = sorted({int(k) for k in request.reference_slices} | {int(corrected)})
+    slab = affected_slab(keep, int(corrected), view.n)
+    if request.slice_range is not None:
+        slab = (max(slab[0], int(request.slice_range[0])), min(slab[1], int(request.slice_range[1])))
+    result = run(replace(request, slice_range=slab, reference_slices=keep))
+    labels = prepared.reference_labels
+    earlier = assemble_labels({seg.name: labels.mask(seg) for seg in prepared.segments}, prepared.segments,
+                              request.target.geometry, request.target.shape)
+    merged = merge_slab(earlier, result.labels, view, slab)
+    result.labels = merged
+    result.provenance = {**result.provenance, "update": {"corrected_slice": int(corrected), "slab": list(slab)}}
+    return result

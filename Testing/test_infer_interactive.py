@@ -1,0 +1,126 @@
+"""The annotator's loop (fake model, CPU): labelled slices kept exactly, a correction changes only its slab,
+"absent" slices stop propagation, both labelled neighbours meet in the middle, and the least confident slice is
+suggested next."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from KnowledgeSAMLib.data.volume import Labels
+from KnowledgeSAMLib.errors import InputError
+from KnowledgeSAMLib.infer import SegmentRequest, segment
+from KnowledgeSAMLib.infer.interactive import affected_slab, merge_slab, next_slice_to_check
+from KnowledgeSAMLib.infer.propagate import territories
+from KnowledgeSAMLib.infer.slicing import axis_view
+
+from test_infer_fakes import ThresholdModel, blob_volume, dice
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return blob_volume(shape=(16, 40, 48))
+
+
+def _labels_on(labels: Labels, slices) -> Labels:
+    """The annotator labelled only these slices."""
+    layers = np.zeros_like(labels.layers)
+    for k in slices:
+        layers[:, k] = labels.layers[:, k]
+    return Labels(layers, labels.geometry, labels.segments, labels.source)
+
+
+def _run(image, labels, **kw):
+    kw.setdefault("mode", "propagate")
+    kw.setdefault("batch_size", 4)
+    return segment(SegmentRequest(image, image, labels, **kw), ThresholdModel(64))
+
+
+def test_territories_meet_between_seeds_and_stop_at_absent_slices():
+    walks = territories([3, 9], [12], 0, 15)
+    assert sorted(walks) == sorted([(3, -1, 0), (3, +1, 8), (9, -1, 4), (9, +1, 11)])
+    assert territories([5], [], 5, 5) == []
+
+
+def test_every_labelled_slice_is_returned_exactly(volume):
+    image, labels = volume
+    drawn = _labels_on(labels, [5, 10])
+    result = _run(image, drawn)
+    for k in (5, 10):
+        np.testing.assert_array_equal(result.labels.layers[0][k], labels.layers[0][k])
+    assert dice(result.labels.mask("bright"), labels.mask("bright")) > 0.9
+
+
+def test_a_correction_changes_only_its_slab(volume):
+    image, labels = volume
+    drawn = _labels_on(labels, [3, 8, 12])
+    before = _run(image, drawn)
+    corrected = drawn.layers.copy()
+    corrected[0, 8][labels.layers[0, 8] == 3] = 1  # the annotator re-labels the dim structure as bright on slice 8
+    after = _run(image, Labels(corrected, drawn.geometry, drawn.segments, drawn.source))
+    start, stop = affected_slab([3, 8, 12], 8, 16)
+    assert (start, stop) == (4, 12)
+    outside = [k for k in range(16) if not start <= k < stop]
+    np.testing.assert_array_equal(after.labels.layers[0][outside], before.labels.layers[0][outside])
+    assert not np.array_equal(after.labels.layers[0][start:stop], before.labels.layers[0][start:stop])
+    # and an update of the slab alone, merged into the earlier result, gives the same labels
+    slab_only = _run(image, Labels(corrected, drawn.geometry, drawn.segments, drawn.source), slice_range=(start, stop))
+    view = axis_view(image.shape, image.geometry, "axial")
+    merged = merge_slab(before.labels, slab_only.labels, view, (start, stop))
+    np.testing.assert_array_equal(merged.layers, after.labels.layers)
+    assert slab_only.provenance["counts"]["target_slices_encoded"] < before.provenance["counts"]["target_slices_encoded"]
+
+
+def test_absent_slices_stop_propagation_and_stay_empty(volume):
+    image, labels = volume
+    truth = labels.mask("bright")
+    present = np.flatnonzero(truth.any(axis=(1, 2)))
+    seed, stop = int(present[len(present) // 2]), int(present[-1]) - 1
+    drawn = _labels_on(labels, [seed])
+    free = _run(image, drawn)
+    assert free.labels.mask("bright")[stop:].any()
+    marked = _run(image, drawn, absent_slices={"bright": [stop]})
+    assert not marked.labels.mask("bright")[stop:].any()  # the walk up stops before the absent slice
+    assert marked.labels.mask("bright")[seed:stop].any()
+    assert marked.labels.mask("dim")[stop:].any() == free.labels.mask("dim")[stop:].any()  # only that structure
+
+
+def test_absent_slice_refusals(volume):
+    image, labels = volume
+    drawn = _labels_on(labels, [6])
+    with pytest.raises(InputError, match="outside"):
+        _run(image, drawn, absent_slices=[99])
+    with pytest.raises(InputError, match="both labelled"):
+        _run(image, drawn, absent_slices={"bright": [6]})
+    with pytest.raises(InputError, match="not among the segments"):
+        _run(image, drawn, absent_slices={"liver": [2]})
+
+
+def test_next_slice_to_check_is_the_least_confident_predicted_unlabelled_slice():
+    confidence = np.array([np.nan, 0.9, 0.4, 0.95, 0.2, 0.8], dtype=np.float32)
+    predicted = np.array([False, True, True, True, True, False])
+    assert next_slice_to_check(confidence, predicted) == 4
+    assert next_slice_to_check(confidence, predicted, skip=[4]) == 2
+    assert next_slice_to_check(confidence, np.zeros(6, bool)) is None
+
+
+def test_update_slab_recomputes_only_the_slab_and_keeps_the_earlier_result_elsewhere(volume):
+    from KnowledgeSAMLib.infer.interactive import update_slab
+
+    image, labels = volume
+    drawn = _labels_on(labels, [3, 8, 12])
+    earlier = _run(image, drawn).labels
+    # the file the annotator saves: the earlier result with slice 8 corrected
+    saved = earlier.layers.copy()
+    saved[0, 8] = np.where(labels.layers[0, 8] == 3, 1, labels.layers[0, 8])
+    request = SegmentRequest(image, image, Labels(saved, earlier.geometry, earlier.segments), mode="propagate",
+                             reference_slices=[3, 8, 12], batch_size=4)
+    calls = []
+    model = ThresholdModel(64)
+    result = update_slab(lambda r: calls.append(r.slice_range) or segment(r, model), request, corrected=8)
+    assert calls == [(4, 12)] and result.provenance["update"]["slab"] == [4, 12]
+    outside = [k for k in range(16) if not 4 <= k < 12]
+    np.testing.assert_array_equal(result.labels.layers[0][outside], saved[0][outside])
+    np.testing.assert_array_equal(result.labels.layers[0][8], saved[0][8])  # the correction, as drawn
+    with pytest.raises(InputError, match="keep-slices"):
+        update_slab(lambda r: segment(r, model), SegmentRequest(image, image, drawn, mode="propagate"), corrected=8)
