@@ -124,3 +124,20 @@ def test_update_slab_recomputes_only_the_slab_and_keeps_the_earlier_result_elsew
     np.testing.assert_array_equal(result.labels.layers[0][8], saved[0][8])  # the correction, as drawn
     with pytest.raises(InputError, match="keep-slices"):
         update_slab(lambda r: segment(r, model), SegmentRequest(image, image, drawn, mode="propagate"), corrected=8)
+
+
+def test_an_update_through_the_segmenter_reuses_the_volumes_embeddings(volume):
+    from KnowledgeSAMLib.infer.interactive import update_slab
+    from KnowledgeSAMLib.infer.segmenter import Segmenter
+
+    image, labels = volume
+    drawn = _labels_on(labels, [3, 8, 12])
+    model = ThresholdModel(64)
+    segmenter = Segmenter(model)
+    first = segmenter.segment(SegmentRequest(image, image, drawn, mode="propagate", batch_size=4, roi="none"))
+    encoded = model.encode_calls
+    assert first.provenance["counts"]["target_slices_encoded"] > 8
+    request = SegmentRequest(image, image, first.labels, mode="propagate", reference_slices=[3, 8, 12],
+                             batch_size=4, roi="none")
+    update = update_slab(segmenter.segment, request, corrected=8)
+    assert update.provenance["counts"]["target_slices_encoded"] == 0 and model.encode_calls == encoded

@@ -87,12 +87,16 @@ class _Runner:
                                    bf16_on_cuda=self.opts.mixed_precision)
         self.dtype = getattr(torch, self.opts.embedding_dtype)
         self.reference_cache = reference_cache
-        self.reference_key = None
+        self.reference_key = self.target_key = None
         if reference_cache is not None and not self.same:
             self.reference_key = (_digest(reference.array), reference.geometry,
                                   _digest(prepared.reference_labels.layers), request.axis,
                                   tuple(sorted(self.r_map.to_dict().items())), self.size, str(self.dtype),
                                   model_fingerprint(model))
+        elif reference_cache is not None:  # same volume: its embeddings outlive the call (the annotator's loop)
+            self.target_key = ("volume", _digest(target.array), target.geometry, request.axis,
+                               tuple(sorted(self.t_map.to_dict().items())), self.size, str(self.dtype),
+                               model_fingerprint(model))
         self.runs: list[RunContext] = []
 
     def source(self, image, view, mapping, crop, mirrored: bool) -> SliceSource:
@@ -110,7 +114,11 @@ class _Runner:
         same_source = self.same and target_crop == reference_crop
         r_src = t_src if same_source else self.source(request.reference, self.rview, self.r_map, reference_crop,
                                                        mirrored)
-        targets = EmbeddingCache(self.model, t_src, self.policy, self.dtype, self.tracker)
+        kept = None
+        if self.target_key is not None:
+            kept = self.reference_cache.entry(self.target_key + (mirrored, target_crop))["embeddings"]
+        targets = EmbeddingCache(self.model, t_src, self.policy, self.dtype, self.tracker, store=kept,
+                                 retain=kept is not None)
         key = None if self.reference_key is None else self.reference_key + (mirrored, reference_crop)
         bank = ReferenceBank(self.model, r_src, labels, segments, self.policy, request.reference_slices,
                              cache=targets if same_source else None, prompt_cache_size=self.opts.prompt_cache_size,

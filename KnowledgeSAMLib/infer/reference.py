@@ -99,8 +99,12 @@ class EmbeddingCache:
     """
 
     def __init__(self, model, source: SliceSource, policy: DevicePolicy, dtype: torch.dtype = torch.float16,
-                 progress: Progress | None = None, store: dict[int, torch.Tensor] | None = None) -> None:
+                 progress: Progress | None = None, store: dict[int, torch.Tensor] | None = None,
+                 retain: bool = False) -> None:
+        """``store``: a dict shared with later calls (see :class:`ReferenceCache`); ``retain``: never drop an
+        embedding (release/keep_only do nothing), for a store that must serve the next call too."""
         self.model, self.source, self.policy, self.dtype = model, source, policy, dtype
+        self.retain = retain
         self.progress = progress
         self._store: dict[int, torch.Tensor] = store if store is not None else {}
         self._pinned: Counter[int] = Counter()  # pins are counted: a slice may be pinned twice
@@ -145,11 +149,15 @@ class EmbeddingCache:
         self._pinned = +self._pinned  # drop non-positive counts
 
     def release(self, ks: Iterable[int]) -> None:
+        if self.retain:
+            return
         for k in ks:
             if int(k) not in self._pinned:
                 self._store.pop(int(k), None)
 
     def keep_only(self, wanted: Iterable[int]) -> None:
+        if self.retain:
+            return
         keep = set(int(k) for k in wanted) | set(self._pinned)
         for k in [k for k in self._store if k not in keep]:
             del self._store[k]
