@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="instead of training: copy a finished run's model with a model card to --out "
                              "(default: the embedded default model folder, Resources/Models/default)")
     parser.add_argument("--overwrite", action="store_true", help="with --export: replace an existing model")
+    parser.add_argument("--standalone", action="store_true",
+                        help="with --export: also store the frozen pretrained weights (float16), so the folder "
+                             "needs no other package at run time (how the default model ships)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         from ..train.export import export_model
 
-        dest = export_model(args.export, args.out, overwrite=args.overwrite)
+        dest = export_model(args.export, args.out, overwrite=args.overwrite, standalone=args.standalone)
         print(f"exported {args.export} to {dest}")
         return 0
     if not args.config:

