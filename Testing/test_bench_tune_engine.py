@@ -26,7 +26,8 @@ def test_rounds_run_and_post_processing_needs_no_model_run(tmp_path, monkeypatch
     monkeypatch.setattr(registry, "resolve_model", lambda name: model)
     calls = []
     real_segment = tune_engine.segment
-    monkeypatch.setattr(tune_engine, "segment", lambda request, m: calls.append(request.options) or real_segment(request, m))
+    monkeypatch.setattr(tune_engine, "segment",
+                        lambda request, m, **kw: calls.append(request.options) or real_segment(request, m, **kw))
 
     assert tune_engine.main(["--model", "fake", "--json", str(tmp_path / "tune.json")]) == 0
     summary = json.loads((tmp_path / "tune.json").read_text(encoding="utf-8"))

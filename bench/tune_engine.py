@@ -65,13 +65,21 @@ def validation_pairs(kidney_references: int) -> list[tuple[str, str, tuple]]:
 PRESETS = {"kidney": DATASETS["kidney_roi_phantom"][1], "hippocampus": DATASETS["hippocampus"][1]}
 
 
-def run_pairs(model, pairs, options: EngineOptions) -> list:
+_EMBEDDINGS = None  # one cache for the whole grid: every volume is encoded once, whatever the setting
+
+
+def run_pairs(model, pairs, options: EngineOptions, roi: str = "auto") -> list:
     """``(request, result)`` per pair, probabilities kept so post-processing can be re-scored for free."""
+    global _EMBEDDINGS
+    from KnowledgeSAMLib.infer.reference import ReferenceCache
+
+    if _EMBEDDINGS is None:
+        _EMBEDDINGS = ReferenceCache()
     runs = []
     for dataset, _, (target, truth, reference, labels) in pairs:
         request = SegmentRequest(target, reference, labels, mode="volume", preset=PRESETS[dataset],
-                                 options=options, keep_probabilities=True)
-        runs.append((request, segment(request, model)))
+                                 options=options, keep_probabilities=True, roi=roi)
+        runs.append((request, segment(request, model, reference_cache=_EMBEDDINGS)))
     return runs
 
 

@@ -93,7 +93,8 @@ class _Runner:
                                   _digest(prepared.reference_labels.layers), request.axis,
                                   tuple(sorted(self.r_map.to_dict().items())), self.size, str(self.dtype),
                                   model_fingerprint(model))
-        elif reference_cache is not None:  # same volume: its embeddings outlive the call (the annotator's loop)
+        if reference_cache is not None:  # the target's embeddings outlive the call too (an annotator's update,
+            # a rerun with other settings); the cache's size bound decides how many volumes are kept
             self.target_key = ("volume", _digest(target.array), target.geometry, request.axis,
                                tuple(sorted(self.t_map.to_dict().items())), self.size, str(self.dtype),
                                model_fingerprint(model))
