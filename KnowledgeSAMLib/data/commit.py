@@ -25,7 +25,7 @@ import signal
 import threading
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .._test_hooks import pause_point
 from ..errors import InputError
@@ -106,8 +106,12 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def commit_renames(renames: Sequence[tuple[Path, Path]], overwrite: bool = False) -> None:
-    """Rename each written temporary onto its destination, all or nothing (see the module docstring)."""
+def commit_renames(renames: Sequence[tuple[Path, Path]], overwrite: bool = False,
+                   on_commit: Callable[[], None] | None = None) -> None:
+    """Rename each written temporary onto its destination, all or nothing (see the module docstring).
+
+    ``on_commit`` runs right after the renames, before a deferred Ctrl+C is delivered: a caller that records
+    what it wrote there never misses an output that was in fact written."""
     for _, final in renames:
         _refuse_existing(final, overwrite)  # someone outside our lock may have created it meanwhile
     for temporary, _ in renames:
@@ -116,6 +120,8 @@ def commit_renames(renames: Sequence[tuple[Path, Path]], overwrite: bool = False
     if len(renames) == 1:  # one file: os.replace alone is atomic
         with _signals_deferred():
             os.replace(*renames[0])
+            if on_commit is not None:
+                on_commit()
         return
     journal = journal_path(renames[0][1])
     record = {"renames": [[t.name, f.name] for t, f in renames]}
@@ -130,10 +136,13 @@ def commit_renames(renames: Sequence[tuple[Path, Path]], overwrite: bool = False
             if index == 0:
                 pause_point("between-renames")
         journal.unlink()
+        if on_commit is not None:
+            on_commit()
 
 
 @contextlib.contextmanager
-def staged_files(destinations: Sequence[str | os.PathLike], overwrite: bool = False) -> Iterator[list[Path]]:
+def staged_files(destinations: Sequence[str | os.PathLike], overwrite: bool = False,
+                 on_commit: Callable[[], None] | None = None) -> Iterator[list[Path]]:
     """Yield one temporary per destination; when the block ends they replace the destinations as one unit.
 
     On any error (or Ctrl+C) before the commit point the temporaries are deleted and nothing changed;
@@ -151,7 +160,7 @@ def staged_files(destinations: Sequence[str | os.PathLike], overwrite: bool = Fa
         for temporary, final in zip(temporaries, finals):
             if not temporary.exists():
                 raise InputError(f"{final}: the writer produced no file")
-        commit_renames(list(zip(temporaries, finals)), overwrite)
+        commit_renames(list(zip(temporaries, finals)), overwrite, on_commit)
     except BaseException:
         if not any(journal_path(f).exists() for f in finals[:1]):  # never committed: roll back
             for temporary in temporaries:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -177,19 +177,20 @@ def provenance_json(result: SegmentationResult, output: dict[str, str] | None = 
 
 
 def write_result(result: SegmentationResult, path: str | Path, overwrite: bool = False,
-                 sidecar: bool = True) -> list[Path]:
+                 sidecar: bool = True, on_commit: Callable[[], None] | None = None) -> list[Path]:
     """Write the labels (format by extension) and the provenance sidecar as one unit.
 
     Both are written to temporaries, then renamed together (:mod:`KnowledgeSAMLib.data.commit`): a failure,
     Ctrl+C or kill leaves either the old pair or the new pair, never one of each. Existing files are refused
-    unless ``overwrite``; the labels' format is checked before anything is written."""
+    unless ``overwrite``; the labels' format is checked before anything is written. ``on_commit`` is called
+    the moment both are in place (see :func:`~KnowledgeSAMLib.data.commit.commit_renames`)."""
     from ..data.commit import staged_files
     from ..data.io import labels_writer
 
     path = Path(path)
     destinations = [path] + ([sidecar_path(path)] if sidecar else [])
     writer = labels_writer(result.labels, path)
-    with staged_files(destinations, overwrite) as temporaries:
+    with staged_files(destinations, overwrite, on_commit) as temporaries:
         writer(temporaries[0])
         if sidecar:
             output = {"file": path.name, "sha256": file_sha256(temporaries[0])}

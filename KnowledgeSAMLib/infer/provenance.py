@@ -70,7 +70,8 @@ def engine_record(request, prepared, model, *, fingerprint: str, view, slices: S
                    "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
                    "heads_run": sum(run.heads_run for run in runs)},
         "timings": timings,
-        "notes": list(dict.fromkeys(policy.notes + [note for run in [merged, *runs] for note in run.notes])),
+        "notes": list(dict.fromkeys(list(getattr(prepared, "notes", [])) + policy.notes
+                                    + [note for run in [merged, *runs] for note in run.notes])),
     }
 
 
