@@ -12,6 +12,9 @@ PARTS_ORDER = ["image_encoder", "lora", "prompt_encoder", "adaptor", "knowledge_
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="show versions, device and model size")
     parser.add_argument("--config", default="vit_b", help="model config name: vit_b, small or tiny (default vit_b)")
+    parser.add_argument("--model", metavar="FOLDER",
+                        help="describe a saved model folder instead ('default': the embedded model): its config, "
+                             "parameter counts and whether its weights match the SHA256 in its config.json")
     parser.add_argument("--device", default="auto", help="device to report: auto, cpu, cuda or mps")
     parser.add_argument("--time", action="store_true", help="also time one forward pass (batch 1) on that device")
     parser.set_defaults(func=run)
@@ -28,6 +31,30 @@ def describe_device(device) -> str:
     return device.type
 
 
+def weights_line(folder: str) -> str:
+    """One line on a model folder's weights: verified against its config.json, or why not."""
+    from ..model.weights import verify_weights
+
+    found, recorded = verify_weights(folder)  # a mismatch is a WeightsError: the CLI prints it as an error
+    if recorded is None:
+        return (f"weights: sha256 {found} NOT VERIFIED (config.json records no hash; "
+                f"`knowledgesam train --record-hash {folder}` adds it)")
+    return f"weights: sha256 {found} (verified against config.json)"
+
+
+def _saved_model(name: str):
+    import warnings
+
+    from ..model.registry import DEFAULT_MODEL_NAME, default_model_dir, resolve_model
+
+    folder = str(default_model_dir()) if name == DEFAULT_MODEL_NAME else name
+    print(f"model: {folder}")
+    print(weights_line(folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the line above already said whether the weights are verified
+        return resolve_model(folder)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -38,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     print(f"knowledgesam {__version__}  python {platform.python_version()}  torch {torch.__version__}")
     print(f"device: {describe_device(device)}  (cuda available: {torch.cuda.is_available()})")
-    model = build_model(args.config)
+    model = _saved_model(args.model) if args.model else build_model(args.config)
     cfg = model.config
     print(f"config: {cfg.name}  image {cfg.image_size}x{cfg.image_size}  grid {cfg.grid_size}x{cfg.grid_size}  "
           f"encoder training: {cfg.encoder_training}")
