@@ -104,10 +104,7 @@ def claimOutputs(plan, voxels):
     interrupted earlier run left, check the free disk space. Release with ``.release()``."""
     from KnowledgeSAMLib import mrml
 
-    claims = mrml.OutputClaims([output for _, output in plan], voxels, sidecars=False).acquire()
-    for note in claims.notes:
-        _say(note)
-    return claims
+    return mrml.OutputClaims([output for _, output in plan], voxels, sidecars=False, on_note=_say).acquire()
 
 
 def _say(message, error=False):

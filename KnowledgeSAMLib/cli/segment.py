@@ -193,7 +193,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     check_image_file(labels_path, limit, "label")
     inputs = [labels_path] + ([reference_path] if reference_path is not None else [])
     outputs = plan_outputs(targets, args.output, args.format, overwrite=args.overwrite, sidecars=True,
-                           inputs=inputs)
+                           inputs=inputs, refuse_existing=False)  # checked under the lock, after recovery
     return Inputs(targets, outputs, reference_path, labels_path, wanted, voxels, limit)
 
 
@@ -353,9 +353,8 @@ def run(args: argparse.Namespace) -> int:
     jobs, rank, world = shard(list(zip(inputs.targets, inputs.outputs, inputs.target_voxels)))
     fields["device"] = _device_for_rank(args.device, world)
     written: list[Path] = []
-    with OutputClaims([output for _, output, _ in jobs], [voxels for *_, voxels in jobs]) as claims:
-        for note in claims.notes:
-            _say("notice", note)
+    with OutputClaims([output for _, output, _ in jobs], [voxels for *_, voxels in jobs], overwrite=args.overwrite,
+                      on_note=lambda note: _say("notice", note)):
         try:
             with _terminate_as_interrupt():
                 prepared = _prepare(args, inputs, fields, rank if world > 1 else 0)

@@ -7,7 +7,8 @@ interleaves with the first. File-based front-ends (the CLI, Slicer's batch scrip
 * each output is locked (:class:`~KnowledgeSAMLib.data.locks.OutputLock`): a second run refuses at once,
   with or without ``--overwrite``;
 * an interrupted earlier write of that output is completed or removed (:func:`~KnowledgeSAMLib.data.commit.recover`),
-  and what was done is reported (:attr:`OutputClaims.notes`);
+  and what was done is reported (:attr:`OutputClaims.notes`); then (``overwrite=False``) existing outputs
+  are refused, so a run after a kill never leaves labels of one run beside the sidecar of another;
 * the free disk space must hold every output (the labels' uncompressed size, an upper bound);
 * output folders created for the run are removed again if they stay empty.
 """
@@ -17,13 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..data.commit import recover
 from ..data.limits import format_bytes
 from ..data.locks import OutputLock
 from ..errors import InputError
 from .output import sidecar_path
+from .paths import refuse_existing_outputs
 
 __all__ = ["OutputClaims", "check_free_space", "SIDECAR_ALLOWANCE"]
 
@@ -54,7 +56,10 @@ class OutputClaims:
     """Locks on ``outputs`` (with their sidecars when ``sidecars``), held from ``with`` to its end."""
 
     def __init__(self, outputs: Sequence[str | os.PathLike], expected_bytes: Sequence[int] | None = None,
-                 sidecars: bool = True) -> None:
+                 sidecars: bool = True, overwrite: bool | None = None,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        self.overwrite = overwrite  # None: existing outputs were checked by plan_outputs already
+        self.on_note = on_note  # told each recovery step as it happens (also when the claim then fails)
         self.outputs = [Path(o) for o in outputs]
         self.expected_bytes = list(expected_bytes) if expected_bytes is not None else [0] * len(self.outputs)
         self.sidecars = sidecars
@@ -79,7 +84,12 @@ class OutputClaims:
             for path in self.outputs:
                 self._make_folder(path.parent)
                 self._locks.append(OutputLock(path).acquire())
-                self.notes.extend(recover(path, sidecar_path(path) if self.sidecars else None))
+                for note in recover(path, sidecar_path(path) if self.sidecars else None):
+                    self.notes.append(note)
+                    if self.on_note is not None:
+                        self.on_note(note)
+            if self.overwrite is False:
+                refuse_existing_outputs(self.outputs, self.sidecars)
             check_free_space(self.outputs, self.expected_bytes)
         except BaseException:
             self.release()

@@ -17,7 +17,7 @@ from ..errors import InputError
 from .output import sidecar_path
 
 __all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "NAME_FIELD", "expand_targets", "target_name", "plan_outputs",
-           "check_writable"]
+           "check_writable", "refuse_existing_outputs"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")  # what write_labels writes
@@ -134,7 +134,8 @@ def check_writable(path: Path) -> None:
 
 def plan_outputs(targets: Sequence[Path], output: str | os.PathLike, fmt: str = "seg.nrrd", *,
                  writable: Sequence[str] = LABEL_SUFFIXES, overwrite: bool = False,
-                 sidecars: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> list[Path]:
+                 sidecars: bool = False, inputs: Sequence[str | os.PathLike] = (),
+                 refuse_existing: bool = True) -> list[Path]:
     """One output file per target, all checked before any work starts.
 
     ``output`` is a pattern with ``{name}`` (each target's name), a file name with a known ending (one
@@ -143,7 +144,8 @@ def plan_outputs(targets: Sequence[Path], output: str | os.PathLike, fmt: str = 
     (``result.foo``), an existing folder named like a file (``x.seg.nrrd``), two targets written to one file,
     an ending not in ``writable``, an output (or its sidecar) that is one of the ``inputs`` (targets are
     always inputs), a folder that cannot be written, an existing file (or, with ``sidecars``, its
-    ``.ksam.json``) unless ``overwrite``.
+    ``.ksam.json``) unless ``overwrite``. ``refuse_existing=False`` leaves that last check to
+    :class:`~.claims.OutputClaims`, which first completes an interrupted write of the output under its lock.
     """
     paths = _output_files(targets, output, fmt, writable)
     seen: dict[str, Path] = {}
@@ -157,9 +159,14 @@ def plan_outputs(targets: Sequence[Path], output: str | os.PathLike, fmt: str = 
     _refuse_inputs(paths, list(targets) + list(inputs), sidecars)
     for path in paths:
         check_writable(path)
-    if not overwrite:
-        for path in paths:
-            for candidate in (path, sidecar_path(path)) if sidecars else (path,):
-                if candidate.exists():
-                    raise InputError(f"{candidate}: file exists; not overwriting it (use --overwrite)")
+    if refuse_existing and not overwrite:
+        refuse_existing_outputs(paths, sidecars)
     return paths
+
+
+def refuse_existing_outputs(paths: Sequence[Path], sidecars: bool) -> None:
+    """InputError for the first output (or, with ``sidecars``, its ``.ksam.json``) that exists."""
+    for path in paths:
+        for candidate in (path, sidecar_path(path)) if sidecars else (path,):
+            if candidate.exists():
+                raise InputError(f"{candidate}: file exists; not overwriting it (use --overwrite)")
