@@ -175,8 +175,10 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
 
 def check_nifti_complete(path: Path) -> None:
     """ITK reads a truncated NIfTI (plain or gzip) without complaint and fills the rest with zeros;
-    refuse it instead. Fast path: the gzip trailer holds the uncompressed size; only when it does not
-    match the header (multi-member gzip, odd writers) is the whole stream decompressed to check it."""
+    refuse it instead. Fast path for small images: the gzip trailer holds the uncompressed size; when it
+    does not match the header (multi-member gzip, odd writers), or when the image is large enough that a
+    forged trailer would cost real memory (over STREAM_CHECK_BYTES), the stream is decompressed in 4 MB
+    chunks to count it (no more than the header declares is ever read)."""
     truncated = InputError(f"{path}: file is truncated or corrupt (incomplete NIfTI data)")
     try:  # an unreadable header is left for the image reader to report
         opener = open if file_extension(path) == ".nii" else gzip.open
@@ -194,11 +196,11 @@ def check_nifti_complete(path: Path) -> None:
         with open(path, "rb") as handle:
             handle.seek(-4, os.SEEK_END)
             stored_size = int.from_bytes(handle.read(4), "little")
-        if stored_size == expected % (1 << 32):
+        if stored_size == expected % (1 << 32) and expected <= STREAM_CHECK_BYTES:
             return
         total = 0
         with gzip.open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):
+            while total < expected and (chunk := handle.read(1 << 22)):
                 total += len(chunk)
     except (EOFError, OSError, zlib.error):
         raise truncated from None
