@@ -97,7 +97,7 @@ def test_a_failing_sidecar_removes_the_new_labels(result, tmp_path, monkeypatch)
     from KnowledgeSAMLib.infer import output
 
     monkeypatch.setattr(output, "provenance_json", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="could not be written .*disk full"):
         write_result(result, tmp_path / "y.seg.nrrd")
     assert list(tmp_path.iterdir()) == []
 

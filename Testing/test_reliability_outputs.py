@@ -143,6 +143,31 @@ def test_each_output_file_has_its_own_sidecar(case, fake, tmp_path):
         ["pred.nii.gz", "pred.nii.gz.ksam.json", "pred.seg.nrrd", "pred.seg.nrrd.ksam.json"]
 
 
+def test_a_disk_that_fills_while_writing_is_one_line_and_keeps_the_old_output(case, fake, capsys, tmp_path,
+                                                                             monkeypatch):
+    import errno
+
+    from KnowledgeSAMLib.data import io as data_io
+
+    out = tmp_path / "pred.seg.nrrd"
+    assert main(_segment(case, out)) == 0
+    old = {out: sha256(out), sidecar_path(out): sha256(sidecar_path(out))}
+
+    def full_disk(labels):
+        def write(temporary):
+            temporary.write_bytes(b"the first blocks")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return write
+
+    monkeypatch.setattr(data_io, "_seg_nrrd_writer", full_disk)
+    capsys.readouterr()
+    _refused(capsys, _segment(case, out, "--overwrite"), "could not be written (No space left on device)",
+             "nothing was replaced")
+    assert {path: sha256(path) for path in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_an_output_another_run_holds_is_refused_at_once(case, fake, capsys, tmp_path):
     out = tmp_path / "pred.seg.nrrd"
     with OutputLock(out):

@@ -145,8 +145,9 @@ def staged_files(destinations: Sequence[str | os.PathLike], overwrite: bool = Fa
                  on_commit: Callable[[], None] | None = None) -> Iterator[list[Path]]:
     """Yield one temporary per destination; when the block ends they replace the destinations as one unit.
 
-    On any error (or Ctrl+C) before the commit point the temporaries are deleted and nothing changed;
-    existing destinations are refused unless ``overwrite``."""
+    On any error (or Ctrl+C) before the commit point the temporaries are deleted and nothing changed (an
+    OSError, e.g. a full disk, becomes an InputError saying so); existing destinations are refused unless
+    ``overwrite``."""
     finals = [Path(d) for d in destinations]
     for final in finals:
         _refuse_existing(final, overwrite)
@@ -161,11 +162,14 @@ def staged_files(destinations: Sequence[str | os.PathLike], overwrite: bool = Fa
             if not temporary.exists():
                 raise InputError(f"{final}: the writer produced no file")
         commit_renames(list(zip(temporaries, finals)), overwrite, on_commit)
-    except BaseException:
+    except BaseException as error:
         if not any(journal_path(f).exists() for f in finals[:1]):  # never committed: roll back
             for temporary in temporaries:
                 with contextlib.suppress(OSError):
                     temporary.unlink()
+        if isinstance(error, OSError):  # a full disk, a folder removed meanwhile: one line, not a traceback
+            raise InputError(f"{finals[0]}: could not be written ({error.strerror or error}); "
+                             "nothing was replaced") from None
         raise
 
 
