@@ -187,7 +187,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     reference_path = Path(args.reference).expanduser() if args.reference else None
     if reference_path is not None and not reference_path.exists():
         raise InputError(f"{reference_path}: reference image not found")
-    voxels = [check_image_file(target, limit, "image").voxels for target in targets]
+    voxels = [check_image_file(target, limit, "image", data=False).voxels for target in targets]
     if reference_path is not None:
         check_image_file(reference_path, limit, "image")
     check_image_file(labels_path, limit, "label")

@@ -81,9 +81,11 @@ def _unreadable(path: Path, what: str, reason: str) -> InputError:
 
 
 def check_image_file(path: str | os.PathLike, limit: ImageSizeLimit | None = None,
-                     what: str = "image") -> ImageHeader:
+                     what: str = "image", data: bool = True) -> ImageHeader:
     """The header of ``path``, after refusing an image beyond ``limit`` (default: from the free memory) or
-    one whose voxel data is missing. Costs no more than the header and 1 MB buffers."""
+    (``data``) one whose voxel data is missing. Costs no more than the header and 1 MB buffers; ``data=False``
+    skips the data check (which may stream through a large compressed file) for a quick look at many files
+    whose data is checked again when they are read."""
     path = Path(path)
     header = read_header(path, what)
     limit = limit or ImageSizeLimit.default()
@@ -91,7 +93,7 @@ def check_image_file(path: str | os.PathLike, limit: ImageSizeLimit | None = Non
         raise InputError(f"{path}: the {what} is {header.describe()} ({format_bytes(header.nbytes)} in memory), "
                          f"more than the limit of {limit.describe()}; raise it with --max-image-gb or "
                          f"$KNOWLEDGESAM_MAX_IMAGE_GB if this is meant")
-    if header.data is not None:
+    if data and header.data is not None:
         header.data()
     return header
 
