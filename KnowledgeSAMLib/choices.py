@@ -20,10 +20,13 @@ DEFAULT_DEVICE = "auto"
 DEFAULT_MODEL = "default"  # the embedded default model (KnowledgeSAMLib.model.registry)
 DEFAULT_PRESET = "auto"  # intensity preset; the named presets are KnowledgeSAMLib.data.intensity.PRESETS
 DEFAULT_BATCH_SIZE = 8
+# Volume mode fuses the top-k reference slices per target slice; each costs one decoder pass per slice and
+# structure, and k = 1 has scored best with every model (EngineOptions). Front-ends cap what users ask.
+MAX_TOP_K = 8
 
 # EngineOptions values a front-end offers (KnowledgeSAMLib.infer.request.EngineOptions)
 OVERLAPS = ("auto", "layers", "argmax")
 CONTESTED = ("smaller", "probability")
 
 __all__ = ["MODES", "AXES", "DEVICES", "DEFAULT_MODE", "DEFAULT_AXIS", "DEFAULT_DEVICE",
-           "DEFAULT_MODEL", "DEFAULT_PRESET", "DEFAULT_BATCH_SIZE", "OVERLAPS", "CONTESTED"]
+           "DEFAULT_MODEL", "DEFAULT_PRESET", "DEFAULT_BATCH_SIZE", "MAX_TOP_K", "OVERLAPS", "CONTESTED"]

@@ -82,7 +82,7 @@ def test_unet_shapes_and_padding_round_trip():
 def test_unet_quick_training_learns_the_task():
     training = [_phantom(seed) for seed in range(6)]
     target, truth = _phantom(100)
-    config = replace(QUICK, base_channels=8, minutes=2.0, max_steps=60, threads=1)
+    config = replace(QUICK, base_channels=8, max_steps=60, threads=1)  # a step count, not a time budget
     model, stats = train_unet([(image.array, labels.layers[0]) for image, labels in training], config)
     assert stats["steps"] == 60
     scores = score_case(segment(model, target, config, truth), truth)
@@ -101,6 +101,5 @@ def test_unet_quick_command_on_real_data(tmp_path, capsys):
 
     results = json.loads(out.read_text(encoding="utf-8"))
     assert results["summary"]["cases"] == 2
-    if results["training"]["steps"] < QUICK.max_steps:
-        pytest.skip(f"machine too busy: {results['training']['steps']} steps in the one-minute cap")
+    assert results["training"]["steps"] == QUICK.max_steps  # the same work however busy the machine
     assert results["summary"]["mean_dice"] > 0.5  # 100 steps: about 0.75 when measured

@@ -70,7 +70,7 @@ def test_same_volume_from_one_labelled_slice(files, fake, tmp_path, capsys):
     labels = read_labels(out)
     assert labels.geometry.same_grid(files["image"].geometry) and labels.shape == files["image"].shape
     assert dice(labels.mask("bright"), files["labels"].mask("bright")) > 0.95
-    record = json.loads((tmp_path / "kidney.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / "kidney.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "anchor" and record["target"].endswith("ct.nrrd") and record["reference_slices"]["bright"] == [6]
     assert "kidney.seg.nrrd" in capsys.readouterr().out
 
@@ -93,7 +93,7 @@ def test_segments_by_name_keep_name_and_colour(files, fake, tmp_path):
     labels = read_labels(out)
     assert [s.label_value for s in labels.segments] == [3]
     assert dice(labels.mask(3), files["labels"].mask("dim")) > 0.85
-    record = json.loads((tmp_path / "dim.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / "dim.nii.gz.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "volume" and record["segments"] == [{"name": "dim", "label_value": 3, "layer": 0}]
 
 
@@ -109,7 +109,7 @@ def test_real_tiny_model_from_a_saved_folder(files, tmp_path):
                 "--output", out) == 0
     labels = read_labels(out)
     assert labels.geometry.same_grid(files["image"].geometry)
-    record = json.loads((tmp_path / "tiny.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / "tiny.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["model"]["name"] == "tiny" and record["model"]["source"].endswith("model")
 
 
@@ -119,8 +119,8 @@ def test_many_targets_reuse_the_reference_and_torchrun_shards_them(files, fake, 
     args = ["--target", files["targets"], "--reference", r / "atlas.nrrd", "--reference-labels",
             r / "atlas.seg.nrrd", "--output", out]
     assert _run(*args) == 0
-    first = json.loads((out / "patient3.ksam.json").read_text(encoding="utf-8"))
-    second = json.loads((out / "patient4.ksam.json").read_text(encoding="utf-8"))
+    first = json.loads((out / "patient3.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
+    second = json.loads((out / "patient4.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert first["counts"]["reference_slices_encoded"] > 0
     assert second["counts"]["reference_slices_encoded"] == 0  # cached from the first target
     assert read_labels(out / "patient4.seg.nrrd").shape == (10, 40, 48)
@@ -129,7 +129,7 @@ def test_many_targets_reuse_the_reference_and_torchrun_shards_them(files, fake, 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert _run(*args[:-1], sharded) == 0
-    assert sorted(p.name for p in sharded.iterdir()) == ["patient4.ksam.json", "patient4.seg.nrrd"]
+    assert sorted(p.name for p in sharded.iterdir()) == ["patient4.seg.nrrd", "patient4.seg.nrrd.ksam.json"]
 
 
 def test_a_list_file_of_targets(files, fake, tmp_path):
@@ -230,7 +230,7 @@ def test_2d_fundus_pair(fake, tmp_path):
     labels = read_labels(out)
     assert labels.geometry.ndim == 2 and labels.shape == (1, 64, 64)
     assert [s.name for s in labels.segments] == ["disc", "cup"]
-    assert json.loads((tmp_path / "pred.ksam.json").read_text(encoding="utf-8"))["mode"] == "volume"
+    assert json.loads((tmp_path / "pred.seg.nrrd.ksam.json").read_text(encoding="utf-8"))["mode"] == "volume"
 
 
 def test_overlap_contested_and_flip_tta_reach_the_engine():
@@ -261,7 +261,7 @@ def test_roi_box_limits_the_result_and_is_recorded(files, fake, tmp_path):
     assert labels.geometry.same_grid(files["image"].geometry) and labels.shape == files["image"].shape
     assert labels.layers[0][:, :, 24:].max() == 0 and labels.layers[0][:2].max() == 0  # nothing outside the box
     assert labels.layers[0][2:10, :, :24].max() > 0
-    record = json.loads((tmp_path / "boxed.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / "boxed.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["roi"]["mode"] == "box" and record["roi"]["box"] == "0,0,2,23,39,9"
 
 
@@ -285,7 +285,7 @@ def test_absent_slices_and_slab_update_from_the_command_line(files, fake, tmp_pa
     updated = tmp_path / "updated.seg.nrrd"
     assert _run("--target", r / "ct.nrrd", "--reference-labels", first, "--mode", "propagate",
                 "--keep-slices", "4,8", "--update", 8, "--output", updated) == 0
-    record = json.loads((tmp_path / "updated.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / "updated.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["update"] == {"corrected_slice": 8, "slab": [5, 12]}
     again = read_labels(updated)
     np.testing.assert_array_equal(again.mask("bright")[:5], labels.mask("bright")[:5])

@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert prediction.geometry.same_grid(target.geometry) and prediction.shape == target.shape == (10, 64, 64)
     assert [s.name for s in prediction.segments] == ["artery", "medulla", "cortex"]
     assert [s.label_value for s in prediction.segments] == [1, 2, 3]
-    record = json.loads((out / "prediction.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((out / "prediction.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "volume" and record["reference"].endswith("reference.nrrd")
     from PIL import Image
 

@@ -27,6 +27,7 @@ FLOORS = {
     "KnowledgeSAMLib.errors": 0,
     "KnowledgeSAMLib.choices": 0,
     "KnowledgeSAMLib._files": 0,
+    "KnowledgeSAMLib._test_hooks": 0,
     "KnowledgeSAMLib.model": 1,
     "KnowledgeSAMLib.data": 1,
     "KnowledgeSAMLib.train": 2,

@@ -37,7 +37,7 @@ def result():
 def test_seg_nrrd_round_trip_keeps_geometry_names_colours_values(result, tmp_path):
     path = tmp_path / "out.seg.nrrd"
     written = write_result(result, path)
-    assert written == [path, tmp_path / "out.ksam.json"]
+    assert written == [path, tmp_path / "out.seg.nrrd.ksam.json"]
     back = read_labels(path)
     assert back.shape == result.labels.shape
     assert back.geometry.same_grid(result.labels.geometry)
@@ -56,7 +56,7 @@ def test_plain_labelmap_outputs(result, tmp_path, name):
 
 def test_sidecar_records_provenance(result, tmp_path):
     write_result(result, tmp_path / "p.seg.nrrd")
-    record = json.loads((tmp_path / "p.ksam.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / "p.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["mode"] == "anchor" and record["axis"] == "axial"
     assert len(record["model"]["sha256"]) == 64 and record["target"] == "ct.nrrd"
     assert len(record["confidence"]["bright"]) == 24 and record["slice_axis_index"] == 1
@@ -72,7 +72,7 @@ def test_existing_output_is_refused_and_untouched(result, tmp_path):
     assert path.read_text(encoding="utf-8") == "precious" and not sidecar_path(path).exists()
     sidecar_only = tmp_path / "b.seg.nrrd"
     sidecar_path(sidecar_only).write_text("{}", encoding="utf-8")
-    with pytest.raises(InputError, match="b.ksam.json"):
+    with pytest.raises(InputError, match="b.seg.nrrd.ksam.json"):
         write_result(result, sidecar_only)
     assert not sidecar_only.exists()
     write_result(result, path, overwrite=True)
@@ -96,8 +96,8 @@ def test_a_crash_while_writing_leaves_no_file(result, tmp_path, monkeypatch):
 def test_a_failing_sidecar_removes_the_new_labels(result, tmp_path, monkeypatch):
     from KnowledgeSAMLib.infer import output
 
-    monkeypatch.setattr(output, "provenance_json", lambda r: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    monkeypatch.setattr(output, "provenance_json", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(InputError, match="could not be written .*disk full"):
         write_result(result, tmp_path / "y.seg.nrrd")
     assert list(tmp_path.iterdir()) == []
 
@@ -163,7 +163,8 @@ def test_largest_component_and_smoothing():
     assert smooth[0, 2, 2] and not smooth[2, 8, 8]
 
 
-def test_sidecar_name():
-    assert sidecar_path("a/b.seg.nrrd") == Path("a/b.ksam.json")
-    assert sidecar_path("b.nii.gz") == Path("b.ksam.json")
-    assert sidecar_path("b.nrrd") == Path("b.ksam.json")
+def test_sidecar_name_keeps_the_whole_output_name():
+    assert sidecar_path("a/b.seg.nrrd") == Path("a/b.seg.nrrd.ksam.json")
+    assert sidecar_path("b.nii.gz") == Path("b.nii.gz.ksam.json")
+    assert sidecar_path("b.nrrd") == Path("b.nrrd.ksam.json")
+    assert len({sidecar_path(f"b.{ext}") for ext in ("seg.nrrd", "nii.gz", "nii", "nrrd", "mha")}) == 5

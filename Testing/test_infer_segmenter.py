@@ -175,7 +175,7 @@ def test_output_plans(tmp_path):
     ("file name for two", "several targets need an output folder"),
     ("same name twice", "would both be written to"),
     ("existing file", "file exists; not overwriting it"),
-    ("existing sidecar", "one.ksam.json: file exists"),
+    ("existing sidecar", "one.seg.nrrd.ksam.json: file exists"),
     ("file type", "cannot write this file type"),
 ])
 def test_output_plans_refused_before_any_work(tmp_path, case, message):
@@ -188,7 +188,7 @@ def test_output_plans_refused_before_any_work(tmp_path, case, message):
         elif case == "existing file":
             plan_outputs([one], _touch(tmp_path, "done.seg.nrrd")[0])
         elif case == "existing sidecar":
-            _touch(tmp_path, "one.ksam.json")
+            _touch(tmp_path, "one.seg.nrrd.ksam.json")
             plan_outputs([one], tmp_path / "one.seg.nrrd", sidecars=True)
         else:
             plan_outputs([one], tmp_path / "x.png", writable=(".seg.nrrd", ".nii.gz"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 
@@ -197,7 +199,12 @@ def test_save_refuses_to_overwrite_and_load_rejects_broken_folders(tiny, tmp_pat
     with pytest.raises(WeightsError, match="config.json"):
         load_model(tmp_path / "nothing-here")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(WeightsError, match="could not be read"):
+    with pytest.raises(WeightsError, match="does not match the .* recorded in config.json"):
+        load_model(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text(encoding="utf-8"))
+    del config["weights_sha256"]  # a folder saved before hashes were recorded: the reader itself must refuse
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.warns(UserWarning, match="not verified"), pytest.raises(WeightsError, match="could not be read"):
         load_model(tmp_path / "m")
 
 

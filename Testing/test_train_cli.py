@@ -70,6 +70,20 @@ def test_train_then_export_with_model_card(tmp_path, capsys):
     assert main(["train", "--export", str(run), "--out", str(dest)]) == 2
     assert "already holds a model; pass --overwrite" in capsys.readouterr().err
     assert main(["train", "--export", str(run), "--out", str(dest), "--overwrite"]) == 0
+    # the shipped folder carries the SHA256 of exactly its weights, also when the run's folder had none (older runs)
+    import hashlib
+
+    def recorded_and_real(folder):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return config.get("weights_sha256"), hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+    assert recorded_and_real(dest)[0] == recorded_and_real(dest)[1] == recorded_and_real(run / "model")[0]
+    old_config = json.loads((run / "model" / "config.json").read_text(encoding="utf-8"))
+    del old_config["weights_sha256"]
+    (run / "model" / "config.json").write_text(json.dumps(old_config), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", "--export", str(run), "--out", str(dest), "--overwrite"]) == 0
+    assert recorded_and_real(dest)[0] == recorded_and_real(dest)[1]
 
 
 @pytest.mark.slow

@@ -12,7 +12,10 @@ Usage::
 Every target is segmented with the same reference, loaded and encoded once; a failing target is reported
 and the others still run. The exit status is 0 when all succeeded, 2 when some input was bad (the message
 says which), 1 on an unexpected error. Existing output files are never replaced unless ``--overwrite`` is
-given. Targets and outputs follow the same rules as ``knowledgesam segment`` (``KnowledgeSAMLib.infer.paths``).
+given. Targets and outputs follow the same rules as ``knowledgesam segment`` (``KnowledgeSAMLib.infer.paths``):
+every input's header is checked against the memory limit before Slicer reads it, every output is planned
+(never an input), locked for the run and checked for free disk space before the first target is loaded, and
+each file is written atomically.
 
 This script only translates: arguments and files to nodes, nodes to files. The argument handling and output
 naming are plain Python, and :func:`segmentAll` takes its loaders as arguments (all tested with pytest on
@@ -74,14 +77,34 @@ def parseArguments(argv):
     return parser.parse_args(argv)
 
 
-def planOutputs(targets, output, overwrite=False):
-    """``[(target, output file)]``; refuses missing targets and ambiguous, clashing or existing outputs before
-    any work starts (InputError)."""
+def planOutputs(targets, output, overwrite=False, inputs=()):
+    """``[(target, output file)]``; refuses missing targets and ambiguous, clashing or existing outputs, outputs
+    that are inputs (the targets or ``inputs``) and unwritable folders before any work starts (InputError)."""
     from KnowledgeSAMLib import mrml
 
     found = mrml.expand_targets(targets)
-    paths = mrml.plan_outputs(found, output, "seg.nrrd", writable=mrml.SEGMENTATION_FILE_TYPES, overwrite=overwrite)
+    paths = mrml.plan_outputs(found, output, "seg.nrrd", writable=mrml.SEGMENTATION_FILE_TYPES, overwrite=overwrite,
+                              inputs=[path for path in inputs if path])
     return [(str(target), str(path)) for target, path in zip(found, paths)]
+
+
+def checkInputFiles(args, plan):
+    """Read every input's header before Slicer reads its voxels: an image beyond the memory limit (set with
+    $KNOWLEDGESAM_MAX_IMAGE_GB) or with missing data is refused at once. Returns each target's voxel count
+    (the size of its output, for the free-space check)."""
+    from KnowledgeSAMLib import mrml
+
+    mrml.check_image_file(args.reference, what="image")
+    mrml.check_image_file(args.reference_segmentation, what="label")
+    return [mrml.check_image_file(target, what="image").voxels for target, _ in plan]
+
+
+def claimOutputs(plan, voxels):
+    """Lock every output for this run (a second run on one of them refuses at once), finish or remove what an
+    interrupted earlier run left, check the free disk space. Release with ``.release()``."""
+    from KnowledgeSAMLib import mrml
+
+    return mrml.OutputClaims([output for _, output in plan], voxels, sidecars=False, on_note=_say).acquire()
 
 
 def _say(message, error=False):
@@ -117,7 +140,8 @@ def main(argv):
 
     try:
         args = parseArguments(argv)
-        plan = planOutputs(args.target, args.output, args.overwrite)
+        plan = planOutputs(args.target, args.output, args.overwrite, inputs=[args.reference, args.reference_segmentation])
+        claims = claimOutputs(plan, checkInputFiles(args, plan))
     except (UsageError, KnowledgeSAMError) as error:
         _say(str(error), error=True)
         return EXIT_BAD_INPUT
@@ -128,7 +152,10 @@ def main(argv):
 
     from KnowledgeSAM import KnowledgeSAMLogic
 
-    return segmentAll(args, plan, KnowledgeSAMLogic(), slicer.util.loadVolume, slicer.util.loadSegmentation)
+    try:
+        return segmentAll(args, plan, KnowledgeSAMLogic(), slicer.util.loadVolume, slicer.util.loadSegmentation)
+    finally:
+        claims.release()
 
 
 def segmentAll(args, plan, logic, loadVolume, loadSegmentation):
@@ -136,7 +163,6 @@ def segmentAll(args, plan, logic, loadVolume, loadSegmentation):
 
     One ``logic`` for all targets: its Segmenter keeps the model and the reference's encoding. The loaders
     take a path and return a node (``slicer.util.loadVolume``/``loadSegmentation`` in Slicer)."""
-    from KnowledgeSAMLib import mrml
     from KnowledgeSAMLib.errors import KnowledgeSAMError
 
     try:
@@ -146,6 +172,26 @@ def segmentAll(args, plan, logic, loadVolume, loadSegmentation):
     except KnowledgeSAMError as error:
         _say(str(error), error=True)
         return EXIT_BAD_INPUT
+
+    failures, written = 0, []
+    try:
+        failures = _segmentEach(args, plan, logic, loadVolume, referenceVolume, referenceSegmentation, written)
+    except KeyboardInterrupt:
+        done = ", ".join(written) if written else "none"
+        _say(f"interrupted: {len(written)} of {len(plan)} output(s) written ({done}); nothing else was written",
+             error=True)
+        return EXIT_BAD_INPUT
+    if failures:
+        _say(f"{failures} of {len(plan)} target(s) failed", error=True)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _segmentEach(args, plan, logic, loadVolume, referenceVolume, referenceSegmentation, written):
+    """Segment and write each target in turn; a failing target is reported and the others still run.
+    ``written`` collects the outputs written; returns the number of failures."""
+    from KnowledgeSAMLib import mrml
+    from KnowledgeSAMLib.errors import KnowledgeSAMError
 
     failures = 0
     for index, (targetPath, outputPath) in enumerate(plan, start=1):
@@ -165,6 +211,7 @@ def segmentAll(args, plan, logic, loadVolume, loadSegmentation):
                                    sliceRange=tuple(args.slice_range) if args.slice_range else None,
                                    model=args.model, samCheckpoint=args.sam_checkpoint)
             mrml.write_segmentation_node(output, outputPath, overwrite=args.overwrite)
+            written.append(outputPath)
             _say(f"[{index}/{len(plan)}] wrote {outputPath} ({time.perf_counter() - started:.1f} s)")
         except KnowledgeSAMError as error:
             failures += 1
@@ -173,10 +220,7 @@ def segmentAll(args, plan, logic, loadVolume, loadSegmentation):
             for node in (output, None if sameVolume else target):
                 if node is not None:
                     mrml.remove_node(node)
-    if failures:
-        _say(f"{failures} of {len(plan)} target(s) failed", error=True)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+    return failures
 
 
 if __name__ == "__main__":

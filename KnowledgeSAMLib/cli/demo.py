@@ -11,6 +11,7 @@ overlays), and prints the Dice per structure. The inputs are written too, with t
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -63,9 +64,9 @@ def _segmenter(name: str):
             note = (f"{error}\nknowledgesam: warning: using a randomly initialised 'tiny' model instead; "
                     "its Dice is near chance and means nothing about KnowledgeSAM")
     for warning in caught:
-        print(f"knowledgesam: warning: {warning.message}")
+        print(f"knowledgesam: warning: {warning.message}", file=sys.stderr)
     if note:
-        print(f"knowledgesam: warning: {note}")
+        print(f"knowledgesam: warning: {note}", file=sys.stderr)
     return segmenter
 
 

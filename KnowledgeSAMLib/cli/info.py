@@ -53,18 +53,35 @@ def describe_weights(cfg) -> list[str]:
     return lines
 
 
+def weights_line(folder: str) -> str:
+    """One line on a model folder's weights: verified against its config.json, or why not."""
+    from ..model.weights import verify_weights
+
+    found, recorded = verify_weights(folder)  # a mismatch is a WeightsError: the CLI prints it as an error
+    if recorded is None:
+        return (f"weights: sha256 {found} NOT VERIFIED (config.json records no hash; "
+                f"`knowledgesam train --record-hash {folder}` adds it)")
+    return f"weights: sha256 {found} (verified against config.json)"
+
+
 def _load(args: argparse.Namespace):
     import warnings
+    from pathlib import Path
 
     from ..model.build import build_model
-    from ..model.registry import resolve_model
+    from ..model.registry import DEFAULT_MODEL_NAME, default_model_dir, resolve_model
 
-    if args.config:
+    name = args.config or args.model
+    folder = str(default_model_dir()) if name == DEFAULT_MODEL_NAME and not args.config else name
+    if args.config or not Path(folder).is_dir():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return build_model(args.config), f"config {args.config} (knowledge heads untrained)"
-    model = resolve_model(args.model)
-    return model, f"model {args.model}"
+            return build_model(name), f"config {name} (knowledge heads untrained)"
+    print(f"model: {folder}")
+    print(weights_line(folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the line above already said whether the weights are verified
+        return resolve_model(folder), f"model {args.model}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,21 +7,29 @@ Examples::
     knowledgesam segment --target patients/ --reference atlas.nrrd --reference-labels atlas.seg.nrrd \\
         --labels 1,3 --output results/                    # many targets, one cached reference
 
-Every input is checked before any compute; outputs are written atomically (temporary file + rename),
-never over an existing file without ``--overwrite``. Under ``torchrun`` the list of targets is split
+Every input is checked before any compute: headers before voxels (sizes against a memory limit), every
+output planned, locked and checked for free disk space. Labels and their ``.ksam.json`` are written as one
+unit (temporaries, then both renamed), never over an existing file without ``--overwrite``; Ctrl+C or
+``kill`` reports exactly which outputs were written. Under ``torchrun`` the list of targets is split
 across the processes (``RANK``/``WORLD_SIZE``), each on its own GPU (``LOCAL_RANK``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .. import choices
+from .._test_hooks import pause_point
+from ..data.header import check_image_file
+from ..data.limits import ImageSizeLimit
 from ..errors import InputError, KnowledgeSAMError
 from ..infer.paths import expand_targets, plan_outputs
 
@@ -71,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
     parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--preset", default=choices.DEFAULT_PRESET, help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
-    parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help=f"volume mode: references fused per slice (default 1, at most {choices.MAX_TOP_K})")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest 3D connected component of each structure")
     parser.add_argument("--flip-tta", default=None, action=argparse.BooleanOptionalAction,
@@ -89,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", default="seg.nrrd", choices=OUTPUT_FORMATS,
                         help="file type written into an output folder (default seg.nrrd)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--max-image-gb", type=float, default=None, metavar="GB",
+                        help="largest image (decoded, in memory) to read; default: a quarter of the free memory "
+                             "(or $KNOWLEDGESAM_MAX_IMAGE_GB)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -126,31 +138,73 @@ def _device_for_rank(device: str, world: int) -> str:
 
 # ------------------------------------------------------------------------------------------- running
 
+def _say(kind: str, message: str) -> None:
+    """Warnings, notices and reports go to stderr: stdout holds only results."""
+    print(f"knowledgesam: {kind}: {message}", file=sys.stderr)
+
+
 @dataclass
 class Inputs:
-    """The parsed command: reference read once, targets as paths (read one at a time)."""
+    """The parsed and checked command: reference read once, targets as paths (read one at a time)."""
 
     targets: list[Path]
     outputs: list[Path]
     reference_path: Path | None
     labels_path: Path
     wanted: list[Any]
+    target_voxels: list[int] = field(default_factory=list)  # from the headers: the outputs' size on disk
+    limit: ImageSizeLimit | None = None
+
+
+def _wanted(args: argparse.Namespace) -> list[Any]:
+    """``--labels``/``--segments`` as given; a list that names nothing (``--labels ,``) is refused, not "all"."""
+    if args.labels is not None:
+        values = _ints(args.labels, "--labels")
+        if not values:
+            raise InputError(f"--labels {args.labels!r} names no label value; give values such as 1,3 "
+                             "(or leave --labels out to segment all)")
+        return values
+    if args.segments is not None:
+        names = _split(args.segments)
+        if not names:
+            raise InputError(f"--segments {args.segments!r} names no segment; give names such as cortex,medulla "
+                             "(or leave --segments out to segment all)")
+        return names
+    return []
+
+
+def _size_limit(args: argparse.Namespace) -> ImageSizeLimit:
+    if args.max_image_gb is None:
+        return ImageSizeLimit.default()
+    if not args.max_image_gb > 0:
+        raise InputError(f"--max-image-gb must be positive, got {args.max_image_gb}")
+    return ImageSizeLimit.from_gb(args.max_image_gb, f"set by --max-image-gb {args.max_image_gb:g}")
 
 
 def check_inputs(args: argparse.Namespace) -> Inputs:
-    """Everything that can fail without reading images or the model: fail fast, before compute."""
+    """Everything that can fail without reading voxels or the model: fail fast, before compute.
+
+    Reads every input's header (sizes against the memory limit, voxel data present) and plans every output
+    (not an input, writable, not existing unless --overwrite)."""
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    wanted = _wanted(args)
+    limit = _size_limit(args)
     targets = expand_targets(args.target)
-    outputs = plan_outputs(targets, args.output, args.format, overwrite=args.overwrite, sidecars=True)
     labels_path = Path(args.reference_labels).expanduser()
     if not labels_path.exists():
         raise InputError(f"{labels_path}: reference labels not found")
     reference_path = Path(args.reference).expanduser() if args.reference else None
     if reference_path is not None and not reference_path.exists():
         raise InputError(f"{reference_path}: reference image not found")
-    wanted: list[Any] = _ints(args.labels, "--labels") if args.labels else _split(args.segments)
-    return Inputs(targets, outputs, reference_path, labels_path, wanted)
+    voxels = [check_image_file(target, limit, "image", data=False).voxels for target in targets]
+    if reference_path is not None:
+        check_image_file(reference_path, limit, "image")
+    check_image_file(labels_path, limit, "label")
+    inputs = [labels_path] + ([reference_path] if reference_path is not None else [])
+    outputs = plan_outputs(targets, args.output, args.format, overwrite=args.overwrite, sidecars=True,
+                           inputs=inputs, refuse_existing=False)  # checked under the lock, after recovery
+    return Inputs(targets, outputs, reference_path, labels_path, wanted, voxels, limit)
 
 
 def _options(args: argparse.Namespace):
@@ -160,7 +214,10 @@ def _options(args: argparse.Namespace):
     if args.top_k is not None:
         if args.top_k < 1:
             raise InputError(f"--top-k must be at least 1, got {args.top_k}")
-        changes["top_k"] = args.top_k
+        if args.top_k > choices.MAX_TOP_K:
+            _say("warning", f"--top-k {args.top_k} capped at {choices.MAX_TOP_K}: each fused reference slice costs "
+                            "one decoder pass per slice and structure")
+        changes["top_k"] = min(args.top_k, choices.MAX_TOP_K)
     if args.largest_component:
         changes["largest_component"] = True
     for option in ("overlap", "contested", "flip_tta"):
@@ -189,6 +246,7 @@ class _Bar:
                         dynamic_ncols=True)
 
     def __call__(self, done: int, total: int) -> None:
+        pause_point("compute")
         if self.bar.total != total:
             self.bar.total = total
         self.bar.n = done
@@ -198,59 +256,135 @@ class _Bar:
         self.bar.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..data.io import read_image, read_labels
-    from ..infer import SegmentRequest
-    from ..infer.output import write_result
-    from ..infer.roi import parse_roi
-    from ..infer.segmenter import Segmenter, Sources
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``), handled like Ctrl+C: stop, say exactly what was written, exit 143."""
 
-    inputs = check_inputs(args)
-    options = _options(args)
-    roi = parse_roi(args.roi)
-    slice_range = _slice_range(args.slice_range)
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_report(written: Sequence[Path], planned: int) -> str:
+    """Exactly what an interrupted run left behind (every output is complete or absent)."""
+    if not written:
+        return "no output was written"
+    names = ", ".join(str(path) for path in written)
+    return (f"{len(written)} of {planned} output(s) written, each with its .ksam.json: {names}; "
+            "nothing else was written")
+
+
+@dataclass
+class _Run:
+    """What every target of one command shares."""
+
+    args: argparse.Namespace
+    inputs: Inputs
+    segmenter: Any
+    reference: Any
+    labels: Any
+    wanted: list[Any]
+    fields: dict[str, Any]  # the SegmentRequest fields every target shares (mode, axis, options, ...)
+    position: int
+    told: set[str] = field(default_factory=set)  # notices already shown (one reference: once per command)
+
+
+def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request as the arguments give it; every problem here is refused before any file is read."""
+    from ..infer.roi import parse_roi
+
     if args.slice and args.keep_slices:
         raise InputError("give the annotator's slices once: --slice or --keep-slices")
     reference_slices = _ints(args.slice or args.keep_slices, "--keep-slices" if args.keep_slices else "--slice") or None
-    absent = _absent_spec(args.absent_slices)
     if args.update is not None and reference_slices is None:
         raise InputError("--update needs --keep-slices (the annotator's slices; the rest is an earlier result)")
-    targets, rank, world = shard(list(zip(inputs.targets, inputs.outputs)))
-    device = _device_for_rank(args.device, world)
+    return dict(mode=args.mode, axis=args.axis, reference_slices=reference_slices,
+                slice_range=_slice_range(args.slice_range), batch_size=args.batch_size, preset=args.preset,
+                options=_options(args), roi=parse_roi(args.roi), absent_slices=_absent_spec(args.absent_slices))
 
-    reference = read_image(inputs.reference_path) if inputs.reference_path else None
-    labels = read_labels(inputs.labels_path)
+
+def _prepare(args: argparse.Namespace, inputs: Inputs, fields: dict[str, Any], position: int) -> _Run:
+    """Read the reference and its labels, load the model: everything before the first target's compute."""
+    from ..data.io import read_image, read_labels
+    from ..infer.segmenter import Segmenter
+
+    reference = read_image(inputs.reference_path, inputs.limit) if inputs.reference_path else None
+    labels = read_labels(inputs.labels_path, inputs.limit)
     wanted = [find_segment(labels, key, inputs.labels_path) for key in inputs.wanted]
     segmenter = Segmenter(args.model, args.sam_checkpoint, sam_sha256=args.sam_sha256)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         segmenter.load_model()
     for warning in caught:
-        print(f"knowledgesam: warning: {warning.message}")
-    for target_path, output_path in targets:
-        target = read_image(target_path)
-        request = SegmentRequest(
-            target=target, reference=reference if reference is not None else target, reference_labels=labels,
-            segments=wanted, mode=args.mode, axis=args.axis, reference_slices=reference_slices,
-            slice_range=slice_range, device=device, batch_size=args.batch_size, preset=args.preset,
-            options=options, roi=roi, absent_slices=absent)
-        sources = Sources(target=str(target_path), reference=str(inputs.reference_path or target_path),
-                          reference_labels=str(inputs.labels_path))
-        bar = _Bar(target_path.name, args.quiet, rank if world > 1 else 0)
-        try:
-            if args.update is not None:
-                from ..infer.interactive import update_slab
+        _say("warning", str(warning.message))
+    return _Run(args, inputs, segmenter, reference, labels, wanted, fields, position)
 
-                result = update_slab(lambda r: segmenter.segment(r, progress=bar, sources=sources), request,
-                                     args.update)
-            else:
-                result = segmenter.segment(request, progress=bar, sources=sources)
-        finally:
-            bar.close()
-        written = write_result(result, output_path, overwrite=args.overwrite)
-        summary = ", ".join(f"{s.name}={int(result.labels.mask(s).sum())} voxels" for s in result.labels.segments)
-        print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "
-              f"in {result.provenance['timings']['total_s']:.1f} s ({summary}); provenance in {written[-1].name}")
+
+def _segment_one(run: _Run, target_path: Path, output_path: Path, written: list[Path]) -> None:
+    from ..data.io import read_image
+    from ..infer import SegmentRequest
+    from ..infer.output import write_result
+    from ..infer.segmenter import Sources
+
+    args = run.args
+    target = read_image(target_path, run.inputs.limit)
+    request = SegmentRequest(target=target, reference=run.reference if run.reference is not None else target,
+                             reference_labels=run.labels, segments=run.wanted, **run.fields)
+    for note in run.segmenter.check(request).notes:  # bad input is refused here, before any compute
+        if note not in run.told:
+            run.told.add(note)
+            _say("notice", note)
+    sources = Sources(target=str(target_path), reference=str(run.inputs.reference_path or target_path),
+                      reference_labels=str(run.inputs.labels_path))
+    bar = _Bar(target_path.name, args.quiet, run.position)
+    try:
+        if args.update is not None:  # the annotator's loop: only the slab the corrected slice can change
+            from ..infer.interactive import update_slab
+
+            result = update_slab(lambda r: run.segmenter.segment(r, progress=bar, sources=sources), request,
+                                 args.update)
+        else:
+            result = run.segmenter.segment(request, progress=bar, sources=sources)
+    finally:
+        bar.close()
+    written_files = write_result(result, output_path, overwrite=args.overwrite,
+                                 on_commit=lambda: written.append(output_path))
+    summary = ", ".join(f"{s.name}={int(result.labels.mask(s).sum())} voxels" for s in result.labels.segments)
+    print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "
+          f"in {result.provenance['timings']['total_s']:.1f} s ({summary}); provenance in {written_files[-1].name}")
+    pause_point("written")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..infer.claims import OutputClaims
+
+    inputs = check_inputs(args)
+    fields = _request_fields(args)
+    jobs, rank, world = shard(list(zip(inputs.targets, inputs.outputs, inputs.target_voxels)))
+    fields["device"] = _device_for_rank(args.device, world)
+    written: list[Path] = []
+    with OutputClaims([output for _, output, _ in jobs], [voxels for *_, voxels in jobs], overwrite=args.overwrite,
+                      on_note=lambda note: _say("notice", note)):
+        try:
+            with _terminate_as_interrupt():
+                prepared = _prepare(args, inputs, fields, rank if world > 1 else 0)
+                for target_path, output_path, _ in jobs:
+                    _segment_one(prepared, target_path, output_path, written)
+        except KeyboardInterrupt as stop:
+            cause = "terminated" if isinstance(stop, Terminated) else "interrupted"
+            _say(cause, interrupted_report(written, len(jobs)))
+            return 143 if isinstance(stop, Terminated) else 130
     return 0
 
 

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--standalone", action="store_true",
                         help="with --export: also store the frozen pretrained weights (float16), so the folder "
                              "needs no other package at run time (how the default model ships)")
+    parser.add_argument("--record-hash", metavar="MODEL_DIR",
+                        help="instead of training: add the SHA256 of MODEL_DIR's weights to its config.json (model "
+                             "folders saved before it was recorded), after checking that the weights load")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -49,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.describe:
         print(describe())
+        return 0
+    if args.record_hash:
+        from ..model.weights import record_weights_hash
+
+        print(f"{args.record_hash}: weights SHA256 {record_weights_hash(args.record_hash)} recorded in config.json")
         return 0
     if args.export:
         from ..train.export import export_model

@@ -20,13 +20,7 @@ overwrite an existing file unless asked.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import locale
 import os
-import re
-import struct
-import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,6 +28,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import InputError
+from .commit import staged_files
+from .header import HEADER_BYTES, check_image_file, check_nifti_complete as _check_nifti_complete
+from .header import locale_preserved as _locale_preserved, one_line as _one_line
+from .limits import ImageSizeLimit
 from .volume import Geometry, Image, Labels, Segment
 
 __all__ = [
@@ -42,6 +40,7 @@ __all__ = [
     "write_image",
     "write_labels",
     "atomic_write",
+    "labels_writer",
     "resample_labels_to",
     "file_extension",
     "DEFAULT_COLORS",
@@ -81,17 +80,6 @@ def file_extension(path: PathLike) -> str:
     return Path(name).suffix
 
 
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    """The most informative line of a (often multi-line, ITK) exception message."""
-    message = str(error)
-    for marker in ("sitk::ERROR:", "ITK ERROR:"):  # "...ITK ERROR: ImageIO(0x...): <the reason>\n..."
-        if marker in message:
-            message = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):", "", message.split(marker, 1)[1])
-            break
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:limit]
-
-
 # --------------------------------------------------------------------------------------- writing
 
 @contextlib.contextmanager
@@ -99,34 +87,11 @@ def atomic_write(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension, so writers pick the right format);
     on success it is renamed onto ``path``, on any error (or KeyboardInterrupt) it is deleted.
 
-    An existing ``path`` without ``overwrite`` is an :class:`InputError` and is never touched.
+    An existing ``path`` without ``overwrite`` is an :class:`InputError` and is never touched. Several files
+    that belong together are written as one unit with :func:`~.commit.staged_files`.
     """
-    path = Path(path)
-    _refuse_existing(path, overwrite)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"{path}: cannot create the output folder ({_one_line(error)})") from None
-    ext = file_extension(path)
-    stem = path.name[: len(path.name) - len(ext)] if ext else path.name
-    temporary = path.parent / f".{stem}.{uuid.uuid4().hex[:12]}.partial{ext}"
-    try:
+    with staged_files([path], overwrite) as (temporary,):
         yield temporary
-        if not temporary.exists():
-            raise InputError(f"{path}: the writer produced no file")
-        _refuse_existing(path, overwrite)  # someone may have created it meanwhile
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-
-
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a file name")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: file exists; not overwriting it (pass overwrite=True / --overwrite)")
 
 
 def write_image(image: Image, path: PathLike, overwrite: bool = False) -> Path:
@@ -151,6 +116,16 @@ def write_labels(labels: Labels, path: PathLike, overwrite: bool = False) -> Pat
     """Write a label set by extension: ``.seg.nrrd`` (all layers and segment metadata), a plain labelmap
     ``.nii[.gz]``/``.nrrd``/``.mha`` (one layer: overlapping segments are an error), or ``.png`` (2D)."""
     path = Path(path)
+    writer = labels_writer(labels, path)
+    with atomic_write(path, overwrite) as temporary:
+        writer(temporary)
+    return path
+
+
+def labels_writer(labels: Labels, path: PathLike) -> Callable[[Path], None]:
+    """The function that writes ``labels`` in the format ``path``'s extension asks for, to any file name
+    (checked now: a label set the format cannot hold is refused before anything is written)."""
+    path = Path(path)
     ext = file_extension(path)
     if ext == ".seg.nrrd":
         writer = _seg_nrrd_writer(labels)
@@ -168,9 +143,7 @@ def write_labels(labels: Labels, path: PathLike, overwrite: bool = False) -> Pat
     else:
         raise InputError(f"{path}: cannot write labels as '{ext or path.name}' "
                          f"(use one of {', '.join(FORMATS.labels_write)})")
-    with atomic_write(path, overwrite) as temporary:
-        writer(temporary)
-    return path
+    return writer
 
 
 def _sitk_writer(sitk_image) -> Callable[[Path], None]:
@@ -290,10 +263,15 @@ def _check_exists(path: Path, what: str) -> None:
         raise InputError(f"{path}: {what} not found")
 
 
-def read_image(path: PathLike) -> Image:
-    """Read an image file or a DICOM series folder into an :class:`Image` with its geometry."""
+def read_image(path: PathLike, limit: ImageSizeLimit | None = None) -> Image:
+    """Read an image file or a DICOM series folder into an :class:`Image` with its geometry.
+
+    The header is read first: an image beyond ``limit`` (default :meth:`ImageSizeLimit.default`, from the
+    free memory) or with missing voxel data is refused before anything is allocated."""
     path = Path(path)
     _check_exists(path, "image file")
+    if file_extension(path) != ".seg.nrrd":
+        check_image_file(path, limit, "image")
     ext = file_extension(path)
     if path.is_dir():
         return _read_dicom_series(path)
@@ -309,13 +287,16 @@ def read_image(path: PathLike) -> Image:
     return _image_from_sitk(_read_sitk(path, "image"), path)
 
 
-def read_labels(path: PathLike) -> Labels:
-    """Read a label file: Slicer ``.seg.nrrd`` (layers + segment metadata) or a plain labelmap."""
+def read_labels(path: PathLike, limit: ImageSizeLimit | None = None) -> Labels:
+    """Read a label file: Slicer ``.seg.nrrd`` (layers + segment metadata) or a plain labelmap.
+
+    Like :func:`read_image`, the header is checked against ``limit`` before anything is allocated."""
     path = Path(path)
     _check_exists(path, "label file")
     ext = file_extension(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; label sets are read from a file")
+    check_image_file(path, limit, "label")
     if ext == ".seg.nrrd" or (ext == ".nrrd" and _is_slicer_segmentation(path)):
         return _read_seg_nrrd(path)
     if ext in (".jpg", ".jpeg"):
@@ -361,75 +342,6 @@ def _read_sitk(path: Path, what: str):
     except RuntimeError as error:
         raise InputError(f"{path}: cannot read as an {what} file (corrupt or unsupported format: "
                          f"{_one_line(error)})") from None
-
-
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Bytes a NIfTI-1/2 file must hold (data offset + voxel data), from its header; None if unknown."""
-    for order in "<>":
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = struct.unpack(order + "f", header[108:112])[0]
-        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
-            dims = struct.unpack(order + "8q", header[16:80])
-            offset = struct.unpack(order + "q", header[168:176])[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7 or bitpix <= 0 or not np.isfinite(offset):
-            return None
-        return int(offset) + int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]])) * bitpix // 8
-    return None
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI (plain or gzip) without complaint and fills the rest with zeros;
-    refuse it instead. Fast path: the gzip trailer holds the uncompressed size; only when it does not
-    match the header (multi-member gzip, odd writers) is the whole stream decompressed to check it."""
-    truncated = InputError(f"{path}: file is truncated or corrupt (incomplete NIfTI data)")
-    try:  # an unreadable header is left for the image reader to report
-        opener = open if file_extension(path) == ".nii" else gzip.open
-        with opener(path, "rb") as handle:
-            expected = _nifti_expected_bytes(handle.read(540))
-    except (EOFError, OSError, zlib.error):
-        return
-    if expected is None:
-        return
-    if file_extension(path) == ".nii":
-        if path.stat().st_size < expected:
-            raise truncated
-        return
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(-4, os.SEEK_END)
-            stored_size = int.from_bytes(handle.read(4), "little")
-        if stored_size == expected % (1 << 32):
-            return
-        total = 0
-        with gzip.open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error):
-        raise truncated from None
-    if total < expected:
-        raise truncated
-
-
-@contextlib.contextmanager
-def _locale_preserved():
-    """GDCM resets the process locale to "C" when it scans DICOM files; put the caller's back.
-
-    Otherwise every later ``open()`` without an explicit encoding in the same process (ours, a test's,
-    or a Slicer user's script) silently switches to ASCII.
-    """
-    saved = locale.setlocale(locale.LC_ALL)
-    try:
-        yield
-    finally:
-        try:
-            locale.setlocale(locale.LC_ALL, saved)
-        except locale.Error:  # pragma: no cover - a composite locale the C library will not take back
-            pass
 
 
 def _read_dicom_series(folder: Path) -> Image:
@@ -517,13 +429,10 @@ def _labels_from_array(array: np.ndarray, geometry: Geometry, path: Path) -> Lab
 
 
 def _is_slicer_segmentation(path: Path) -> bool:
-    import nrrd
-
-    try:
-        header = nrrd.read_header(str(path))
-    except Exception:  # noqa: BLE001 - unreadable headers are reported by the real reader
-        return False
-    return any(key.startswith("Segment0_") for key in header)
+    """An NRRD with Slicer's ``Segment0_...`` fields (only the first megabyte is looked at)."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_BYTES)
+    return b"\nSegment0_" in head.split(b"\n\n", 1)[0]
 
 
 def _read_seg_nrrd(path: Path) -> Labels:

@@ -9,20 +9,21 @@ on separate layers. Label values, names, colours and terminology come from the r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..data.volume import Geometry, Image, Labels, Segment
-from ..errors import InputError
 from .request import EngineOptions, SegmentationResult
 from .slicing import AxisView
 
 __all__ = ["postprocess", "assemble_labels", "labels_from_probabilities", "sidecar_path", "write_result",
-           "provenance_json"]
+           "provenance_json", "file_sha256", "SIDECAR_SUFFIX"]
 
 
 def _smooth_across_slices(prob: np.ndarray, view: AxisView) -> np.ndarray:
@@ -117,65 +118,81 @@ def labels_from_probabilities(probabilities: dict[str, np.ndarray], segments: Se
 
 # ------------------------------------------------------------------------------------------ files
 
-_LABEL_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
+SIDECAR_SUFFIX = ".ksam.json"
 
 
 def sidecar_path(output: str | Path) -> Path:
-    """``result.seg.nrrd`` → ``result.ksam.json`` (provenance beside the labels)."""
+    """``result.seg.nrrd`` → ``result.seg.nrrd.ksam.json``: the provenance of exactly that file.
+
+    The whole file name is kept, so ``result.nii.gz`` and ``result.seg.nrrd`` in one folder never share
+    (and never replace) each other's sidecar."""
     output = Path(output)
-    name = output.name
-    for ext in _LABEL_EXTENSIONS:
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return output.with_name(name + ".ksam.json")
+    return output.with_name(output.name + SIDECAR_SUFFIX)
 
 
-def _jsonable(value: Any) -> Any:
+def _home_prefix() -> str | None:
+    home = os.path.expanduser("~")
+    return home.rstrip(os.sep) if home not in ("~", os.sep, "") else None
+
+
+def _without_home(text: str, home: str | None) -> str:
+    """A path under the user's home folder as ``~/...``: a shared result file does not name its author."""
+    if home and (text == home or text.startswith(home + os.sep)):
+        return "~" + text[len(home):]
+    return text
+
+
+def _jsonable(value: Any, home: str | None = None) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, home) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, home) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return _jsonable(value.tolist(), home)
     if isinstance(value, (np.floating, float)):
         return None if not math.isfinite(float(value)) else round(float(value), 6)
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (str, Path)):
+        return _without_home(str(value), home)
     return value
 
 
-def provenance_json(result: SegmentationResult) -> str:
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance_json(result: SegmentationResult, output: dict[str, str] | None = None) -> str:
+    """The sidecar's text: the provenance, the per-slice confidence and (``output``) the labels file it
+    belongs to, by name and SHA256, so labels and sidecar of different runs can never pass as a pair."""
     record = dict(result.provenance)
     record["confidence"] = {name: values for name, values in result.confidence.items()}
-    return json.dumps(_jsonable(record), indent=2) + "\n"
+    if output is not None:
+        record["output"] = dict(output)
+    return json.dumps(_jsonable(record, _home_prefix()), indent=2) + "\n"
 
 
 def write_result(result: SegmentationResult, path: str | Path, overwrite: bool = False,
-                 sidecar: bool = True) -> list[Path]:
-    """Write the labels (format by extension) and the provenance sidecar, each atomically.
+                 sidecar: bool = True, on_commit: Callable[[], None] | None = None) -> list[Path]:
+    """Write the labels (format by extension) and the provenance sidecar as one unit.
 
-    Both destinations are checked before anything is written; if the sidecar fails after the labels
-    were newly created, the labels are removed again, so a failure leaves no output behind.
-    """
-    from ..data.io import atomic_write, write_labels
+    Both are written to temporaries, then renamed together (:mod:`KnowledgeSAMLib.data.commit`): a failure,
+    Ctrl+C or kill leaves either the old pair or the new pair, never one of each. Existing files are refused
+    unless ``overwrite``; the labels' format is checked before anything is written. ``on_commit`` is called
+    the moment both are in place (see :func:`~KnowledgeSAMLib.data.commit.commit_renames`)."""
+    from ..data.commit import staged_files
+    from ..data.io import labels_writer
 
     path = Path(path)
-    targets = [path] + ([sidecar_path(path)] if sidecar else [])
-    if not overwrite:
-        for target in targets:
-            if target.exists():
-                raise InputError(f"{target}: file exists; not overwriting it (use --overwrite)")
-    existed = path.exists()
-    write_labels(result.labels, path, overwrite=overwrite)
-    if sidecar:
-        try:
-            with atomic_write(targets[1], overwrite=overwrite) as temporary:
-                temporary.write_text(provenance_json(result), encoding="utf-8")
-        except BaseException:
-            if not existed:
-                path.unlink(missing_ok=True)
-            raise
-    return targets
+    destinations = [path] + ([sidecar_path(path)] if sidecar else [])
+    writer = labels_writer(result.labels, path)
+    with staged_files(destinations, overwrite, on_commit) as temporaries:
+        writer(temporaries[0])
+        if sidecar:
+            output = {"file": path.name, "sha256": file_sha256(temporaries[0])}
+            temporaries[1].write_text(provenance_json(result, output), encoding="utf-8")
+    return destinations

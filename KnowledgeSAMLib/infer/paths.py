@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..data.commit import is_hidden
 from ..errors import InputError
 from .output import sidecar_path
 
-__all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "NAME_FIELD", "expand_targets", "target_name", "plan_outputs"]
+__all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "NAME_FIELD", "expand_targets", "target_name", "plan_outputs",
+           "check_writable", "refuse_existing_outputs"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")  # what write_labels writes
@@ -28,11 +30,12 @@ def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
 
 
 def _is_dicom_folder(folder: Path) -> bool:
-    return not any(_has_suffix(p, IMAGE_SUFFIXES) for p in folder.iterdir() if p.is_file())
+    return not any(_has_suffix(p, IMAGE_SUFFIXES) for p in folder.iterdir() if p.is_file() and not is_hidden(p))
 
 
 def expand_targets(items: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; a folder of images → its images (sorted); a DICOM folder → itself; a .txt → its lines."""
+    """Files as given; a folder of images → its images (sorted; hidden files such as an interrupted write's
+    ``.x.seg.nrrd.<hex>.partial.nrrd`` are not images); a DICOM folder → itself; a .txt → its lines."""
     targets: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
@@ -42,7 +45,7 @@ def expand_targets(items: Sequence[str | os.PathLike]) -> list[Path]:
                            for line in lines if line and not line.startswith("#"))
         elif path.is_dir() and not _is_dicom_folder(path):
             found = sorted(p for p in path.iterdir() if p.is_file() and _has_suffix(p, IMAGE_SUFFIXES)
-                           and not p.name.lower().endswith(".seg.nrrd"))
+                           and not p.name.lower().endswith(".seg.nrrd") and not is_hidden(p))
             if not found:
                 raise InputError(f"{path}: folder contains no images")
             targets.extend(found)
@@ -65,25 +68,86 @@ def target_name(path: str | os.PathLike) -> str:
     return name
 
 
-def plan_outputs(targets: Sequence[Path], output: str | os.PathLike, fmt: str = "seg.nrrd", *,
-                 writable: Sequence[str] = LABEL_SUFFIXES, overwrite: bool = False,
-                 sidecars: bool = False) -> list[Path]:
-    """One output file per target, all checked before any work starts.
+def _asks_for_folder(output: str | os.PathLike) -> bool:
+    """``results/`` (a trailing separator) always means a folder, whatever its name looks like."""
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep))
 
-    ``output`` is a pattern with ``{name}`` (each target's name), a file name (one target), or else a
-    folder (``<folder>/<name>.<fmt>``). Refused with an InputError: a file name for several targets, two
-    targets written to one file, an ending not in ``writable``, an existing file (or, with ``sidecars``,
-    its ``.ksam.json``) unless ``overwrite``.
-    """
+
+def _output_files(targets: Sequence[Path], output: str | os.PathLike, fmt: str,
+                  writable: Sequence[str]) -> list[Path]:
+    """Where each target's result goes: a ``{name}`` pattern, one file, or files in a folder."""
     out = Path(output).expanduser()
-    if NAME_FIELD in str(output):
-        paths = [Path(str(out).replace(NAME_FIELD, target_name(t))) for t in targets]
-    elif _has_suffix(out, LABEL_SUFFIXES) and not out.is_dir():
+    if NAME_FIELD in os.fspath(output):
+        return [Path(str(out).replace(NAME_FIELD, target_name(t))) for t in targets]
+    folder = _asks_for_folder(output) or (out.is_dir() and not _has_suffix(out, LABEL_SUFFIXES))
+    if not folder and _has_suffix(out, LABEL_SUFFIXES):
+        if out.is_dir():
+            raise InputError(f"{out}: is an existing folder, not a file; to write into it, end the path with "
+                             f"'{os.sep}' ({out}{os.sep})")
         if len(targets) != 1:
             raise InputError(f"{out}: several targets need an output folder, not a file name")
-        paths = [out]
-    else:
-        paths = [out / f"{target_name(t)}.{fmt}" for t in targets]
+        return [out]
+    if not folder and out.suffix and not out.exists():
+        raise InputError(f"{out}: '{out.suffix}' is not an output file type; use {' or '.join(writable)}, or end "
+                         f"a folder's name with '{os.sep}' ({out}{os.sep})")
+    return [out / f"{target_name(t)}.{fmt}" for t in targets]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _refuse_inputs(paths: Sequence[Path], inputs: Sequence[str | os.PathLike], sidecars: bool) -> None:
+    """No output (or its sidecar) may be an input: same resolved path, or the same file by inode (links)."""
+    known = [(Path(i).expanduser(), os.path.realpath(Path(i).expanduser()), _identity(Path(i).expanduser()))
+             for i in inputs]
+    for path in paths:
+        for candidate in (path, sidecar_path(path)) if sidecars else (path,):
+            real, identity = os.path.realpath(candidate), _identity(candidate)
+            for given, given_real, given_identity in known:
+                if real == given_real or (identity is not None and identity == given_identity):
+                    raise InputError(f"{candidate}: is the input {given}; writing there would destroy it "
+                                     "(choose another --output)")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_writable(path: Path) -> None:
+    """The output's folder exists and is writable, or can be created (InputError otherwise)."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a file name")
+    existing = _nearest_existing(path.parent.absolute())
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot create the folder {path.parent}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write in {existing} (permission denied)")
+
+
+def plan_outputs(targets: Sequence[Path], output: str | os.PathLike, fmt: str = "seg.nrrd", *,
+                 writable: Sequence[str] = LABEL_SUFFIXES, overwrite: bool = False,
+                 sidecars: bool = False, inputs: Sequence[str | os.PathLike] = (),
+                 refuse_existing: bool = True) -> list[Path]:
+    """One output file per target, all checked before any work starts.
+
+    ``output`` is a pattern with ``{name}`` (each target's name), a file name with a known ending (one
+    target), or a folder (``<folder>/<name>.<fmt>``): an existing folder, a name without an ending, or any
+    name ending in ``/``. Refused with an InputError: a file name for several targets, an unknown ending
+    (``result.foo``), an existing folder named like a file (``x.seg.nrrd``), two targets written to one file,
+    an ending not in ``writable``, an output (or its sidecar) that is one of the ``inputs`` (targets are
+    always inputs), a folder that cannot be written, an existing file (or, with ``sidecars``, its
+    ``.ksam.json``) unless ``overwrite``. ``refuse_existing=False`` leaves that last check to
+    :class:`~.claims.OutputClaims`, which first completes an interrupted write of the output under its lock.
+    """
+    paths = _output_files(targets, output, fmt, writable)
     seen: dict[str, Path] = {}
     for target, path in zip(targets, paths):
         if not _has_suffix(path, writable):
@@ -92,9 +156,17 @@ def plan_outputs(targets: Sequence[Path], output: str | os.PathLike, fmt: str = 
         if key in seen:
             raise InputError(f"{target} and {seen[key]} would both be written to {path}; rename one of them")
         seen[key] = target
-    if not overwrite:
-        for path in paths:
-            for candidate in (path, sidecar_path(path)) if sidecars else (path,):
-                if candidate.exists():
-                    raise InputError(f"{candidate}: file exists; not overwriting it (use --overwrite)")
+    _refuse_inputs(paths, list(targets) + list(inputs), sidecars)
+    for path in paths:
+        check_writable(path)
+    if refuse_existing and not overwrite:
+        refuse_existing_outputs(paths, sidecars)
     return paths
+
+
+def refuse_existing_outputs(paths: Sequence[Path], sidecars: bool) -> None:
+    """InputError for the first output (or, with ``sidecars``, its ``.ksam.json``) that exists."""
+    for path in paths:
+        for candidate in (path, sidecar_path(path)) if sidecars else (path,):
+            if candidate.exists():
+                raise InputError(f"{candidate}: file exists; not overwriting it (use --overwrite)")

@@ -42,6 +42,14 @@ def _labelled_slices(merged, segments) -> dict[str, list[int]]:
     return out
 
 
+def _weights_file(model) -> dict[str, Any]:
+    """Which weights file a model folder's model came from, and whether its hash was verified on load."""
+    check = getattr(model, "weights_check", None)
+    if not isinstance(check, dict):
+        return {}
+    return {"weights_file_sha256": check.get("sha256"), "weights_verified": bool(check.get("verified"))}
+
+
 def engine_record(request, prepared, model, *, fingerprint: str, view, slices: Sequence[int], labels, mappings,
                   policy, runs: Sequence, merged, timings: dict[str, float],
                   roi: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -54,7 +62,8 @@ def engine_record(request, prepared, model, *, fingerprint: str, view, slices: S
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": getattr(model.config, "name", type(model).__name__),
                   "image_size": int(model.config.image_size), "sha256": fingerprint,
-                  "base_sha256": getattr(model.config, "sam_checkpoint_sha256", None)},
+                  "base_sha256": getattr(model.config, "sam_checkpoint_sha256", None),
+                  **_weights_file(model)},
         "target": request.target.source, "reference": request.reference.source,
         "reference_labels": prepared.reference_labels.source,
         "same_volume": same, "mode": prepared.mode, "requested_mode": request.mode, "axis": request.axis,
@@ -70,7 +79,8 @@ def engine_record(request, prepared, model, *, fingerprint: str, view, slices: S
                    "reference_prompts_built": sum(run.bank.prompts_built for run in runs),
                    "heads_run": sum(run.heads_run for run in runs)},
         "timings": timings,
-        "notes": list(dict.fromkeys(policy.notes + [note for run in [merged, *runs] for note in run.notes])),
+        "notes": list(dict.fromkeys(list(getattr(prepared, "notes", [])) + policy.notes
+                                    + [note for run in [merged, *runs] for note in run.notes])),
     }
 
 

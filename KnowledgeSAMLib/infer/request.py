@@ -19,7 +19,7 @@ from ..errors import InputError
 
 __all__ = [
     "AXES", "MODES", "DEVICES", "EngineOptions", "SegmentRequest", "SegmentationResult",
-    "PreparedRequest", "prepare_request", "labelled_slices",
+    "PreparedRequest", "prepare_request", "labelled_slices", "grid_notice",
 ]
 
 
@@ -148,6 +148,7 @@ class PreparedRequest:
     mode: str
     same_volume: bool
     absent: dict[str, list[int]] = field(default_factory=dict)  # segment name -> slices marked absent
+    notes: list[str] = field(default_factory=list)  # what was done to the inputs that a user should know
 
 
 def _name(image: Image | Labels, role: str) -> str:
@@ -182,8 +183,31 @@ def is_same_volume(target: Image, reference: Image) -> bool:
     return bool(np.shares_memory(target.array, reference.array) or np.array_equal(target.array, reference.array))
 
 
-def _labels_on_reference_grid(labels: Labels, reference: Image) -> Labels:
+def _grid_differences(labels: Labels, reference: Image) -> list[str]:
+    a, b = labels.geometry, reference.geometry
+    found = []
+    if labels.shape != reference.shape:
+        found.append(f"size {'x'.join(map(str, labels.shape))} vs {'x'.join(map(str, reference.shape))} voxels")
+    if not np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-6):
+        found.append("spacing " + " vs ".join("x".join(f"{v:g}" for v in g.spacing) + " mm" for g in (a, b)))
+    if not np.allclose(a.origin, b.origin, rtol=0, atol=1e-3):
+        found.append("origin " + " vs ".join("(" + ", ".join(f"{v:g}" for v in g.origin) + ")" for g in (a, b)))
+    if not np.allclose(a.direction, b.direction, rtol=0, atol=1e-5):
+        found.append("orientation")
+    return found or ["grid"]
+
+
+def grid_notice(labels: Labels, reference: Image) -> str | None:
+    """The sentence that tells a user their reference labels were resampled (None when on the same grid)."""
     if labels.shape == reference.shape and labels.geometry.same_grid(reference.geometry):
+        return None
+    return (f"{_name(labels, 'reference labels')} are on another grid than the reference image "
+            f"{_name(reference, 'reference')} ({'; '.join(_grid_differences(labels, reference))}); "
+            "resampled onto the image (nearest neighbour)")
+
+
+def _labels_on_reference_grid(labels: Labels, reference: Image) -> Labels:
+    if grid_notice(labels, reference) is None:
         return labels
     from ..data.io import resample_labels_to  # owner: data; nearest neighbour as Slicer does
 
@@ -248,6 +272,7 @@ def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedReq
     labels = request.reference_labels
     if labels.layers.ndim != 4:
         raise InputError(f"{_name(labels, 'reference labels')}: expected (layers, z, y, x) labels")
+    notice = grid_notice(labels, reference)
     labels = _labels_on_reference_grid(labels, reference)
     segments = _resolve_segments(labels, request.segments)
 
@@ -290,7 +315,7 @@ def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedReq
                 raise InputError(f"slice {clash[0]} is both labelled with {seg.name!r} and marked absent")
         absent = _with_drawn_absences(absent, labels, segments, request)
     return PreparedRequest(request=request, reference_labels=labels, segments=segments, mode=mode,
-                           same_volume=same, absent=absent)
+                           same_volume=same, absent=absent, notes=[notice] if notice else [])
 
 
 def _with_drawn_absences(absent: dict[str, list[int]], labels: Labels, segments: Sequence[Segment],

@@ -23,7 +23,9 @@ touched, and torch only when a model runs.
 from __future__ import annotations
 
 from .. import choices
+from ..data.header import check_image_file
 from ..infer.cancel import CancelToken
+from ..infer.claims import OutputClaims
 from ..infer.paths import expand_targets, plan_outputs, target_name
 from ..infer.provenance import Sources
 from ..infer.request import SegmentationResult
@@ -47,5 +49,5 @@ __all__ = [
     "PreparedRun", "prepare_inputs", "run_engine", "write_outputs", "segment_volume_nodes",
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
-    "expand_targets", "plan_outputs", "target_name",
+    "expand_targets", "plan_outputs", "target_name", "check_image_file", "OutputClaims",
 ]

@@ -1,7 +1,7 @@
 """Ship a finished training run as a model folder with a model card (e.g. the embedded default model).
 
 ``knowledgesam train --export RUN_DIR [--out DEST]`` copies ``RUN_DIR/model`` (safetensors + KSAM
-config) and writes ``training.json`` (the training config, which cases were trained on, validated on and
+config, whose ``weights_sha256`` is written again for the copied file) and writes ``training.json`` (the training config, which cases were trained on, validated on and
 held out, the final validation Dice) and ``MODEL_CARD.md`` generated from the same facts, so the card can
 never disagree with the run. DEST defaults to ``default_model_dir()`` (``Resources/Models/default``); an
 existing model there is replaced only with ``overwrite=True``, and the new folder is assembled beside it
@@ -162,9 +162,9 @@ def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite:
     summary = _read_json(run_dir / "summary.json")
     model_config = _read_json(model_dir / "config.json")
 
-    from ..model.weights import load_model
+    from ..model.weights import WEIGHTS_FILE, file_sha256, load_model, write_config
 
-    model = load_model(model_dir)
+    model = load_model(model_dir)  # verifies the run's weights (hash, fit, finite) before anything is copied
     parameters = {"total": sum(p.numel() for p in model.parameters()),
                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     record = {"name": name, "train_config": train_config, "data": data, "summary": summary,
@@ -178,10 +178,10 @@ def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite:
 
             from ..model.weights import save_model
 
-            save_model(model, tmp, overwrite=True, include_base=True, dtype=torch.float16)
+            save_model(model, tmp, overwrite=True, include_base=True, dtype=torch.float16)  # records its hash
         else:
-            for filename in _MODEL_FILES:
-                shutil.copy2(model_dir / filename, tmp / filename)
+            shutil.copy2(model_dir / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+            write_config(tmp, model.config, file_sha256(tmp / WEIGHTS_FILE))  # the hash of exactly what ships
         (tmp / "LICENSE.md").write_text(licence_text(data, model_config), encoding="utf-8")
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name), encoding="utf-8")
