@@ -14,7 +14,8 @@ tests all need the same conversions, and each is where orientation and data-loss
 * :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks.
 
 Everything between the nodes (the model, the reference cache, input checks, provenance) belongs to the
-front-end-neutral :class:`Segmenter`, re-exported here with the other names the Slicer front-ends need,
+front-end-neutral :class:`Segmenter` (and :class:`WorkerProcess`, which runs it in a separate process for
+the GUI), re-exported here with the other names the Slicer front-ends need,
 so that they import the library through this door only. Runs inside Slicer and on PyPI's ``slicer-core``
 (create the scene with :func:`headless_scene`); ``slicer`` and ``vtk`` are imported only when a node is
 touched, and torch only when a model runs.
@@ -28,6 +29,7 @@ from ..infer.paths import expand_targets, plan_outputs, target_name
 from ..infer.provenance import Sources
 from ..infer.request import SegmentationResult
 from ..infer.segmenter import ModelCache, Segmenter, shared_models
+from ..infer.worker_process import RemoteJob, WorkerError, WorkerProcess
 from .run import PreparedRun, prepare_inputs, run_engine, segment_volume_nodes, write_outputs
 from .scene import headless_scene, remove_node, same_coordinate_frame, same_node
 from .segmentations import labels_from_segmentation_node, resolve_segment_ids, segment_tag
@@ -48,4 +50,6 @@ __all__ = [
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
     "expand_targets", "plan_outputs", "target_name",
+    # inference in a separate process (never starved by Slicer's main thread)
+    "WorkerProcess", "RemoteJob", "WorkerError",
 ]
