@@ -166,8 +166,8 @@ def test_batch_script_encodes_the_reference_once_for_all_targets(KnowledgeSAM, m
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1  # outputs removed again
 
     alone = ThresholdModel(image_size=32)  # what one target costs on its own: its slices and the reference's
-    prepared = mrml.prepare_inputs(nodes[tmp_path / "case3.nrrd"], reference, segmentation, None, mode="volume",
-                                   device="cpu")
+    case3 = add_volume(scene, blob_volume(shape=(10, 40, 48), seed=3)[0].array, spacing, "case3")  # the batch removed it
+    prepared = mrml.prepare_inputs(case3, reference, segmentation, None, mode="volume", device="cpu")
     reference_slices = mrml.run_engine(prepared, mrml.Segmenter(alone)).provenance["counts"]["reference_slices_encoded"]
     assert reference_slices > 0 and alone.encoded_images == reference_slices + 10
     assert model.encoded_images == reference_slices + 3 * 10, "the reference must be encoded once for all targets"

@@ -11,6 +11,7 @@ tests all need the same conversions, and each is where orientation and data-loss
   output segments change; a failure restores the node; :class:`WriteBack` undoes a run as one step);
 * :mod:`.run` — one run: :func:`prepare_inputs` (main thread) → :func:`run_engine` (any thread) →
   :func:`write_outputs` (main thread), or all three in :func:`segment_volume_nodes`;
+* :mod:`.roi` — an ROI markup (its world box) as the engine's ``roi``, checked against the target;
 * :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks.
 
 Everything between the nodes (the model, the reference cache, input checks, provenance) belongs to the
@@ -31,12 +32,13 @@ from ..infer.request import SegmentationResult
 from ..infer.segmenter import ModelCache, Segmenter, shared_models
 from ..infer.worker_process import RemoteJob, WorkerError, WorkerProcess
 from .run import PreparedRun, prepare_inputs, run_engine, segment_volume_nodes, write_outputs
-from .scene import headless_scene, remove_node, same_coordinate_frame, same_node
+from .roi import check_roi, roi_from_node, roi_points_from_bounds, world_bounds
+from .scene import check_in_scene, headless_scene, remove_node, same_coordinate_frame, same_node
 from .segmentations import labels_from_segmentation_node, resolve_segment_ids, segment_tag
 from .volumes import (geometry_from_volume_node, image_from_volume_node, oriented_image_from_mask, replace_slices,
                       slice_index_at_ras)
 from .writeback import (DEFAULT_OPTIONS, SEGMENTATION_FILE_TYPES, MRMLOptions, WriteBack,
-                        apply_result_to_segmentation, write_segmentation_node)
+                        apply_result_to_segmentation, check_output_node, write_segmentation_node)
 
 __all__ = [
     # nodes <-> library data
@@ -44,7 +46,9 @@ __all__ = [
     "geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "oriented_image_from_mask",
     "replace_slices", "labels_from_segmentation_node", "resolve_segment_ids", "segment_tag",
     "MRMLOptions", "DEFAULT_OPTIONS", "WriteBack", "apply_result_to_segmentation",
-    "write_segmentation_node", "SEGMENTATION_FILE_TYPES",
+    "write_segmentation_node", "SEGMENTATION_FILE_TYPES", "check_output_node", "check_in_scene",
+    # ROI markups -> the engine's roi
+    "roi_from_node", "roi_points_from_bounds", "world_bounds", "check_roi",
     # one run
     "PreparedRun", "prepare_inputs", "run_engine", "write_outputs", "segment_volume_nodes",
     # the library behind the door, for the Slicer front-ends
