@@ -316,7 +316,8 @@ class WorkerProcess:
             else:
                 job._finish("error", WorkerError(
                     f"The KnowledgeSAM inference process stopped unexpectedly ({how or _describe_exit(code)}); "
-                    "nothing was changed. The next run starts a new one.", self._log_tail()))
+                    "nothing was changed. The next run starts a new one.",
+                    self._log_tail() or f"The inference process ({self.python}) printed nothing before it stopped."))
         self._close()
 
     def _log_tail(self) -> str:
