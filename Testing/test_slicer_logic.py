@@ -2,16 +2,13 @@
 
 slicer-core has MRML but not the scripted-module base classes, the parameter node wrapper, Qt or
 ``slicer.app``. The Logic is GUI-free, so importing KnowledgeSAM.py with minimal stand-ins for those
-(below) runs its real code: argument order, model loading and caching, delegation to
-KnowledgeSAMLib.mrml. The widget and the self-test need real Slicer (``Slicer --testing``, see
-docs/slicer.md).
+(Testing/slicer_stubs.py) runs its real code: argument order, model loading and caching, delegation to
+KnowledgeSAMLib.mrml. The panel's behaviour is tested through its presenter (test_slicer_panel.py); the Qt
+widget itself and the in-Slicer self-tests need real Slicer (``Slicer --testing``, see docs/slicer.md).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -23,50 +20,16 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip
 from KnowledgeSAMLib import mrml  # noqa: E402
 from KnowledgeSAMLib.errors import InputError  # noqa: E402
 
+from slicer_stubs import load_module, stub_slicer_python_layer  # noqa: E402
 from test_slicer_mrml import add_segment, add_volume, copy_engine, new_segmentation, segment_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _stub_modules(monkeypatch):
-    """Just enough of Slicer's Python layer for KnowledgeSAM.py to import (no behaviour is faked for
-    anything the Logic uses: MRML and KnowledgeSAMLib are real)."""
-    qt = types.ModuleType("qt")
-    qt.QTimer = qt.QSettings = qt.QListWidgetItem = qt.QPixmap = qt.QColor = qt.QIcon = object
-    qt.Qt = types.SimpleNamespace(UserRole=32, ItemIsUserCheckable=16, Checked=2, Unchecked=0)
-    monkeypatch.setitem(sys.modules, "qt", qt)
-
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            pass
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
-        setattr(scripted, name, type(name, (), {}))
-    scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
-
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = wrapper.Minimum = lambda *args, **kwargs: None
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
-
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
-    monkeypatch.syspath_prepend(str(ROOT / "KnowledgeSAM"))
-
-
 @pytest.fixture()
 def KnowledgeSAM(monkeypatch):
-    _stub_modules(monkeypatch)
-    spec = importlib.util.spec_from_file_location("KnowledgeSAM", ROOT / "KnowledgeSAM" / "KnowledgeSAM.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "KnowledgeSAM", module)
-    spec.loader.exec_module(module)
-    return module
+    stub_slicer_python_layer(monkeypatch)
+    return load_module(monkeypatch, "KnowledgeSAM", ROOT / "KnowledgeSAM" / "KnowledgeSAM.py")
 
 
 @pytest.fixture()
