@@ -12,7 +12,8 @@ tests all need the same conversions, and each is where orientation and data-loss
 * :mod:`.run` — one run: :func:`prepare_inputs` (main thread) → :func:`run_engine` (any thread) →
   :func:`write_outputs` (main thread), or all three in :func:`segment_volume_nodes`;
 * :mod:`.roi` — an ROI markup (its world box) as the engine's ``roi``, checked against the target;
-* :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks.
+* :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks;
+* :mod:`.files` — volume and segmentation files into a scene with Slicer's storage nodes (slicer-core).
 
 Everything between the nodes (the model, the reference cache, input checks, provenance) belongs to the
 front-end-neutral :class:`Segmenter` (and :class:`WorkerProcess`, which runs it in a separate process for
@@ -32,6 +33,7 @@ from ..infer.request import SegmentationResult
 from ..infer.segmenter import ModelCache, Segmenter, shared_models
 from ..infer.worker_process import RemoteJob, WorkerError, WorkerProcess
 from .run import PreparedRun, prepare_inputs, run_engine, segment_volume_nodes, write_outputs
+from .files import load_segmentation, load_volume
 from .roi import check_roi, roi_from_node, roi_points_from_bounds, world_bounds
 from .scene import check_in_scene, headless_scene, remove_node, same_coordinate_frame, same_node
 from .segmentations import labels_from_segmentation_node, resolve_segment_ids, segment_tag
@@ -47,6 +49,8 @@ __all__ = [
     "replace_slices", "labels_from_segmentation_node", "resolve_segment_ids", "segment_tag",
     "MRMLOptions", "DEFAULT_OPTIONS", "WriteBack", "apply_result_to_segmentation",
     "write_segmentation_node", "SEGMENTATION_FILE_TYPES", "check_output_node", "check_in_scene",
+    # files into a scene without the application (slicer-core)
+    "load_volume", "load_segmentation",
     # ROI markups -> the engine's roi
     "roi_from_node", "roi_points_from_bounds", "world_bounds", "check_roi",
     # one run
