@@ -292,8 +292,10 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         if self.installer is not None or self._busy():
             return
-        self.installer = installer.startInstall(self.resourcePath("requirements.txt"), self._installProgress,
-                                                self._installFinished)
+        run = installer.startInstall(self.resourcePath("requirements.txt"), self._installProgress,
+                                     self._installFinished)
+        self.installer = run if run is not None and run.outcome is None else None  # it may have ended at once
+        self.updateDependencyStatus()
         self.updateGUIState()
 
     def _installProgress(self, line):

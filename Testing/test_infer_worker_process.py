@@ -128,7 +128,7 @@ def test_a_cancel_that_is_not_honoured_kills_the_process():
 
 def test_a_second_job_is_refused_while_one_runs(worker):
     job = worker.submit(request(), engine=standins.untilCancelled)
-    with pytest.raises(RuntimeError, match="already running"):
+    with pytest.raises(WorkerError, match="already running"):
         worker.submit(request(), engine=standins.copyEngine)
     job.cancel()
     wait(job)
@@ -141,6 +141,17 @@ def test_cancel_before_the_process_answered_sends_nothing(worker):
         wait(job).result()
     later = wait(worker.submit(request(), engine=standins.countingEngine)).result()
     assert later.provenance["calls"] in (1, 2)  # the cancelled one ran at most once
+
+
+def test_stop_ends_a_busy_process_at_once():
+    worker = WorkerProcess()
+    job = worker.submit(request(), engine=standins.ignoresCancel)  # never looks at the cancel token
+    wait(job, until=lambda j: j.progress() == (1, 10))
+    process = worker._proc
+    worker.stop(timeout_s=60)
+    assert process.returncode == 0, "it exited when told (a kill would give -9)"
+    with pytest.raises(CancelledError):
+        job.result()
 
 
 def test_a_missing_interpreter_is_a_clear_error():

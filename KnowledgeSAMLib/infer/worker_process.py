@@ -170,8 +170,10 @@ class WorkerProcess:
 
         ``model``/``sam_checkpoint`` as for :class:`~.segmenter.Segmenter` (a name, a folder, or a picklable
         model); ``engine``: a picklable stand-in for the engine (a module-level function), a test seam."""
+        self.poll()  # a job nobody followed to its end (e.g. its front-end went away) may be over by now
         if self.busy:
-            raise RuntimeError("KnowledgeSAM is already running a segmentation; wait or cancel it first")
+            raise WorkerError("KnowledgeSAM is already running a segmentation (in the module panel or the Segment "
+                              "Editor effect); wait for it, or cancel it first")
         payload = {"request": request, "sources": sources, "model": DEFAULT_MODEL if model is None else model,
                    "sam_checkpoint": None if sam_checkpoint is None else str(sam_checkpoint), "engine": engine}
         self._job = RemoteJob(self, self._next_id, payload)
@@ -197,7 +199,7 @@ class WorkerProcess:
         self._watch()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Cancel any run and end the process (politely, then killed)."""
+        """Cancel any run and end the process (it exits when told; killed if it has not by ``timeout_s``)."""
         if self._job is not None:
             self._job._finish("error", CancelledError("segmentation was cancelled; nothing was written"))
         if self._conn is not None:
@@ -372,6 +374,8 @@ class _Server:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(0)
+            if message[0] == "stop":
+                os._exit(0)  # nothing to save: results only exist to be sent
             if message[0] == "cancel":
                 with self.lock:
                     self.cancelled.add(message[1])
@@ -384,8 +388,6 @@ class _Server:
         threading.Thread(target=self.read, name="KnowledgeSAM-worker-reader", daemon=True).start()
         while True:
             message = self.jobs.get()
-            if message[0] == "stop":
-                return
             if message[0] == "run":
                 self.run(message[1], message[2])
 
