@@ -5,8 +5,9 @@ Qt and Slicer's application layer are stand-ins (``unittest.mock.MagicMock`` wid
 slicer_stubs.py); MRML is slicer-core's. Steps, each printed: import the module file (KnowledgeSAM.py) and
 the effect file; build the module; build the panel (``KnowledgeSAMWidget.setup()``, which also creates the
 Logic, the presenter, the device list and the dependency status); build the effect's options
-(``setupOptionsFrame()``) and ask it for its options. Any attempt to import torch raises; the probe exits 0
-only if every step ran and torch is still absent.
+(``setupOptionsFrame()``) and ask it for its options; Apply a segmentation from the panel (the engine, a
+stand-in, runs in the inference process: Slicer's own process needs no torch even for a run). Any attempt
+to import torch here raises; the probe exits 0 only if every step ran and torch is still absent.
 """
 
 import importlib.abc
@@ -78,7 +79,7 @@ def stub_application(monkeypatch):
     effects.AbstractScriptedSegmentEditorEffect = type("AbstractScriptedSegmentEditorEffect", (), {
         "__init__": lambda self, scriptedEffect: setattr(self, "scriptedEffect", scriptedEffect)})
     monkeypatch.setitem(sys.modules, "SegmentEditorEffects", effects)
-    for name in ("app", "mrmlScene", "qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"):
+    for name in ("app", "mrmlScene", "modules", "qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"):
         monkeypatch.setattr(slicer, name, mock.MagicMock(name=name), raising=False)
     for name in ("loadUI", "childWidgetVariables", "settingsValue", "mainWindow", "VTKObservationMixin"):
         monkeypatch.setattr(slicer.util, name, mock.MagicMock(name=name), raising=False)
@@ -89,6 +90,34 @@ def stub_application(monkeypatch):
     monkeypatch.setattr(slicer.util, "VTKObservationMixin", type("VTKObservationMixin", (), {
         "__init__": lambda self: None, "addObserver": lambda self, *a: None,
         "removeObserver": lambda self, *a: None, "removeObservers": lambda self: None}))
+
+
+def run_in_the_inference_process(widget):
+    """Apply from the panel's presenter on slicer-core nodes: checks and write-back happen here, the engine (a
+    stand-in) in the inference process, so Slicer's own process needs no torch for a run either."""
+    import time
+
+    import numpy as np
+
+    from KnowledgeSAMLib import mrml
+    from KnowledgeSAMSlicer import standins
+    from test_slicer_mrml import add_segment, add_volume, new_segmentation
+
+    scene = mrml.headless_scene()
+    volume = add_volume(scene, np.zeros((6, 16, 16), np.int16), np.eye(4), "ct")
+    reference = new_segmentation(scene, volume, "reference")
+    mask = np.zeros((6, 16, 16), np.uint8)
+    mask[2, 4:9, 4:9] = 1
+    segmentId = add_segment(reference, mask, volume, "kidney")
+    parameters = widget._parameterNode
+    parameters.targetVolume, parameters.referenceSegmentation = volume, reference
+    widget._checklist = mock.MagicMock(checkedIds=lambda: [segmentId])
+    assert widget.presenter.apply("cpu", engine=standins.copyEngine), widget.ui.statusLabel.text
+    deadline = time.monotonic() + 120
+    while widget.presenter.busy and time.monotonic() < deadline:
+        widget._monitor.poll()
+        time.sleep(0.01)
+    assert parameters.outputSegmentation is not None, widget.ui.statusLabel.text
 
 
 def main():
@@ -114,6 +143,8 @@ def main():
     effect.options()
     assert effect.presenter is not None
     print("built the effect")
+    run_in_the_inference_process(widget)
+    print("ran a segmentation")
     leaked = sorted(name for name in sys.modules if name == "torch" or name.startswith("torch."))
     if attempts or leaked:
         print(f"torch was imported: attempts {attempts}, modules {leaked[:5]}")
