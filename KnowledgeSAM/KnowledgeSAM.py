@@ -13,7 +13,6 @@ This file must stay importable by Slicer 5.8 (Python 3.9): no ``X | Y`` annotati
 
 import logging
 import os
-import traceback
 from typing import Annotated
 
 import qt

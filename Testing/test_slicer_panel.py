@@ -16,7 +16,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip
 from KnowledgeSAMLib import mrml  # noqa: E402
 
 from slicer_stubs import FakeBar, FakeTimer, ViewRecorder, drive, load_module, stub_slicer_python_layer  # noqa: E402
-from test_slicer_mrml import add_segment, add_volume, new_segmentation, segment_state  # noqa: E402
+from test_slicer_mrml import add_segment, add_volume, new_segmentation  # noqa: E402
 from test_slicer_nothing_lost import scene_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
