@@ -1,9 +1,11 @@
 """KnowledgeSAM: segment a volume by showing an example (a reference image and its segmentation).
 
 Module (title, help), parameter node, panel (widget), Logic (GUI-free; also the console/batch API) and
-self-test, following Slicer's scripted-module template. All MRML work goes through
-``KnowledgeSAMLib.mrml`` (Qt-free, tested on slicer-core); inference runs on one persistent worker thread
-(``KnowledgeSAMSlicer.worker``) and every MRML/Qt update happens on the main thread.
+self-test, following Slicer's scripted-module template. The widget only wires Qt to the panel's Qt-free
+presenter (``KnowledgeSAMSlicer.panel``); all MRML work goes through ``KnowledgeSAMLib.mrml`` (Qt-free,
+tested on slicer-core); inference runs in a separate process that keeps the model loaded
+(``KnowledgeSAMSlicer.worker``), so Slicer's main thread can never starve it, and every MRML/Qt update happens
+on the main thread. Nothing here imports torch until a run starts or the device list is opened.
 
 This file must stay importable by Slicer 5.8 (Python 3.9): no ``X | Y`` annotations, and
 ``KnowledgeSAMLib`` (Python >= 3.10) is imported only inside functions.
@@ -11,14 +13,13 @@ This file must stay importable by Slicer 5.8 (Python 3.9): no ``X | Y`` annotati
 
 import logging
 import os
-import traceback
 from typing import Annotated
 
 import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
@@ -31,22 +32,16 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from KnowledgeSAMSlicer import environment
+from KnowledgeSAMSlicer.panel import REFERENCE_SLICE_MODES, SLICE_ALL, sameNode
 from KnowledgeSAMSlicer.selftest import ModuleTestCases, runTests
 
 environment.ensureLibraryImportable(__file__)
 choices = environment.libraryChoices()  # modes and axes: one definition, KnowledgeSAMLib/choices.py
 
 HOMEPAGE = "https://github.com/KnowledgeSAM/SlicerKnowledgeSAM"
-SLICE_CURRENT, SLICE_ALL, SLICE_NUMBER = "current slice in view", "all labelled slices", "slice number"
-REFERENCE_SLICE_MODES = [SLICE_CURRENT, SLICE_ALL, SLICE_NUMBER]
 SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"
 SETTINGS_SAM_CHECKPOINT = "KnowledgeSAM/SamCheckpointPath"
 SETTINGS_DEVICE = "KnowledgeSAM/Device"
-
-
-def _sameNode(a, b):
-    """The same MRML node (compared by ID: Python wrappers of one node are not always the same object)."""
-    return a is not None and b is not None and a.GetID() == b.GetID()
 
 
 #
@@ -59,7 +54,7 @@ class KnowledgeSAM(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Knowledge SAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations"]
+        self.parent.dependencies = ["Segmentations", "Markups"]
         self.parent.contributors = ["KnowledgeSAM developers"]
         self.parent.helpText = _(
             "Segment structures in a volume by example: pick a reference volume and a segmentation of the "
@@ -99,6 +94,8 @@ class KnowledgeSAMParameterNode:
     referenceVolume: None means "the target itself" (same-volume modes).
     referenceSegmentIds: JSON list of the checked segment IDs of referenceSegmentation.
     outputSegmentation: None means "create a new segmentation on Apply".
+    roiNode: an ROI box around the structures in the target; None means the engine's ``roi="auto"``.
+    referenceSliceMode: "all labelled slices" by default (the one-click sample has one labelled slice).
     """
 
     targetVolume: vtkMRMLScalarVolumeNode
@@ -106,13 +103,14 @@ class KnowledgeSAMParameterNode:
     referenceSegmentation: vtkMRMLSegmentationNode
     referenceSegmentIds: str = "[]"
     outputSegmentation: vtkMRMLSegmentationNode
-    referenceSliceMode: Annotated[str, Choice(REFERENCE_SLICE_MODES)] = SLICE_CURRENT
+    referenceSliceMode: Annotated[str, Choice(REFERENCE_SLICE_MODES)] = SLICE_ALL
     referenceSliceIndex: Annotated[int, Minimum(0)] = 0
     axis: Annotated[str, Choice(list(choices.AXES))] = choices.DEFAULT_AXIS
     mode: Annotated[str, Choice(list(choices.MODES))] = choices.DEFAULT_MODE
     useSliceRange: bool = False
     sliceRangeStart: Annotated[int, Minimum(0)] = 0
     sliceRangeStop: Annotated[int, Minimum(0)] = 0
+    roiNode: vtkMRMLMarkupsROINode
 
 
 #
@@ -121,18 +119,20 @@ class KnowledgeSAMParameterNode:
 
 
 class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel. Nothing is installed, downloaded or loaded in ``setup()``."""
+    """The panel: Qt wiring only; what it does is ``KnowledgeSAMSlicer.panel.PanelPresenter`` (tested without
+    Qt). Nothing is installed, downloaded, loaded or imported from torch in ``setup()``."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.presenter = None
+        self.installer = None  # KnowledgeSAMSlicer.installer.InstallRun while dependencies install
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._checklist = None  # KnowledgeSAMSlicer.segmentlist.SegmentChecklist
         self._monitor = None  # KnowledgeSAMSlicer.worker.JobMonitor: the running job, if any
-        self._prepared = None
-        self._lastWrite = None
+        self._gpusListed = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -141,7 +141,37 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = KnowledgeSAMLogic()
+        self._setupPaths()
+        self.ui.progressBar.setVisible(False)
 
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.listGpus)
+        self.ui.modelCollapsibleButton.connect("contentsCollapsed(bool)", self.onModelSectionCollapsed)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+
+        from KnowledgeSAMSlicer import devices, panel, segmentlist, views, worker
+
+        self._checklist = segmentlist.SegmentChecklist(self.ui.segmentsListWidget, lambda: self._parameterNode,
+                                                       self.updateGUIState)
+        self._monitor = worker.JobMonitor(self.ui.progressBar, self._onJobFinished)
+        self.presenter = panel.PanelPresenter(self.logic, self._monitor, self, lambda: self._parameterNode,
+                                              self._checkedSegmentIds, views.currentSliceIndex,
+                                              self._segmentEditorUndoHook)
+        self._fillDevices(devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto")))
+        self.initializeParameterNode()
+        self.updateDependencyStatus()
+        reason = environment.libraryUnavailableReason()
+        if reason:
+            self.setStatus(reason, error=True)
+
+    def _setupPaths(self):
         import ctk
 
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
@@ -149,35 +179,13 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.samCheckpointPathLineEdit.nameFilters = ["SAM checkpoint (*.pth)"]
         self.ui.modelPathLineEdit.currentPath = slicer.util.settingsValue(SETTINGS_MODEL_PATH, "")
         self.ui.samCheckpointPathLineEdit.currentPath = slicer.util.settingsValue(SETTINGS_SAM_CHECKPOINT, "")
-        self.ui.progressBar.setVisible(False)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
-        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.updateDevices)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
-        self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-
-        from KnowledgeSAMSlicer import segmentlist, worker
-
-        self._checklist = segmentlist.SegmentChecklist(self.ui.segmentsListWidget, lambda: self._parameterNode,
-                                                       self.updateGUIState)
-        self._monitor = worker.JobMonitor(self.ui.progressBar, self.onJobFinished)
-        self.initializeParameterNode()
-        self.updateDevices()
-        self.updateDependencyStatus()
-        reason = environment.libraryUnavailableReason()
-        if reason:
-            self.setStatus(reason, error=True)
 
     def cleanup(self):
+        """The panel goes away (Slicer exits, or the module is reloaded): a running job is cancelled."""
         if self._monitor is not None:
             self._monitor.stop()
+        if self.installer is not None:
+            self.installer.cancel()
         if self._checklist is not None:
             self._checklist.cleanup()
         self.removeObservers()
@@ -186,14 +194,17 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
+        """Leaving the module cancels a running segmentation (nothing is written) and disconnects the GUI."""
+        if self.presenter is not None:
+            self.presenter.onModuleExit()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIState)
 
     def onSceneStartClose(self, caller, event):
+        self.presenter.onSceneStartClose()
         self.setParameterNode(None)
-        self._lastWrite = None
         self._checklist.forget()
 
     def onSceneEndClose(self, caller, event):
@@ -228,24 +239,34 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- devices, dependencies, model
 
-    def updateDevices(self):
-        from KnowledgeSAMSlicer import devices
-
+    def _fillDevices(self, choices):
         saved = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        try:
-            choices = devices.availableDevices()
-        except Exception as error:  # a broken PyTorch must not break the panel
-            logging.warning(f"KnowledgeSAM: could not list devices: {error}")
-            choices = [devices.DeviceChoice("CPU", "cpu")]
         for index, choice in enumerate(choices):
             combo.addItem(choice.label, choice.value)
             combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
         found = combo.findData(saved)
         combo.setCurrentIndex(found if found >= 0 else 0)
         combo.blockSignals(wasBlocked)
+
+    def onModelSectionCollapsed(self, collapsed):
+        if not collapsed and not self._gpusListed:
+            self.listGpus()
+
+    def listGpus(self):
+        """The GPUs PyTorch sees, with their memory (imports torch: only when the user opens the device list)."""
+        from KnowledgeSAMSlicer import devices
+
+        try:
+            with slicer.util.WaitCursor():
+                choices = devices.availableDevices()
+            self._gpusListed = True
+        except Exception as error:  # a broken PyTorch must not break the panel
+            logging.warning(f"KnowledgeSAM: could not list devices: {error}")
+            choices = devices.defaultDevices()
+        self._fillDevices(choices)
 
     def onDeviceChanged(self, index=None):
         qt.QSettings().setValue(SETTINGS_DEVICE, self.ui.deviceComboBox.currentData)
@@ -255,35 +276,53 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QSettings().setValue(SETTINGS_SAM_CHECKPOINT, self.ui.samCheckpointPathLineEdit.currentPath)
 
     def updateDependencyStatus(self):
-        from KnowledgeSAMSlicer import dependencies
+        from KnowledgeSAMSlicer import installer
 
-        missing = dependencies.missingRequirements(dependencies.readRequirements(self.resourcePath("requirements.txt")))
-        if dependencies.torchMissing():
-            missing = ["torch (PyTorch extension)"] + missing
+        missing = installer.missingDependencies(self.resourcePath("requirements.txt"))
         self.ui.dependenciesStatusLabel.text = _("all installed") if not missing else _("missing: {names}").format(
             names=", ".join(missing))
-        self.ui.installDependenciesButton.enabled = bool(missing)
+        self.ui.installDependenciesButton.enabled = bool(missing) and self.installer is None
         return not missing
 
     def onInstallDependencies(self):
-        from KnowledgeSAMSlicer import dependencies
+        """One confirmation for everything (with the CPU/GPU choice), then the installers run as separate
+        processes while Slicer stays responsive; their output is shown in the status line and the log."""
+        from KnowledgeSAMSlicer import installer
 
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Installing KnowledgeSAM's dependencies failed."), waitCursor=True):
-                dependencies.installDependencies(self.resourcePath("requirements.txt"))
-                self.setStatus(_("Dependencies installed."))
-        except (dependencies.InstallAborted, dependencies.RestartRequired) as error:
-            self.setStatus(str(error), error=True)
+        if self.installer is not None or self._busy():
+            return
+        run = installer.startInstall(self.resourcePath("requirements.txt"), self._installProgress,
+                                     self._installFinished)
+        self.installer = run if run is not None and run.outcome is None else None  # it may have ended at once
         self.updateDependencyStatus()
-        self.updateDevices()
         self.updateGUIState()
+
+    def _installProgress(self, line):
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.setRange(0, 0)
+        self.setStatus(line)
+
+    def _installFinished(self, outcome):
+        self.installer = None
+        self.ui.progressBar.setVisible(False)
+        self.setStatus(outcome.message, error=outcome.failed)
+        if outcome.failed:
+            slicer.util.errorDisplay(outcome.message, detailedText=outcome.details)
+        self.updateDependencyStatus()
+        self._fillDevices(self._deviceChoicesAfterInstall())
+        self.updateGUIState()
+
+    def _deviceChoicesAfterInstall(self):
+        from KnowledgeSAMSlicer import devices
+
+        return devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto"))
 
     def _modelArguments(self):
         modelPath = self.ui.modelPathLineEdit.currentPath.strip() or None
         samPath = self.ui.samCheckpointPathLineEdit.currentPath.strip() or None
         return modelPath, samPath
 
-    # ---------------------------------------------------------------- state
+    # ---------------------------------------------------------------- the presenter's view
 
     def setStatus(self, text, error=False):
         self.ui.statusLabel.text = text
@@ -291,46 +330,38 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if text:
             logging.info(f"KnowledgeSAM: {text}")
 
+    def showError(self, text, details=None):
+        if details:
+            slicer.util.errorDisplay(text, detailedText=details)
+        else:
+            slicer.util.errorDisplay(text)
+
+    def refresh(self):
+        self.updateGUIState()
+
     def _busy(self):
-        return self._monitor is not None and self._monitor.busy
+        return self.presenter is not None and self.presenter.busy
 
     def updateGUIState(self, caller=None, event=None):
         if self._checklist is not None:
             self._checklist.sync()
-        p = self._parameterNode
-        busy = self._busy()
-        available = environment.libraryUnavailableReason() is None
-        ready = bool(p and p.targetVolume and p.referenceSegmentation and self._checkedSegmentIds())
-        self.ui.applyButton.enabled = available and ready and not busy
-        if not available:
-            self.ui.applyButton.toolTip = environment.libraryUnavailableReason()
-        elif not ready:
-            self.ui.applyButton.toolTip = _("Choose a target volume, a reference segmentation and at least one segment.")
-        else:
-            self.ui.applyButton.toolTip = _("Segment the target volume.")
-        self.ui.cancelButton.enabled = busy
-        self.ui.undoButton.enabled = (not busy) and self._lastWrite is not None and not self._lastWrite.undone
-        sameVolume = bool(p) and (p.referenceVolume is None or _sameNode(p.referenceVolume, p.targetVolume))
-        self.ui.referenceSliceComboBox.enabled = sameVolume and not busy
-        self.ui.referenceSliceSpinBox.enabled = sameVolume and not busy and bool(p) and p.referenceSliceMode == SLICE_NUMBER
-        useRange = bool(p) and p.useSliceRange
-        self.ui.sliceRangeStartSpinBox.enabled = useRange and not busy
-        self.ui.sliceRangeStopSpinBox.enabled = useRange and not busy
+        if self.presenter is None:
+            return
+        state = self.presenter.state(environment.libraryUnavailableReason())
+        installing = self.installer is not None
+        self.ui.applyButton.enabled = state.applyEnabled and not installing
+        self.ui.applyButton.toolTip = state.applyToolTip
+        self.ui.cancelButton.enabled = state.cancelEnabled or installing
+        self.ui.undoButton.enabled = state.undoEnabled
+        self.ui.referenceSliceComboBox.enabled = state.referenceSliceEnabled
+        self.ui.referenceSliceSpinBox.enabled = state.referenceSliceNumberEnabled
+        self.ui.sliceRangeStartSpinBox.enabled = state.sliceRangeEnabled
+        self.ui.sliceRangeStopSpinBox.enabled = state.sliceRangeEnabled
         for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
                        self.ui.optionsCollapsibleButton, self.ui.modelCollapsibleButton):
-            widget.enabled = not busy
+            widget.enabled = state.inputsEnabled and not installing
 
     # ---------------------------------------------------------------- apply / cancel / undo
-
-    def _referenceSliceIndex(self, p, referenceVolume):
-        sameVolume = _sameNode(referenceVolume, p.targetVolume)
-        if not sameVolume or p.referenceSliceMode == SLICE_ALL:
-            return None
-        if p.referenceSliceMode == SLICE_NUMBER:
-            return int(p.referenceSliceIndex)
-        from KnowledgeSAMSlicer import views
-
-        return views.currentSliceIndex(referenceVolume, p.axis)
 
     def onApplyButton(self):
         if self._busy():
@@ -344,73 +375,16 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "'Install dependencies' first."))
             self.ui.modelCollapsibleButton.collapsed = False
             return
-        from KnowledgeSAMLib.errors import KnowledgeSAMError
-
-        p = self._parameterNode
-        referenceVolume = p.referenceVolume or p.targetVolume
-        try:
-            sliceIndex = self._referenceSliceIndex(p, referenceVolume)
-            sliceRange = (int(p.sliceRangeStart), int(p.sliceRangeStop)) if p.useSliceRange else None
-            self._prepared = self.logic.prepare(
-                p.targetVolume, referenceVolume, p.referenceSegmentation, self._checkedSegmentIds(),
-                outputSegmentationNode=p.outputSegmentation, referenceSliceIndex=sliceIndex, axis=p.axis,
-                mode=p.mode, device=self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, sliceRange=sliceRange)
-        except (KnowledgeSAMError, ValueError) as error:
-            self.setStatus(str(error), error=True)
-            slicer.util.errorDisplay(str(error))
-            return
         modelPath, samPath = self._modelArguments()
-        logic, prepared = self.logic, self._prepared
-
-        def work(progress, cancel):
-            return logic.runPrepared(prepared, model=modelPath, samCheckpoint=samPath, progressCallback=progress,
-                                     cancel=cancel)
-
-        self._monitor.start(work)
-        self.setStatus(_("Segmenting {target}...").format(target=p.targetVolume.GetName()))
-        self.updateGUIState()
+        self.presenter.apply(self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, modelPath, samPath)
 
     def onCancelButton(self):
-        if self._busy():
-            self._monitor.cancel()
-            self.setStatus(_("Cancelling after the current batch..."))
+        if self.installer is not None:
+            self.installer.cancel()
+        self.presenter.cancel()
 
-    def onJobFinished(self, job):
-        try:
-            self._finishJob(job)
-        finally:
-            self._prepared = None
-            self.updateGUIState()
-
-    def _finishJob(self, job):
-        from KnowledgeSAMLib.errors import CancelledError, KnowledgeSAMError
-
-        try:
-            result = job.result()
-            write = self.logic.writePrepared(self._prepared, result,
-                                             saveStateForUndo=self._segmentEditorUndoHook(self._prepared))
-        except CancelledError:
-            self.setStatus(_("Cancelled after {seconds:.1f} s; nothing was changed.").format(seconds=job.elapsedSeconds))
-            return
-        except KnowledgeSAMError as error:
-            self.setStatus(str(error), error=True)
-            slicer.util.errorDisplay(str(error))
-            return
-        except Exception as error:
-            self.setStatus(_("Segmentation failed: {error}").format(error=error), error=True)
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),
-                                     detailedText=traceback.format_exc())
-            return
-        self._lastWrite = write
-        output = write.segmentation_node
-        if self._parameterNode.outputSegmentation is None:
-            self._parameterNode.outputSegmentation = output
-        output.CreateDefaultDisplayNodes()
-        provenance = result.provenance or {}
-        self.setStatus(_("Done: {count} segment(s) in '{output}' in {seconds:.1f} s on {device}. The segments are "
-                         "marked 'in progress': please review them.").format(
-            count=len(write.segment_ids), output=output.GetName(), seconds=job.elapsedSeconds,
-            device=provenance.get("device", "?")))
+    def _onJobFinished(self, job):
+        self.presenter.onJobFinished(job)
 
     @staticmethod
     def _segmentEditorUndoHook(prepared):
@@ -420,24 +394,13 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor = getattr(editorWidget, "editor", None)
         if output is None or editor is None:
             return None
-        if not _sameNode(editor.segmentationNode(), output):
+        if not sameNode(editor.segmentationNode(), output):
             return None
         return editor.saveStateForUndo
 
     def onUndoButton(self):
-        if self._lastWrite is None:
-            return
-        if self._lastWrite.edited_since() and not slicer.util.confirmOkCancelDisplay(
-                _("The output segmentation was edited after the run. Undoing the run also reverts those edits. "
-                  "Continue?")):
-            return
         with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
-            created = self._lastWrite.created_node
-            self._lastWrite.undo()
-            if created and self._parameterNode:
-                self._parameterNode.outputSegmentation = None
-            self.setStatus(_("The last run was undone."))
-        self.updateGUIState()
+            self.presenter.undo(slicer.util.confirmOkCancelDisplay)
 
 
 #
@@ -477,17 +440,20 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
 
     def prepare(self, targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
                 outputSegmentationNode=None, referenceSliceIndex=None, axis=choices.DEFAULT_AXIS,
-                mode=choices.DEFAULT_MODE, device=choices.DEFAULT_DEVICE, sliceRange=None, **requestOptions):
-        """Read the nodes into a checked engine request (main thread); raises InputError on bad input.
+                mode=choices.DEFAULT_MODE, device=choices.DEFAULT_DEVICE, sliceRange=None, roiNode=None,
+                **requestOptions):
+        """Read the nodes into a checked engine request (main thread); raises InputError on bad input, before
+        any compute (an output that may not be written into, an ROI that misses the target, ...).
         ``requestOptions`` go to ``SegmentRequest`` unchanged (e.g. ``options=EngineOptions(...)``)."""
         from KnowledgeSAMLib import mrml
 
         return mrml.prepare_inputs(targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
                                    outputSegmentationNode, referenceSliceIndex, axis=axis, mode=mode, device=device,
-                                   slice_range=sliceRange, **requestOptions)
+                                   slice_range=sliceRange, roi_node=roiNode, **requestOptions)
 
     def runPrepared(self, prepared, model=None, samCheckpoint=None, progressCallback=None, cancel=None, engine=None):
-        """Run the engine on a prepared request; touches no MRML node (safe on the worker thread)."""
+        """Run the engine on a prepared request in this process; touches no MRML node. (The panel and the
+        effect run it in the inference process instead: ``KnowledgeSAMSlicer.worker.JobMonitor``.)"""
         from KnowledgeSAMLib import mrml
 
         return mrml.run_engine(prepared, self.segmenter(model, samCheckpoint, engine), progressCallback, cancel)
@@ -501,8 +467,11 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
     def segment(self, targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
                 outputSegmentationNode=None, referenceSliceIndex=None, axis=choices.DEFAULT_AXIS,
                 mode=choices.DEFAULT_MODE, device=choices.DEFAULT_DEVICE, progressCallback=None, cancel=None,
-                sliceRange=None, model=None, samCheckpoint=None, engine=None, **requestOptions):
+                sliceRange=None, model=None, samCheckpoint=None, engine=None, roiNode=None, **requestOptions):
         """Segment the target with the knowledge prompt; returns the output vtkMRMLSegmentationNode.
+
+        Runs in this process, on the calling thread (console, batch script); the panel and the effect use
+        the inference process instead.
 
         :param referenceVolumeNode: the image the reference segmentation was drawn on (may be the target).
         :param segmentIds: segment IDs or names of ``referenceSegmentationNode`` (empty: all).
@@ -518,6 +487,7 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
         :param model: None (embedded default), a model folder, or a loaded model.
         :param samCheckpoint: path of ``sam_vit_b_01ec64.pth`` for models that need it.
         :param engine: replaces the inference engine (test seam).
+        :param roiNode: a ``vtkMRMLMarkupsROINode`` around the structures (None: found from the reference).
         :param requestOptions: further ``SegmentRequest`` fields, passed through.
 
         A run that fails or is cancelled leaves the scene exactly as it was.
@@ -527,7 +497,7 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
         return mrml.segment_volume_nodes(
             targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds, outputSegmentationNode,
             referenceSliceIndex, axis, mode, device, progressCallback, cancel, sliceRange=sliceRange,
-            segmenter=self.segmenter(model, samCheckpoint, engine), **requestOptions)
+            segmenter=self.segmenter(model, samCheckpoint, engine), roiNode=roiNode, **requestOptions)
 
 
 #

@@ -1,24 +1,23 @@
 """The Slicer module's Qt-free helpers (KnowledgeSAM/KnowledgeSAMSlicer) and the batch script's argument
-handling, in plain Python: the worker thread, the dependency plan, device listing, the sample data
-manifest and output naming."""
+handling, in plain Python: the job monitor on the inference process, the dependency facts, device listing,
+the sample data manifest and output naming. (The install flow: test_slicer_install.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-import threading
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "KnowledgeSAM"))
 
-from KnowledgeSAMSlicer import dependencies, devices, environment, sampledata, worker  # noqa: E402
+from KnowledgeSAMSlicer import dependencies, devices, environment, sampledata, standins, worker  # noqa: E402
 
 from KnowledgeSAMLib.errors import CancelledError, InputError  # noqa: E402
-from KnowledgeSAMLib.infer.cancel import CancelToken  # noqa: E402
+from slicer_stubs import FakeBar, FakeTimer, drive  # noqa: E402
 
 
 def load_batch_script():
@@ -30,82 +29,57 @@ def load_batch_script():
 # ------------------------------------------------------------------------------------------------ worker
 
 
-def test_worker_runs_jobs_on_one_persistent_thread_with_progress():
-    pool = worker.InferenceWorker()
-    try:
-        threads = []
+def tiny_request():
+    from KnowledgeSAMLib.data.volume import Geometry, Image, Labels, Segment
+    from KnowledgeSAMLib.infer.request import SegmentRequest
 
-        def work(progress, cancel):
-            threads.append(threading.get_ident())
-            for i in range(3):
-                progress(i + 1, 3)
-            return "done"
-
-        for _ in range(2):
-            job = pool.submit(work, CancelToken())
-            assert job.future.result(timeout=10) == "done"
-            assert job.progress() == (3, 3) and job.done()
-        assert len(threads) == 2 and threads[0] == threads[1] != threading.get_ident()
-    finally:
-        pool.shutdown(wait=True)
+    geometry = Geometry(spacing=(1.0, 1.0, 2.0))
+    layers = np.zeros((1, 4, 12, 12), np.uint8)
+    layers[0, 1, 3:7, 3:7] = 1
+    image = Image(array=np.zeros((4, 12, 12), np.int16), geometry=geometry, source="t")
+    return SegmentRequest(target=image, reference=image, reference_labels=Labels(layers, geometry, [Segment("k", 1, 0)]),
+                          mode="anchor", device="cpu")
 
 
-def test_worker_cancel_and_busy_refusal():
-    pool = worker.InferenceWorker()
-    started = threading.Event()
-    try:
-        def slow(progress, cancel):
-            started.set()
-            while True:
-                cancel.raise_if_cancelled()
-                time.sleep(0.01)
+@pytest.fixture(scope="module")
+def process():
+    from KnowledgeSAMLib.mrml import WorkerProcess
 
-        job = pool.submit(slow, CancelToken())
-        assert started.wait(10)
-        with pytest.raises(RuntimeError, match="already running"):
-            pool.submit(slow, CancelToken())
-        job.cancel()
-        with pytest.raises(CancelledError):
-            job.future.result(timeout=10)
-        assert job.cancelled and not pool.busy
-    finally:
-        pool.shutdown(wait=True)
+    handle = WorkerProcess(env={"KNOWLEDGESAM_WORKER_THREADS": "1"})
+    yield handle
+    handle.stop()
 
 
-class _Stand:
-    """Records what the monitor does to a Qt timer / progress bar (no Qt needed)."""
+def test_job_monitor_shows_progress_and_hands_back_the_finished_job(process):
+    bar, finished = FakeBar(), []
+    monitor = worker.JobMonitor(bar, finished.append, FakeTimer(), worker=process)
+    job = monitor.start(tiny_request(), engine=standins.untilCancelled)
+    assert monitor.busy and monitor._timer.active and bar.visible and bar.range == (0, 0)
+    drive(monitor, until=lambda: bar.range == (0, 10))
+    assert bar.value == 1 and not finished
+    monitor.cancel()
+    drive(monitor)
+    assert finished == [job] and not monitor.busy and not bar.visible and not monitor._timer.active
+    with pytest.raises(CancelledError):
+        job.result()
+    assert not monitor.discard, "a plain cancel keeps the result's outcome (the Cancelled message)"
 
-    def __init__(self):
-        self.calls = []
 
-    def __getattr__(self, name):
-        return lambda *args: self.calls.append((name,) + args)
+def test_job_monitor_stop_cancels_and_marks_the_result_unwanted(process):
+    finished = []
+    monitor = worker.JobMonitor(FakeBar(), finished.append, FakeTimer(), worker=process)
+    monitor.start(tiny_request(), engine=standins.untilCancelled)
+    monitor.stop()
+    assert monitor.discard and monitor.job.cancelled and not monitor._timer.active
 
 
-def test_job_monitor_shows_progress_and_hands_back_the_finished_job():
-    timer, bar, finished = _Stand(), _Stand(), []
-    monitor = worker.JobMonitor(bar, finished.append, timer=timer)
-    release = threading.Event()
-
-    def work(progress, cancel):
-        progress(2, 5)
-        release.wait(10)
-        cancel.raise_if_cancelled()
-        return "result"
-
-    job = monitor.start(work)
-    assert monitor.busy and ("start",) in timer.calls and ("setRange", 0, 0) in bar.calls
-    for _ in range(200):
-        if job.progress() == (2, 5):
-            break
-        time.sleep(0.01)
-    monitor.poll()
-    assert ("setValue", 2) in bar.calls and not finished
-    release.set()
-    job.future.result(timeout=10)
-    monitor.poll()
-    assert finished == [job] and job.result() == "result" and not monitor.busy
-    assert ("setVisible", False) in bar.calls and ("stop",) in timer.calls
+def test_the_inference_process_runs_slicers_python_when_there_is_one(monkeypatch, tmp_path):
+    assert worker.pythonExecutable() == sys.executable  # plain Python: no PythonSlicer on PATH
+    fake = tmp_path / "PythonSlicer"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert worker.pythonExecutable() == str(fake)
 
 
 # ------------------------------------------------------------------------------------------ dependencies
@@ -122,14 +96,10 @@ def test_requirements_file_matches_pyproject_minus_slicers_own_packages():
     assert not listed & {p.lower() for p in dependencies.PROTECTED_PACKAGES}
 
 
-def test_missing_requirements_and_plan_text():
+def test_missing_requirements_and_protected_constraints():
     assert dependencies.missingRequirements(["numpy>=1.0"]) == []
     assert dependencies.missingRequirements(["numpy>=999"]) == ["numpy>=999"]
     assert dependencies.missingRequirements(["surely-not-installed-package-xyz"]) == ["surely-not-installed-package-xyz"]
-    assert dependencies.installPlanText([], False, False) == ""
-    text = dependencies.installPlanText(["peft>=0.10"], True, True)
-    assert "PyTorch extension" in text and "restart" in text.lower() and "peft>=0.10" in text
-    assert "numpy, SimpleITK, VTK and requests are kept as they are" in text
     constraints = dependencies.protectedConstraints()
     assert any(line.startswith("numpy==") for line in constraints)
     assert all("==" in line for line in constraints)

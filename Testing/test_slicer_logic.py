@@ -2,16 +2,13 @@
 
 slicer-core has MRML but not the scripted-module base classes, the parameter node wrapper, Qt or
 ``slicer.app``. The Logic is GUI-free, so importing KnowledgeSAM.py with minimal stand-ins for those
-(below) runs its real code: argument order, model loading and caching, delegation to
-KnowledgeSAMLib.mrml. The widget and the self-test need real Slicer (``Slicer --testing``, see
-docs/slicer.md).
+(Testing/slicer_stubs.py) runs its real code: argument order, model loading and caching, delegation to
+KnowledgeSAMLib.mrml. The panel's behaviour is tested through its presenter (test_slicer_panel.py); the Qt
+widget itself and the in-Slicer self-tests need real Slicer (``Slicer --testing``, see docs/slicer.md).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -23,50 +20,16 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip
 from KnowledgeSAMLib import mrml  # noqa: E402
 from KnowledgeSAMLib.errors import InputError  # noqa: E402
 
+from slicer_stubs import load_module, stub_slicer_python_layer  # noqa: E402
 from test_slicer_mrml import add_segment, add_volume, copy_engine, new_segmentation, segment_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _stub_modules(monkeypatch):
-    """Just enough of Slicer's Python layer for KnowledgeSAM.py to import (no behaviour is faked for
-    anything the Logic uses: MRML and KnowledgeSAMLib are real)."""
-    qt = types.ModuleType("qt")
-    qt.QTimer = qt.QSettings = qt.QListWidgetItem = qt.QPixmap = qt.QColor = qt.QIcon = object
-    qt.Qt = types.SimpleNamespace(UserRole=32, ItemIsUserCheckable=16, Checked=2, Unchecked=0)
-    monkeypatch.setitem(sys.modules, "qt", qt)
-
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            pass
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
-        setattr(scripted, name, type(name, (), {}))
-    scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
-
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = wrapper.Minimum = lambda *args, **kwargs: None
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
-
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
-    monkeypatch.syspath_prepend(str(ROOT / "KnowledgeSAM"))
-
-
 @pytest.fixture()
 def KnowledgeSAM(monkeypatch):
-    _stub_modules(monkeypatch)
-    spec = importlib.util.spec_from_file_location("KnowledgeSAM", ROOT / "KnowledgeSAM" / "KnowledgeSAM.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "KnowledgeSAM", module)
-    spec.loader.exec_module(module)
-    return module
+    stub_slicer_python_layer(monkeypatch)
+    return load_module(monkeypatch, "KnowledgeSAM", ROOT / "KnowledgeSAM" / "KnowledgeSAM.py")
 
 
 @pytest.fixture()
@@ -166,8 +129,8 @@ def test_batch_script_encodes_the_reference_once_for_all_targets(KnowledgeSAM, m
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1  # outputs removed again
 
     alone = ThresholdModel(image_size=32)  # what one target costs on its own: its slices and the reference's
-    prepared = mrml.prepare_inputs(nodes[tmp_path / "case3.nrrd"], reference, segmentation, None, mode="volume",
-                                   device="cpu")
+    case3 = add_volume(scene, blob_volume(shape=(10, 40, 48), seed=3)[0].array, spacing, "case3")  # the batch removed it
+    prepared = mrml.prepare_inputs(case3, reference, segmentation, None, mode="volume", device="cpu")
     reference_slices = mrml.run_engine(prepared, mrml.Segmenter(alone)).provenance["counts"]["reference_slices_encoded"]
     assert reference_slices > 0 and alone.encoded_images == reference_slices + 10
     assert model.encoded_images == reference_slices + 3 * 10, "the reference must be encoded once for all targets"

@@ -2,13 +2,15 @@
 
 Why show names and memory: "GPU not found" and out-of-memory are the second most common complaint
 about AI extensions; the user should see which device will run and how much memory it has before
-pressing Apply. PyTorch is imported only if it is installed (never installed from here).
+pressing Apply. Why two lists: importing torch costs seconds, and the panel opens for users who may never
+run it, so it first offers :func:`defaultDevices` (no torch); :func:`availableDevices` imports torch, only
+when the user opens the device list (and only if it is installed; never installed from here).
 """
 
 import importlib.util
 from dataclasses import dataclass
 
-__all__ = ["DeviceChoice", "availableDevices", "torchInstalled", "LOW_GPU_MEMORY_GB"]
+__all__ = ["DeviceChoice", "availableDevices", "defaultDevices", "torchInstalled", "LOW_GPU_MEMORY_GB"]
 
 LOW_GPU_MEMORY_GB = 4.0  # below this, the status line suggests a smaller batch or the CPU
 
@@ -23,6 +25,17 @@ class DeviceChoice:
 
 def torchInstalled():
     return importlib.util.find_spec("torch") is not None
+
+
+def defaultDevices(saved=None):
+    """The choices offered before torch is imported: ``auto``, the CPU, and a remembered ``saved`` choice such as
+    ``cuda:1`` (its name and memory appear once the device list is opened)."""
+    choices = [DeviceChoice("auto (GPU if PyTorch finds one)", "auto",
+                            "The first GPU PyTorch finds, else the CPU. Open 'Model and device' to see your GPUs."),
+               DeviceChoice("CPU", "cpu", "Runs everywhere; slow for large volumes.")]
+    if saved and saved not in ("auto", "cpu"):
+        choices.insert(1, DeviceChoice(f"{saved} (remembered)", saved, "Open 'Model and device' to check it."))
+    return choices
 
 
 def availableDevices():

@@ -32,6 +32,7 @@ class ModuleTestCases:
 
     TESTS = ["test_conversions_match_slicer_util", "test_logic_writes_only_its_segments",
              "test_failed_run_leaves_scene_unchanged", "test_widget_checklist_and_apply_state",
+             "test_panel_runs_in_the_inference_process",
              "test_sample_data_loads", "test_real_engine_tiny_model"]
 
     @staticmethod
@@ -80,22 +81,9 @@ class ModuleTestCases:
     @staticmethod
     def _copyEngine(request, model, progress, cancel):
         """Stand-in engine: reference labels resampled to the target (tests the Slicer plumbing only)."""
-        import numpy as np
+        from KnowledgeSAMSlicer import standins
 
-        from KnowledgeSAMLib.data.io import resample_labels_to
-        from KnowledgeSAMLib.data.volume import Labels
-        from KnowledgeSAMLib.mrml import SegmentationResult
-
-        onTarget = resample_labels_to(request.reference_labels, request.target.geometry, request.target.shape)
-        layers = np.zeros_like(onTarget.layers)
-        for index, segment in enumerate(request.segments):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            layers[segment.layer][onTarget.mask(segment)] = segment.label_value
-            if progress is not None:
-                progress(index + 1, len(request.segments))
-        return SegmentationResult(Labels(layers, request.target.geometry, list(request.segments)), {},
-                                  {"model": {"sha256": "copy-engine"}, "device": "cpu"})
+        return standins.copyEngine(request, model, progress, cancel)
 
     @staticmethod
     def _segmentState(segmentationNode, volumeNode):
@@ -190,6 +178,31 @@ class ModuleTestCases:
         self.assertEqual(widget._checkedSegmentIds(), [])
         self.assertFalse(widget.ui.applyButton.enabled)
         self.delayDisplay("Panel passed")
+
+    def test_panel_runs_in_the_inference_process(self):
+        """Apply from the panel: the run happens in the inference process (a stand-in engine, imported there by
+        name) while this loop only processes Qt events, as Slicer's main loop does; then it is written."""
+        import time
+
+        from KnowledgeSAMSlicer import standins
+
+        self.delayDisplay("Panel: a run in the inference process")
+        volume, masks = self._phantom()
+        reference, ids = self._segmentation(volume, masks)
+        widget = slicer.modules.knowledgesam.widgetRepresentation().self()
+        parameterNode = widget.logic.getParameterNode()
+        parameterNode.targetVolume = volume
+        parameterNode.referenceSegmentation = reference
+        parameterNode.outputSegmentation = None
+        widget.setParameterNode(parameterNode)
+        self.assertTrue(widget.presenter.apply("cpu", engine=standins.copyEngine), widget.ui.statusLabel.text)
+        start = time.time()
+        while widget.presenter.busy and time.time() - start < 120:
+            slicer.app.processEvents()  # no sleep: the GIL stays with this thread, as in Slicer's event loop
+        self.assertFalse(widget.presenter.busy, "the run did not finish")
+        self.assertTrue(widget.ui.statusLabel.text.startswith("Done"), widget.ui.statusLabel.text)
+        self.assertIsNotNone(parameterNode.outputSegmentation)
+        self.delayDisplay("Inference process passed")
 
     def test_sample_data_loads(self):
         import SampleData

@@ -1,110 +1,40 @@
-"""One persistent inference thread, shared by the module panel and the Segment Editor effect.
+"""Following an inference run from Slicer's main thread: one inference process per session, one monitor per
+front-end (the module panel, the Segment Editor effect).
 
-Why one thread for the whole session: cuDNN keeps its plans per thread, so a fresh thread per run pays
-the first-convolution cost again (nnInteractive measured ~10x). Why Qt-free: the widget polls
-:meth:`Job.progress` / :meth:`Job.done` from a ``qt.QTimer`` on the main thread and does every MRML
-and Qt update there; the worker only runs pure-Python work (the engine, model loading).
-
-:class:`JobMonitor` is the main-thread side the panel and the effect share: it submits the work with a
-cancel token, shows its progress in a progress bar and hands the finished job back. (The loaded model is
-kept by the library: ``KnowledgeSAMLib.mrml.shared_models()``.)
+Why a process (``KnowledgeSAMLib.mrml.WorkerProcess``) and not a thread: Slicer's main thread keeps Python's
+GIL while Qt waits for events, so a Python thread would only run between timer ticks (the run then takes many
+times longer). The process has its own GIL, keeps the model loaded between runs, and a crash there leaves
+Slicer and its scene as they were. This module is Qt-free except for the default timer: the monitor polls the
+job from a ``qt.QTimer`` and does every MRML and Qt update on the main thread.
 """
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+import shutil
+import sys
 
-__all__ = ["Job", "InferenceWorker", "JobMonitor", "sharedWorker"]
+__all__ = ["JobMonitor", "sharedWorker", "pythonExecutable", "POLL_INTERVAL_MS"]
 
 POLL_INTERVAL_MS = 150
 
 
-class _Progress:
-    """Latest ``(done, total)`` reported by the worker; read from the main thread."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._value = (0, 0)
-
-    def __call__(self, done, total):
-        with self._lock:
-            self._value = (int(done), int(total))
-
-    def get(self):
-        with self._lock:
-            return self._value
-
-
-class Job:
-    """A submitted unit of work: its future, progress, cancel token and timing."""
-
-    def __init__(self, future, progress, cancelToken):
-        self.future = future
-        self._progress = progress
-        self.cancelToken = cancelToken
-        self.started = time.perf_counter()
-
-    def progress(self):
-        return self._progress.get()
-
-    def done(self):
-        return self.future.done()
-
-    def result(self):
-        """The function's return value; re-raises its exception (call only when :meth:`done`)."""
-        return self.future.result()
-
-    def cancel(self):
-        """Ask the running work to stop at its next check (the engine checks between batches)."""
-        if self.cancelToken is not None:
-            self.cancelToken.cancel()
-
-    @property
-    def cancelled(self):
-        return self.cancelToken is not None and self.cancelToken.cancelled
-
-    @property
-    def elapsedSeconds(self):
-        return time.perf_counter() - self.started
-
-
-class InferenceWorker:
-    """Runs submitted functions one at a time on a single, long-lived thread."""
-
-    def __init__(self):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="KnowledgeSAM-inference")
-        self._current = None
-
-    @property
-    def busy(self):
-        return self._current is not None and not self._current.done()
-
-    def submit(self, function, cancelToken=None):
-        """Run ``function(progress, cancel)`` on the worker thread; returns a :class:`Job`.
-
-        ``progress(done, total)`` may be called from the worker; ``cancel`` is ``cancelToken``.
-        Refuses a second job while one runs (the UI disables Apply, this is the safety net)."""
-        if self.busy:
-            raise RuntimeError("KnowledgeSAM is already running a segmentation; wait or cancel it first")
-        progress = _Progress()
-        future = self._executor.submit(function, progress, cancelToken)
-        self._current = Job(future, progress, cancelToken)
-        return self._current
-
-    def shutdown(self, wait=False):
-        if self._current is not None:
-            self._current.cancel()
-        self._executor.shutdown(wait=wait)
+def pythonExecutable():
+    """The interpreter that runs the inference process: Slicer's own Python (``PythonSlicer``, or the
+    ``python-real`` it launches, both on Slicer's PATH), else this process's interpreter (plain Python)."""
+    for name in ("PythonSlicer", "python-real"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return sys.executable
 
 
 class JobMonitor:
-    """Runs ``work(progress, cancel)`` on the shared worker and follows it from the main thread: a timer
-    polls the job, a progress bar shows it (busy until the engine reports a total), and ``finished(job)``
-    is called once, on the main thread, when it is done (``job.result()`` then returns or re-raises).
+    """Submits a run to the shared inference process and follows it from the main thread: a timer polls the
+    job, a progress bar shows it (busy until the engine reports a total), and ``finished(job)`` is called once,
+    on the main thread, when it is done (``job.result()`` then returns or re-raises).
 
-    ``timer`` is a ``qt.QTimer`` (made here when not given; tests pass a stand-in)."""
+    ``timer`` is a ``qt.QTimer`` (made here when not given; tests pass a stand-in); ``worker`` the
+    ``WorkerProcess`` (default: the session's shared one)."""
 
-    def __init__(self, progressBar, finished, timer=None):
+    def __init__(self, progressBar, finished, timer=None, worker=None):
         if timer is None:
             import qt
 
@@ -112,26 +42,30 @@ class JobMonitor:
         self._bar = progressBar
         self._finished = finished
         self._timer = timer
+        self._worker = worker
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.poll)
         self.job = None
+        self.discard = False  # the run's result is not wanted any more (scene closed, module left)
 
     @property
     def busy(self):
         return self.job is not None
 
-    def start(self, work):
-        """Submit ``work`` with a new cancel token; returns the :class:`Job`."""
-        from KnowledgeSAMLib.mrml import CancelToken
-
-        self.job = sharedWorker().submit(work, CancelToken())
+    def start(self, request, sources=None, model=None, samCheckpoint=None, engine=None):
+        """Send ``request`` (a ``SegmentRequest``) to the inference process; returns the job."""
+        worker = self._worker or sharedWorker()
+        self.discard = False
+        self.job = worker.submit(request, sources, model=model, sam_checkpoint=samCheckpoint, engine=engine)
         self._bar.setVisible(True)
         self._bar.setRange(0, 0)
         self._timer.start()
         return self.job
 
-    def cancel(self):
+    def cancel(self, discard=False):
+        """Ask the run to stop after its current batch; ``discard``: whatever it returns is thrown away."""
         if self.job is not None:
+            self.discard = self.discard or discard
             self.job.cancel()
 
     def poll(self):
@@ -151,8 +85,8 @@ class JobMonitor:
         self._finished(job)
 
     def stop(self):
-        """Cancel a running job and stop polling (module or effect going away)."""
-        self.cancel()
+        """Cancel a running job (its result is discarded) and stop polling: the front-end is going away."""
+        self.cancel(discard=True)
         self._timer.stop()
 
 
@@ -160,8 +94,13 @@ _worker = None
 
 
 def sharedWorker():
-    """The session's single inference worker (created on first use)."""
+    """The session's inference process handle (the process starts with the first run)."""
     global _worker
     if _worker is None:
-        _worker = InferenceWorker()
+        import atexit
+
+        from KnowledgeSAMLib.mrml import WorkerProcess
+
+        _worker = WorkerProcess(python=pythonExecutable())
+        atexit.register(_worker.stop)
     return _worker

@@ -17,9 +17,11 @@ every input's header is checked against the memory limit before Slicer reads it,
 (never an input), locked for the run and checked for free disk space before the first target is loaded, and
 each file is written atomically.
 
-This script only translates: arguments and files to nodes, nodes to files. The argument handling and output
-naming are plain Python, and :func:`segmentAll` takes its loaders as arguments (all tested with pytest on
-slicer-core); only :func:`main` needs Slicer.
+This script only translates: arguments and files to nodes, nodes to files. :func:`main` takes the Logic and
+the loaders as arguments, so its whole path (arguments, output plan, files loaded into a scene, the runs,
+``.seg.nrrd`` written, nodes removed, exit status) is tested with pytest on slicer-core, with the storage-node
+loaders of ``KnowledgeSAMLib.mrml``; inside Slicer it uses ``slicer.util``'s. The runs happen on this thread:
+there is no GUI to keep responsive.
 """
 
 import argparse
@@ -124,8 +126,10 @@ def _load(loader, path, what):
         raise InputError(f"{path}: could not load the {what} ({error})") from None
 
 
-def main(argv):
-    """Run inside Slicer; returns the exit status."""
+def main(argv, logic=None, loadVolume=None, loadSegmentation=None):
+    """Run inside Slicer; returns the exit status. ``logic`` and the loaders default to Slicer's
+    (``KnowledgeSAMLogic()``, ``slicer.util.loadVolume``/``loadSegmentation``); with slicer-core, pass
+    ``KnowledgeSAMLib.mrml.load_volume``/``load_segmentation`` bound to a scene (the tests do)."""
     moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if moduleDir not in sys.path:
         sys.path.insert(0, moduleDir)  # KnowledgeSAM.py and KnowledgeSAMSlicer/ live here
@@ -148,12 +152,16 @@ def main(argv):
     except SystemExit as request:  # --help
         return int(request.code or 0)
 
-    import slicer
+    if logic is None:
+        from KnowledgeSAM import KnowledgeSAMLogic
 
-    from KnowledgeSAM import KnowledgeSAMLogic
+        logic = KnowledgeSAMLogic()
+    if loadVolume is None or loadSegmentation is None:
+        import slicer
 
+        loadVolume, loadSegmentation = slicer.util.loadVolume, slicer.util.loadSegmentation
     try:
-        return segmentAll(args, plan, KnowledgeSAMLogic(), slicer.util.loadVolume, slicer.util.loadSegmentation)
+        return segmentAll(args, plan, logic, loadVolume, loadSegmentation)
     finally:
         claims.release()
 

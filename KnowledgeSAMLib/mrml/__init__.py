@@ -11,10 +11,13 @@ tests all need the same conversions, and each is where orientation and data-loss
   output segments change; a failure restores the node; :class:`WriteBack` undoes a run as one step);
 * :mod:`.run` — one run: :func:`prepare_inputs` (main thread) → :func:`run_engine` (any thread) →
   :func:`write_outputs` (main thread), or all three in :func:`segment_volume_nodes`;
-* :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks.
+* :mod:`.roi` — an ROI markup (its world box) as the engine's ``roi``, checked against the target;
+* :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks;
+* :mod:`.files` — volume and segmentation files into a scene with Slicer's storage nodes (slicer-core).
 
 Everything between the nodes (the model, the reference cache, input checks, provenance) belongs to the
-front-end-neutral :class:`Segmenter`, re-exported here with the other names the Slicer front-ends need,
+front-end-neutral :class:`Segmenter` (and :class:`WorkerProcess`, which runs it in a separate process for
+the GUI), re-exported here with the other names the Slicer front-ends need,
 so that they import the library through this door only. Runs inside Slicer and on PyPI's ``slicer-core``
 (create the scene with :func:`headless_scene`); ``slicer`` and ``vtk`` are imported only when a node is
 touched, and torch only when a model runs.
@@ -30,13 +33,16 @@ from ..infer.paths import expand_targets, plan_outputs, target_name
 from ..infer.provenance import Sources
 from ..infer.request import SegmentationResult
 from ..infer.segmenter import ModelCache, Segmenter, shared_models
+from ..infer.worker_process import RemoteJob, WorkerError, WorkerProcess
 from .run import PreparedRun, prepare_inputs, run_engine, segment_volume_nodes, write_outputs
-from .scene import headless_scene, remove_node, same_coordinate_frame, same_node
+from .files import load_segmentation, load_volume
+from .roi import check_roi, roi_from_node, roi_points_from_bounds, world_bounds
+from .scene import check_in_scene, headless_scene, remove_node, same_coordinate_frame, same_node
 from .segmentations import labels_from_segmentation_node, resolve_segment_ids, segment_tag
 from .volumes import (geometry_from_volume_node, image_from_volume_node, oriented_image_from_mask, replace_slices,
                       slice_index_at_ras)
 from .writeback import (DEFAULT_OPTIONS, SEGMENTATION_FILE_TYPES, MRMLOptions, WriteBack,
-                        apply_result_to_segmentation, write_segmentation_node)
+                        apply_result_to_segmentation, check_output_node, write_segmentation_node)
 
 __all__ = [
     # nodes <-> library data
@@ -44,10 +50,16 @@ __all__ = [
     "geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "oriented_image_from_mask",
     "replace_slices", "labels_from_segmentation_node", "resolve_segment_ids", "segment_tag",
     "MRMLOptions", "DEFAULT_OPTIONS", "WriteBack", "apply_result_to_segmentation",
-    "write_segmentation_node", "SEGMENTATION_FILE_TYPES",
+    "write_segmentation_node", "SEGMENTATION_FILE_TYPES", "check_output_node", "check_in_scene",
+    # files into a scene without the application (slicer-core)
+    "load_volume", "load_segmentation",
+    # ROI markups -> the engine's roi
+    "roi_from_node", "roi_points_from_bounds", "world_bounds", "check_roi",
     # one run
     "PreparedRun", "prepare_inputs", "run_engine", "write_outputs", "segment_volume_nodes",
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
     "expand_targets", "plan_outputs", "target_name", "check_image_file", "OutputClaims",
+    # inference in a separate process (never starved by Slicer's main thread)
+    "WorkerProcess", "RemoteJob", "WorkerError",
 ]

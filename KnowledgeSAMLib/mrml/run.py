@@ -21,10 +21,11 @@ from ..errors import InputError
 from ..infer.provenance import Sources
 from ..infer.request import SegmentRequest
 from ..infer.segmenter import Engine, ProgressCallback, Segmenter, check
-from .scene import check_segmentation_node, check_volume_node, node_name, same_node
+from .roi import check_roi, roi_from_node
+from .scene import check_in_scene, check_segmentation_node, check_volume_node, node_name, same_node
 from .segmentations import read_labels
 from .volumes import read_image
-from .writeback import DEFAULT_OPTIONS, MRMLOptions, WriteBack, apply_result_to_segmentation
+from .writeback import DEFAULT_OPTIONS, MRMLOptions, WriteBack, apply_result_to_segmentation, check_output_node
 
 __all__ = ["PreparedRun", "prepare_inputs", "run_engine", "write_outputs", "segment_volume_nodes"]
 
@@ -52,20 +53,27 @@ def _refuse_shared_names(labels: Labels, segmentation_node) -> None:
 
 def prepare_inputs(target_volume_node, reference_volume_node, reference_segmentation_node,
                    segment_ids: Iterable[str] | str | None, output_segmentation_node=None,
-                   reference_slice_index: int | Sequence[int] | None = None, **request_fields: Any) -> PreparedRun:
-    """Read the nodes into a checked engine request (main thread); raises InputError on bad input.
+                   reference_slice_index: int | Sequence[int] | None = None, *, roi_node=None,
+                   **request_fields: Any) -> PreparedRun:
+    """Read the nodes into a checked engine request (main thread); raises InputError on bad input, before
+    any compute: bad nodes, an output the run may not write into (:func:`check_output_node`), an ROI that
+    misses the target, and everything the engine checks.
 
     ``reference_volume_node=None`` means the target itself; ``reference_slice_index`` the labelled slice(s)
-    to use; ``request_fields`` go to :class:`SegmentRequest` as they are (``axis``, ``mode``, ``device``,
-    ``slice_range``, ``options``, ...)."""
+    to use; ``roi_node`` an ROI markup around the structures (None: the engine's ``roi="auto"``);
+    ``request_fields`` go to :class:`SegmentRequest` as they are (``axis``, ``mode``, ``device``,
+    ``slice_range``, ``options``, ``roi``, ...)."""
     check_volume_node(target_volume_node, "the target")
+    check_in_scene(target_volume_node, None, "target volume")
     same = reference_volume_node is None or same_node(reference_volume_node, target_volume_node)
     reference_volume_node = target_volume_node if same else reference_volume_node
     if not same:
         check_volume_node(reference_volume_node, "the reference")
     check_segmentation_node(reference_segmentation_node, "the reference")
     if output_segmentation_node is not None:
-        check_segmentation_node(output_segmentation_node, "the output")
+        check_output_node(output_segmentation_node, target_volume_node, reference_segmentation_node)
+    if roi_node is not None:
+        request_fields["roi"] = roi_from_node(roi_node, target_volume_node)
     target = read_image(target_volume_node)
     reference = target if same else read_image(reference_volume_node)
     labels = read_labels(reference_segmentation_node, segment_ids, reference_volume_node)
@@ -73,6 +81,7 @@ def prepare_inputs(target_volume_node, reference_volume_node, reference_segmenta
     slices = None if reference_slice_index is None else [int(k) for k in np.atleast_1d(reference_slice_index)]
     request = SegmentRequest(target=target, reference=reference, reference_labels=labels,
                              segments=list(labels.segments), reference_slices=slices, **request_fields)
+    check_roi(request, f"ROI {node_name(roi_node)}" if roi_node is not None else "the ROI")
     check(request)
     prompt = (f"{reference_volume_node.GetName()} / {reference_segmentation_node.GetName()}: "
               + ", ".join(s.name for s in labels.segments)
@@ -104,7 +113,7 @@ def segment_volume_nodes(targetVolumeNode, referenceVolumeNode, referenceSegment
                          sliceRange: tuple[int, int] | None = None, model: Any = None,
                          samCheckpoint: str | Path | None = None, engine: Engine | None = None,
                          segmenter: Segmenter | None = None, saveStateForUndo: Callable[[], None] | None = None,
-                         options: MRMLOptions = DEFAULT_OPTIONS, **requestOptions: Any):
+                         options: MRMLOptions = DEFAULT_OPTIONS, roiNode=None, **requestOptions: Any):
     """Segment ``targetVolumeNode`` with the knowledge prompt (reference volume + segments); return the
     output ``vtkMRMLSegmentationNode``.
 
@@ -114,12 +123,13 @@ def segment_volume_nodes(targetVolumeNode, referenceVolumeNode, referenceSegment
     ``device``: auto/cpu/cuda[:n]/mps. ``progressCallback(done, total)``; ``cancel``: a ``CancelToken``.
     ``segmenter``: the one to use (keeps the model and the reference's encoding across calls); without it,
     one is made for ``model`` (a KSAM, a saved-model folder or a registry name; default: the embedded
-    default model), ``samCheckpoint`` and ``engine`` (a documented test seam). A run that fails or is
-    cancelled leaves the scene as it was.
+    default model), ``samCheckpoint`` and ``engine`` (a documented test seam). ``roiNode``: an ROI markup
+    around the structures (None: the engine finds the region). A run that fails or is cancelled leaves the
+    scene as it was.
     """
     prepared = prepare_inputs(targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
                               outputSegmentationNode, referenceSliceIndex, axis=axis, mode=mode, device=device,
-                              slice_range=sliceRange, **requestOptions)
+                              slice_range=sliceRange, roi_node=roiNode, **requestOptions)
     segmenter = segmenter or Segmenter(model, samCheckpoint, engine=engine)
     result = run_engine(prepared, segmenter, progressCallback, cancel)
     return write_outputs(prepared, result, save_state_for_undo=saveStateForUndo, options=options).segmentation_node

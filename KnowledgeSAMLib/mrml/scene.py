@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError, KnowledgeSAMError
 
-__all__ = ["headless_scene", "same_coordinate_frame", "same_node", "remove_node"]
+__all__ = ["headless_scene", "same_coordinate_frame", "same_node", "remove_node", "check_in_scene"]
 
 # RAS <-> LPS: flip the sign of the first two physical axes (the matrix is its own inverse).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -58,8 +58,10 @@ def node_name(node) -> str:
 
 
 def same_node(a, b) -> bool:
-    """The same MRML node (by identity, or by ID: Python wrappers of one node are not always one object)."""
-    return a is b or (a is not None and b is not None and bool(a.GetID()) and a.GetID() == b.GetID())
+    """The same MRML node (by identity, or by ID in one scene: Python wrappers of one node are not always one
+    object, and two scenes number their nodes alike)."""
+    return a is b or (a is not None and b is not None and bool(a.GetID()) and a.GetID() == b.GetID()
+                      and a.GetScene() is b.GetScene())
 
 
 def ijk_to_ras(volume_node) -> np.ndarray:
@@ -105,6 +107,18 @@ def check_segmentation_node(node, role: str) -> None:
         raise InputError(f"no {role} segmentation was given")
     if not node.IsA("vtkMRMLSegmentationNode"):
         raise InputError(f"{role} {node_name(node)} is a {node.GetClassName()}, not a segmentation")
+
+
+def check_in_scene(node, scene, role: str) -> None:
+    """Refuse a node that is not (or no longer) in ``scene`` (None: in any scene), or a scene that is being
+    closed or loaded: nothing may be written there."""
+    if node.GetScene() is None or (node.GetID() and node.GetScene().GetNodeByID(node.GetID()) is None):
+        raise InputError(f"{role} {node_name(node)} is no longer in the scene; nothing was written")
+    if scene is not None and node.GetScene() is not scene:
+        raise InputError(f"{role} {node_name(node)} belongs to another scene than the target volume")
+    busy = node.GetScene()
+    if busy.IsClosing() or busy.IsImporting() or busy.IsRestoring():
+        raise InputError(f"the scene is being closed or loaded; {role} {node_name(node)} was not changed")
 
 
 def transform_between(source_node, target_node):

@@ -15,12 +15,12 @@ from ..data.volume import Labels, Segment
 from ..errors import InputError, KnowledgeSAMError
 from ..infer.provenance import headline
 from . import scene as _scene
-from .scene import (check_segmentation_node, check_volume_node, dimensions_zyx, node_name, parent_transform,
-                    remove_node, transform_between)
+from .scene import (check_in_scene, check_segmentation_node, check_volume_node, dimensions_zyx, node_name,
+                    parent_transform, remove_node, same_node, transform_between)
 from .volumes import oriented_image_from_mask
 
 __all__ = ["MRMLOptions", "DEFAULT_OPTIONS", "WriteBack", "apply_result_to_segmentation", "write_segmentation_node",
-           "SEGMENTATION_FILE_TYPES"]
+           "SEGMENTATION_FILE_TYPES", "check_output_node"]
 
 SEGMENTATION_FILE_TYPES = (".seg.nrrd", ".nii.gz", ".nii")  # what the segmentation storage node writes
 _GREY = (0.5, 0.5, 0.5)
@@ -90,25 +90,38 @@ def _reference_for(segment: Segment, references: Sequence[Segment]) -> Segment:
     return next((r for r in references if r.name == segment.name), segment)
 
 
+def check_output_node(output_node, target_volume_node, reference_segmentation_node=None) -> None:
+    """Refuse an output segmentation the run must not write into, in one line that says why (before compute,
+    and again before writing: the scene may change during a run). Never written into: an input (the reference
+    segmentation: its segments would be replaced by the result), a node outside the target's scene, an
+    internal node of another tool (hidden from editors), a node under another transform than the target, and
+    one that stores closed surfaces rather than labelmaps (writing would convert the user's source data)."""
+    check_segmentation_node(output_node, "the output")
+    name = node_name(output_node)
+    if reference_segmentation_node is not None and same_node(output_node, reference_segmentation_node):
+        raise InputError(f"output segmentation {name} is the reference segmentation: the result would replace the "
+                         "segments it is computed from; choose another output, or create a new one")
+    check_in_scene(output_node, target_volume_node.GetScene(), "output segmentation")
+    if output_node.GetHideFromEditors():
+        raise InputError(f"output segmentation {name} is an internal node of another tool; choose another output")
+    if transform_between(target_volume_node, output_node) is not None:
+        raise InputError(f"output segmentation {name} is under a different transform than target volume "
+                         f"{node_name(target_volume_node)}; choose a new output segmentation")
+    binary = _scene.slicer_module().vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    existing = output_node.GetSegmentation()
+    if existing.GetSourceRepresentationName() != binary and existing.GetNumberOfSegments() > 0:
+        raise InputError(f"output segmentation {name} stores {existing.GetSourceRepresentationName()}, not "
+                         "labelmaps; choose a new output segmentation")
+
+
 def _plan(result_labels: Labels, output_node, target_volume_node, references: Sequence[Segment]) -> list[_Planned]:
     check_volume_node(target_volume_node, "the target")  # again: the scene may have changed during the run
+    check_in_scene(target_volume_node, None, "target volume")
     if result_labels.shape != dimensions_zyx(target_volume_node):
         raise KnowledgeSAMError(f"result shape {result_labels.shape} does not match target volume "
                                 f"{node_name(target_volume_node)} {dimensions_zyx(target_volume_node)}")
     if output_node is not None:
-        check_segmentation_node(output_node, "the output")
-        if transform_between(target_volume_node, output_node) is not None:
-            raise InputError(
-                f"output segmentation {node_name(output_node)} is under a different transform "
-                f"than target volume {node_name(target_volume_node)}; choose a new output segmentation"
-            )
-        binary = _scene.slicer_module().vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-        existing = output_node.GetSegmentation()
-        if existing.GetSourceRepresentationName() != binary and existing.GetNumberOfSegments() > 0:
-            raise InputError(
-                f"output segmentation {node_name(output_node)} stores "
-                f"{existing.GetSourceRepresentationName()}, not labelmaps; choose a new output segmentation"
-            )
+        check_output_node(output_node, target_volume_node)
     planned = []
     for segment in result_labels.segments:
         origin = _reference_for(segment, references)
