@@ -151,8 +151,7 @@ def run_data(args: argparse.Namespace) -> int:
             before, after = held.get("before", {}).get("mean"), held["after"]["mean"]
             print(f"held-out mean Dice ({len(held['after']['cases'])} test cases): "
                   + (f"{before:.3f} before -> " if before is not None else "") + f"{after:.3f} after")
-        print(f"model: {out} (knowledgesam segment --model {out} ...; the Slicer module lists the folders of "
-              f"the user model directory)")
+        print(f"model: {out} (knowledgesam segment --model {out} ...; in Slicer: Model and device, Model folder)")
         return 0
     finally:
         shutdown(ctx)

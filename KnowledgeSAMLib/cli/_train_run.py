@@ -24,6 +24,9 @@ def _printer(bar):
         elif event in ("warning", "stopped"):
             say(f"warning: {info['message']}" if event == "warning" else info["reason"])
         if bar is None:
+            if event == "val":  # without a bar, validations are still worth a line
+                print(f"epoch {done}/{total} validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in info.items()),
+                      flush=True)
             return
         if event == "data":
             bar.set_description(f"data {info.get('case', '')}"[:40])
