@@ -111,9 +111,24 @@ def test_an_image_folder_from_the_phantom_command(tmp_path, capsys):
     assert main(["phantom", "fundus", "--out", str(tmp_path / "eyes"), "--n", "6", "--size", "64"]) == 0
     out = tmp_path / "eyes_model"
     assert main(["train", "--data", str(tmp_path / "eyes"), "--model", "tiny", "--steps", "2", "--out", str(out),
-                 "--no-evaluate", *FAST]) == 0
+                 *FAST]) == 0
     config = load_config(out / "train_config.yaml")
     assert config.data.sources[0].kind == "image_folder"
+    held = json.loads((out / "run" / "held_out.json").read_text(encoding="utf-8"))
+    assert set(held["after"]["dice"]) == {"disc", "cup"} and (out / "model.safetensors").is_file()
+
+
+def test_a_frozen_encoder_trains_on_cached_embeddings(tmp_path, folder):
+    """--trainable heads (or a lite model) fixes the encoder: views are randomised once, embeddings cached."""
+    out = tmp_path / "heads"
+    assert main(["train", "--data", str(folder), "--model", "lite_tiny", "--trainable", "heads", "--steps", "2",
+                 "--out", str(out), "--no-evaluate", *FAST]) == 0
+    config = load_config(out / "train_config.yaml")
+    source = config.data.sources[0]
+    assert config.data.embedding_cache_dir and not config.augment.enabled
+    assert source.copies == 2 and source.randomise > 0 and source.max_slices == 12
+    assert config.model.overrides == {"encoder_training": "frozen"}
+    assert list(Path(config.data.embedding_cache_dir).glob("emb_volume_folder_*.f16"))
     assert not (out / "run" / "held_out.json").exists() and (out / "model.safetensors").is_file()
 
 
@@ -151,3 +166,20 @@ def test_torchrun_two_processes_on_a_folder(tmp_path, folder, start):
     summary = json.loads((out / "run" / "summary.json").read_text(encoding="utf-8"))
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_stops_every_process_on_a_strict_data_problem(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    knowledgesam = shutil.which("knowledgesam", path=os.path.dirname(sys.executable))
+    if not torchrun or not knowledgesam:
+        pytest.skip("torchrun / knowledgesam console scripts not installed")
+    root = _cases(tmp_path / "cases", 4)
+    image, _ = make_kidney_phantom(9, shape=(10, 32, 32))
+    write_image(image, root / "zz_stray_image.nii.gz")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", knowledgesam, "train",
+                           "--data", str(root), "--model", "tiny", "--steps", "2", "--strict", "--out",
+                           str(tmp_path / "m"), *FAST], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert proc.stderr.count("zz_stray_image.nii.gz: no label file pairs with this image (stopping") == 2

@@ -209,9 +209,15 @@ class Trainer:
         report = lambda name: self.progress("data", 0, 0, {"case": name})  # noqa: E731
         warn = lambda line: self.progress("problem", 0, 0, {"line": line})  # noqa: E731
         if cfg.data.cache_dir and ctx.distributed:  # rank 0 fills the cache, the others read it
+            failed = None
             if ctx.is_main:
-                build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report, cfg.data.strict, warn)
-            barrier(ctx)
+                try:
+                    build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report, cfg.data.strict, warn)
+                except KnowledgeSAMError as error:  # e.g. data.strict: every rank stops, none waits forever
+                    failed = str(error)
+            failed = broadcast_object(failed, ctx)
+            if failed:
+                raise InputError(failed)
             warn = None  # said while filling the cache
         sources = build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report if ctx.is_main else None,
                                 cfg.data.strict, warn if ctx.is_main else None)
