@@ -184,6 +184,9 @@ def test_a_split_file_is_reused(tmp_path):
     (tmp_path / "split.json").write_text(json.dumps({"volume_folder": first.split}), encoding="utf-8")
     again = build(tmp_path / "data", seed=99, split_file=str(tmp_path / "split.json"))
     assert again.held_out == first.held_out and names(again.val) == names(first.val)
+    views = {"volume_folder#1": first.split, "volume_folder#2": first.split}  # two views of one folder
+    (tmp_path / "views.json").write_text(json.dumps(views), encoding="utf-8")
+    assert build(tmp_path / "data", split_file=str(tmp_path / "views.json")).held_out == first.held_out
     (tmp_path / "plain.json").write_text(json.dumps({"train": ["c0", "c1"], "test": ["c5"]}), encoding="utf-8")
     lines: list[str] = []
     plain = build(tmp_path / "data", split_file=str(tmp_path / "plain.json"), lines=lines)

@@ -98,6 +98,8 @@ def read_split_file(path: str | Path, root: Path) -> PatientSplit:
     if isinstance(data, dict) and not set(data) & set(SPLITS):
         entries = [e for e in data.values() if isinstance(e, dict) and "patients" in e]
         matching = [e for e in entries if Path(str(e.get("root", ""))).name == root.name] or entries
+        distinct = {json.dumps(e["patients"], sort_keys=True): e for e in matching}  # views of one folder agree
+        matching = list(distinct.values())
         if len(matching) != 1:
             raise InputError(f"{path}: holds {len(entries)} splits; none (or several) for the folder {root.name}")
         data = matching[0]["patients"]
