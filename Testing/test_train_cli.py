@@ -28,7 +28,7 @@ def test_describe_lists_settings_and_docs_are_current(capsys):
 
 def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["train"]) == 2
-    assert "--config FILE is required" in capsys.readouterr().err
+    assert "--config FILE or --data DIR is required" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {sources: [{kind: kidney_phantom}]}\noptim: {lr: -1}\n", encoding="utf-8")
     assert main(["train", "--config", str(bad)]) == 2

@@ -110,4 +110,11 @@ def test_overrides():
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     cfg = C.load_config(REPO / "configs" / name)
-    assert cfg.data.sources and cfg.total_steps > 0
+    assert cfg.data.sources and (cfg.total_steps > 0 or cfg.optim.steps_per_epoch == 0)  # 0: a data pass
+
+
+def test_the_paper_config_is_the_papers_recipe_by_epochs():
+    cfg = C.load_config(REPO / "configs" / "paper_refuge_gpu.yaml")
+    assert cfg.model.name == "vit_b" and cfg.optim.epochs == 300 and cfg.optim.steps_per_epoch == 0
+    assert cfg.optim.lr == 1e-4 and cfg.optim.warmup_steps > 0 and 0 < cfg.loss.dice_weight < 1
+    assert cfg.data.sources[0].kind == "image_folder" and cfg.data.sources[0].tasks == ["disc", "cup"]

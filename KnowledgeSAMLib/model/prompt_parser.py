@@ -47,7 +47,17 @@ class PromptParser(nn.Module):
         return smoothed.squeeze(1) + self.smooth_bias.to(corr.dtype)
 
     def forward(self, q: torch.Tensor, t: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
-        """Tokens B×N×C (query image, template, prompt 0, prompt 1) → parsed template B×N×C."""
+        """Tokens B×N×C (query image, template, prompt 0, prompt 1) → parsed template B×N×C.
+
+        Under autocast the parser runs in float32 and returns float32: its raw output grows with C² (36.5 k at
+        random init for C = 256, against float16's 65.5 k limit), so float16 would overflow once it learns.
+        """
+        if torch.is_autocast_enabled(q.device.type):
+            with torch.autocast(q.device.type, enabled=False):
+                return self._forward(*(x.float() for x in (q, t, p0, p1)))
+        return self._forward(q, t, p0, p1)
+
+    def _forward(self, q: torch.Tensor, t: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
         out = self.parse(q, t, p0, p1)
         if self.norm is not None:
             out = self.norm(out / self.dim)

@@ -8,19 +8,28 @@ user typed: ``"default"`` (the model shipped under ``Resources/Models/default``)
 The default model folder is found in this order: ``$KNOWLEDGESAM_MODEL_DIR``; the source checkout's
 ``Resources/Models/default`` (the Slicer extension and editable installs); the copy installed with the
 package (``KnowledgeSAMLib/_models/default``, for wheels). The first that exists wins.
+
+A user's own models (``knowledgesam train --data DIR --out MODEL_DIR``) live as folders in their model
+directory, :func:`user_models_dir` (``$KNOWLEDGESAM_USER_MODELS``, else the platform's user data folder);
+:func:`list_user_models` lists them for a model selector (the Slicer panel, ``--model``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WeightsError
 
-__all__ = ["default_model_dir", "resolve_model", "ENV_MODEL_DIR", "DEFAULT_MODEL_NAME"]
+__all__ = ["default_model_dir", "resolve_model", "ENV_MODEL_DIR", "DEFAULT_MODEL_NAME", "UserModel",
+           "user_models_dir", "list_user_models", "ENV_USER_MODELS"]
 
 ENV_MODEL_DIR = "KNOWLEDGESAM_MODEL_DIR"
+ENV_USER_MODELS = "KNOWLEDGESAM_USER_MODELS"
 DEFAULT_MODEL_NAME = "default"
 _REPO_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "default"
 _PACKAGE_MODEL_DIR = Path(__file__).resolve().parents[1] / "_models" / "default"
@@ -74,3 +83,59 @@ def resolve_model(name_or_path: str | os.PathLike = DEFAULT_MODEL_NAME, sam_chec
         return build_model(text, sam_checkpoint=sam_checkpoint, sam_sha256=sam_sha256)
     raise WeightsError(f"{text}: not a model folder, 'default', or a config name "
                        f"({', '.join(NAMED_CONFIGS)})")
+
+
+# ------------------------------------------------------------------------------------------ user models
+@dataclass(frozen=True)
+class UserModel:
+    """A model folder in the user's model directory, as a selector shows it."""
+
+    name: str  # the folder's name
+    path: Path
+    preset: str  # the KSAM config it was built from (lite, small, vit_b, ...)
+    image_size: int
+    trained_on: tuple[str, ...] = ()  # the structures of its training data, when its training.json says
+
+
+def user_models_dir() -> Path:
+    """``$KNOWLEDGESAM_USER_MODELS``, else ``~/.local/share/knowledgesam/models`` (Linux, or ``$XDG_DATA_HOME``),
+    ``~/Library/Application Support/knowledgesam/models`` (macOS), ``%APPDATA%\\knowledgesam\\models``
+    (Windows). Not created here."""
+    override = os.environ.get(ENV_USER_MODELS)
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share").expanduser()
+    return base / "knowledgesam" / "models"
+
+
+def _structures(folder: Path) -> tuple[str, ...]:
+    try:
+        data = json.loads((folder / "training.json").read_text(encoding="utf-8")).get("data", {})
+        return tuple(dict.fromkeys(t for info in data.values() for t in info.get("tasks", [])))
+    except (OSError, ValueError, AttributeError):
+        return ()
+
+
+def list_user_models(root: str | os.PathLike | None = None) -> list[UserModel]:
+    """The model folders (``config.json`` + ``model.safetensors``) directly in ``root`` (default:
+    :func:`user_models_dir`), by name. Folders that are not models, or whose config cannot be read, are left
+    out; nothing heavy is loaded (no torch, no weights)."""
+    root = Path(root) if root is not None else user_models_dir()
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (folder / "model.safetensors").is_file():  # weights.WEIGHTS_FILE (not imported: it needs torch)
+            continue
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            preset, size = str(config["name"]), int(config["image_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.append(UserModel(folder.name, folder, preset, size, _structures(folder)))
+    return found

@@ -60,6 +60,22 @@ __all__ = [
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
     "expand_targets", "plan_outputs", "target_name", "check_image_file", "OutputClaims",
+    "list_user_models", "user_models_dir",
     # inference in a separate process (never starved by Slicer's main thread)
     "WorkerProcess", "RemoteJob", "WorkerError",
 ]
+
+
+def list_user_models(root=None):
+    """The user's own model folders for a model selector: ``model.registry.list_user_models`` (imported on
+    call: the model package imports torch, which a panel should not pay for at start-up)."""
+    from ..model.registry import list_user_models as _list
+
+    return _list(root)
+
+
+def user_models_dir():
+    """Where the user's own models live: ``model.registry.user_models_dir`` (imported on call)."""
+    from ..model.registry import user_models_dir as _where
+
+    return _where()

@@ -25,10 +25,13 @@ __all__ = [
     "ModelSection", "SourceConfig", "DataSection", "PairSection", "AugmentSection", "LossSection",
     "OptimSection", "ValidationSection", "RunSection", "TrainConfig",
     "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "describe",
-    "SOURCE_KINDS",
+    "SOURCE_KINDS", "FOLDER_KINDS", "TRAINABLE_PARTS",
 ]
 
-SOURCE_KINDS = ("kidney_phantom", "kidney_roi_phantom", "fundus_phantom", "hippocampus", "papila", "totalsegmentator")
+FOLDER_KINDS = ("volume_folder", "image_folder")  # a user's own labelled cases (train/folders.py)
+SOURCE_KINDS = ("kidney_phantom", "kidney_roi_phantom", "fundus_phantom", "hippocampus", "papila", "totalsegmentator",
+                *FOLDER_KINDS)
+TRAINABLE_PARTS = ("model", "heads", "lora")
 
 
 def _f(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, **check: Any) -> Any:
@@ -55,33 +58,62 @@ class ModelSection:
     init_from: Optional[str] = _f(
         None, "Start from a trained KSAM model instead of the preset: 'default' (the embedded model) or a model "
               "directory (save_model output). Its config wins over 'name'; 'overrides' still apply.")
+    trainable: str = _f(
+        "model", "Which parts learn: 'model' (as the model's config says: encoder_training, train_prompt_encoder, "
+                 "freeze_decoder); 'heads' (everything but the image encoder: PrAdaptor, Knowledge Merge, Prompt "
+                 "Merge, prompt encoder, mask decoder; the encoder, LoRA included, stays as it is, so its "
+                 "embeddings can be cached); 'lora' (only the encoder's LoRA adapters; needs encoder_training: lora).")
 
 
 @dataclass
 class SourceConfig:
     """One training data source: a family of volumes/images turned into 2D slice cases at model size."""
 
-    kind: str = _f(doc=f"One of {', '.join(SOURCE_KINDS)}.")
+    kind: str = _f(doc="Built-in data (kidney_phantom, kidney_roi_phantom, fundus_phantom, hippocampus, papila, "
+                       "totalsegmentator) or your own labelled cases: volume_folder (NIfTI/NRRD/MHA/DICOM volumes "
+                       "with label maps or .seg.nrrd) or image_folder (PNG/JPG/BMP images with label images or one "
+                       "mask per structure), paired by file name (docs/training.md, 'Your own data').")
     weight: float = _f(1.0, "Relative probability that a batch group is drawn from this source.", gt=0)
     tasks: list[str] = _f(
         doc="Segment names used as tasks (each is a binary 'which structure' prompt). Empty = all segments of the "
-            "source (kidney phantoms: artery, medulla, cortex; fundus/PAPILA: disc, cup; hippocampus: head, body).",
+            "source (kidney phantoms: artery, medulla, cortex; fundus/PAPILA: disc, cup; hippocampus: head, body; "
+            "folders: every structure found). Folders match names case-insensitively; a label value (e.g. '3') "
+            "names an unnamed label.",
         factory=list)
     root: Optional[str] = _f(
-        None, "Data folder for real datasets (hippocampus, papila); relative paths are resolved against the "
-              "config file's folder. Ignored by phantoms.")
+        None, "Data folder for real datasets and folders (hippocampus, papila, volume_folder, image_folder); "
+              "relative paths are resolved against the config file's folder. Ignored by phantoms.")
     preset: Optional[str] = _f(
         None, "Intensity preset name for data.intensity.get_preset (e.g. 'ct-abdomen', 'mr', 'rgb', 'auto'); "
               "null = the source's natural preset (kidney phantoms: ct-abdomen, hippocampus: mr, fundus/papila: "
-              "rgb).")
+              "rgb, folders: auto).")
     axis: str = _f("axial", "Slicing axis for volumes: axial, coronal or sagittal (2D images ignore it).")
-    train_cases: int = _f(
-        8, "Phantoms: number of training phantoms (seeds seed .. seed+n-1). Real data: maximum number of training "
-           "cases taken from the dataset's train split (0 = all).", ge=0)
+    train_cases: Optional[int] = _f(
+        None, "Phantoms: number of training phantoms (seeds seed .. seed+n-1). Real data: maximum number of "
+              "training cases taken from the dataset's train split (0 = all). Folders: maximum number of training "
+              "patients (0 = all that the split leaves). null = 8, except for folders: all.", ge=0)
     val_cases: int = _f(
         2, "Phantoms: validation phantoms (seeds seed+1000 ..). Real data: cases moved from the end of the train "
-           "split to validation (never trained on). The dataset's test split is never used here.", ge=0)
-    seed: int = _f(0, "Phantoms: first generator seed. Held-out evaluation phantoms use seeds >= 5000.", ge=0)
+           "split to validation (never trained on). The dataset's test split is never used here. Folders: "
+           "patients drawn for validation.", ge=0)
+    test_cases: int = _f(
+        0, "Folders: patients drawn for testing: never read by training, listed in split.json beside the run "
+           "(the held-out cases to evaluate on).", ge=0)
+    seed: int = _f(
+        0, "Phantoms: first generator seed. Held-out evaluation phantoms use seeds >= 5000. Folders: seed of the "
+           "patient split (the same seed and files give the same split).", ge=0)
+    labels: Optional[str] = _f(
+        None, "Folders: label table (JSON or YAML) naming label values, e.g. {1: liver, 2: spleen}, or giving a "
+              "structure several values, e.g. {disc: [0, 128], cup: 0} (REFUGE masks). null = labels.json, "
+              "labels.yaml, labels.yml or an nnU-Net dataset.json in the folder if there is one; .seg.nrrd files "
+              "name their own segments. Relative paths are resolved like 'root'.")
+    patients: Optional[str] = _f(
+        None, "Folders: regular expression giving a case's patient ID from its name (the first group, or the "
+              "whole match), e.g. '^(RET\\d+)' for PAPILA-style eyes; cases of one patient always share a split. "
+              "null = a case's top-level subfolder when it is in one, else the case itself.")
+    split_file: Optional[str] = _f(
+        None, "Folders: a split.json of an earlier run (or {train: [...], val: [...], test: [...]} patient "
+              "lists) to reuse instead of drawing one; patients it does not list are left out.")
     shape: list[int] = _f(
         doc="kidney_phantom volume shape (z, y, x) in voxels (whole abdomen). kidney_roi_phantom ignores it: its "
             "kidney-centred crops have the generator's fixed size.", factory=lambda: [40, 128, 128])
@@ -112,12 +144,23 @@ class SourceConfig:
     volumes: list[str] = _f(
         doc="totalsegmentator: which example volumes (ct, ct_sm, mr); empty = all three.", factory=list)
 
+    @property
+    def n_train(self) -> int:
+        """``train_cases`` with null resolved: 8 (phantoms, built-in datasets) or 0 = all (folders)."""
+        if self.train_cases is not None:
+            return self.train_cases
+        return 0 if self.kind in FOLDER_KINDS else 8
+
 
 @dataclass
 class DataSection:
     """Where the training slices come from."""
 
     sources: list[SourceConfig] = _f(doc="Training sources (at least one); see data.sources[*] fields.", factory=list)
+    strict: bool = _f(
+        False, "Folders: stop at the first data problem (unpaired or unreadable file, labels outside the image, "
+               "empty labels, a 2D case among volumes). false = name each one on one line, leave the case out "
+               "and go on (the lines are also kept in data.json).")
     cache_dir: Optional[str] = _f(
         None, "Folder (relative to the current directory) for the pre-computed slice cases (npz, keyed by "
               "the source settings except its weight, and the model size). Saves re-generating phantoms / "
@@ -194,7 +237,10 @@ class OptimSection:
     grad_clip: Optional[float] = _f(1.0, "Clip the global gradient norm to this value; null = no clipping.", gt=0)
     batch_size: int = _f(4, "Pairs per optimiser step per process (DDP: the global batch is world_size times this).", ge=1)
     epochs: int = _f(300, "Number of epochs; validation and checkpoints happen at epoch ends.", ge=1)
-    steps_per_epoch: int = _f(100, "Optimiser steps per epoch (sampling is with replacement, so an epoch is a step budget).", ge=1)
+    steps_per_epoch: int = _f(
+        100, "Optimiser steps per epoch (sampling is with replacement, so an epoch is a step budget). 0 = one pass "
+             "over the data: every training slice once as a target, i.e. ceil(slices x tasks_per_target / "
+             "(batch_size x processes)) steps (the paper's epochs).", ge=0)
 
 
 @dataclass
@@ -206,6 +252,12 @@ class ValidationSection:
         8, "Volumes: target slices per case and task, evenly spread over the stored range (0 = all).", ge=0)
     batch_size: int = _f(8, "Pairs per forward pass.", ge=1)
     threshold: float = _f(0.5, "Probability threshold for the binary prediction.", gt=0, lt=1)
+    patience: int = _f(
+        0, "Early stopping: stop after this many validations in a row without a better mean Dice (by more than "
+           "min_delta); 0 = never stop early.", ge=0)
+    min_delta: float = _f(0.0, "Early stopping: smallest rise of the mean validation Dice that counts as better.", ge=0)
+    keep_best: bool = _f(
+        False, "Save the weights of the best validation (mean Dice) as the run's model instead of the last ones.")
 
 
 @dataclass
@@ -237,6 +289,7 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
+        """Optimiser steps of the run; 0 while ``steps_per_epoch`` is 0 (one data pass, known once the data is)."""
         return self.optim.epochs * self.optim.steps_per_epoch
 
 
@@ -246,6 +299,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "SourceConfig.axis": ("axial", "coronal", "sagittal"),
     "AugmentSection.flip": ("joint", "independent", "none"),
     "RunSection.amp": ("auto", "fp16", "bf16", "off"),
+    "ModelSection.trainable": TRAINABLE_PARTS,
 }
 
 
@@ -259,8 +313,21 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
         fail("data.sources", "needs at least one source (kidney_phantom, fundus_phantom, hippocampus, papila)")
     for i, src in enumerate(cfg.data.sources):
         key = f"data.sources[{i}]"
-        if src.kind in ("hippocampus", "papila", "totalsegmentator") and not src.root:
+        if src.kind in ("hippocampus", "papila", "totalsegmentator", *FOLDER_KINDS) and not src.root:
             fail(f"{key}.root", f"a {src.kind} source needs the dataset folder")
+        if src.kind not in FOLDER_KINDS:
+            for name in ("labels", "patients", "split_file"):
+                if getattr(src, name) is not None:
+                    fail(f"{key}.{name}", f"is for volume_folder and image_folder sources, not {src.kind}")
+            if src.test_cases:
+                fail(f"{key}.test_cases", f"is for volume_folder and image_folder sources, not {src.kind}")
+        if src.patients is not None:
+            import re
+
+            try:
+                re.compile(src.patients)
+            except re.error as error:
+                fail(f"{key}.patients", f"not a valid regular expression: {error}")
         if src.view not in ("full", "roi"):
             fail(f"{key}.view", f"must be full or roi, got {src.view!r}")
         if len(src.roi_margin) != 2 or not 0 <= src.roi_margin[0] <= src.roi_margin[1]:
@@ -268,7 +335,7 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
         if src.kind == "kidney_phantom":
             if len(src.shape) != 3 or min(src.shape) < 8:
                 fail(f"{key}.shape", f"must be 3 sizes (z, y, x) of at least 8, got {src.shape}")
-        if src.kind.endswith("_phantom") and src.train_cases < 1:
+        if src.kind.endswith("_phantom") and src.n_train < 1:
             fail(f"{key}.train_cases", "a phantom source needs at least one training case")
         if len(set(src.tasks)) != len(src.tasks):
             fail(f"{key}.tasks", f"lists a task twice: {src.tasks}")
@@ -277,7 +344,7 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
     dev = cfg.run.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         fail("run.device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
-    if cfg.optim.warmup_steps > cfg.total_steps:
+    if cfg.optim.steps_per_epoch and cfg.optim.warmup_steps > cfg.total_steps:
         fail("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds the {cfg.total_steps} training steps")
 
 
@@ -412,8 +479,10 @@ def load_config(path: str | Path) -> TrainConfig:
         raise InputError(f"{path}: not valid YAML: {first}") from None
     cfg = config_from_dict(data if data is not None else {}, where=str(path))
     for src in cfg.data.sources:
-        if src.root and not Path(src.root).is_absolute():
-            src.root = str((path.parent / src.root).resolve())
+        for name in ("root", "labels", "split_file"):
+            value = getattr(src, name)
+            if value and not Path(value).is_absolute():
+                setattr(src, name, str((path.parent / value).resolve()))
     return cfg
 
 

@@ -87,12 +87,14 @@ def attach_embeddings(sources: list[Source], model: torch.nn.Module, cache_dir: 
     """Give every case of ``sources`` its ``embeddings`` (a read-only ``(n, C, G, G)`` float16 memmap view).
 
     Missing rows are encoded first (``encode=False``: wait for another process to finish them instead — DDP
-    ranks other than 0). Raises InputError when the model's encoder is not frozen: cached embeddings would
-    go stale as soon as it learnt.
+    ranks other than 0). Raises InputError when any encoder weight learns (LoRA included): cached embeddings
+    would go stale as soon as it did. A LoRA model whose adapters are held still (``model.trainable: heads``)
+    qualifies.
     """
-    if getattr(model.config, "encoder_training", "frozen") != "frozen":
+    if any(p.requires_grad for p in model.image_encoder.parameters()):
         raise InputError(f"cached encoder embeddings need a frozen encoder; the model's encoder_training is "
-                         f"{model.config.encoder_training!r} (set model.overrides.encoder_training: frozen)")
+                         f"{model.config.encoder_training!r} (set model.overrides.encoder_training: frozen, or "
+                         f"model.trainable: heads)")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = encoder_fingerprint(model)

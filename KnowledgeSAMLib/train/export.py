@@ -5,7 +5,8 @@ config, whose ``weights_sha256`` is written again for the copied file) and write
 held out, the final validation Dice) and ``MODEL_CARD.md`` generated from the same facts, so the card can
 never disagree with the run. DEST defaults to ``default_model_dir()`` (``Resources/Models/default``); an
 existing model there is replaced only with ``overwrite=True``, and the new folder is assembled beside it
-and renamed into place.
+and renamed into place. :func:`write_model_files` writes the same files into a folder that already holds other
+things (``knowledgesam train --data DIR --out MODEL_DIR`` keeps its run in ``MODEL_DIR/run``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 from .._files import give_default_permissions
 from ..errors import InputError
 
-__all__ = ["export_model", "model_card"]
+__all__ = ["export_model", "write_model_files", "model_card", "HELD_OUT_FILE"]
+
+HELD_OUT_FILE = "held_out.json"  # a run's held-out evaluation (train/heldout.py), shown in the model card
 
 _MODEL_FILES = ("model.safetensors", "config.json")
 
@@ -40,8 +43,27 @@ def _val_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _held_out_lines(held_out: dict) -> list[str]:
+    """The before/after table of a held-out evaluation (``{"before": result, "after": result, ...}``)."""
+    after = held_out.get("after") or {}
+    before = held_out.get("before") or {}
+    structures = list(after.get("dice", {}))
+    if not structures:
+        return []
+    lines = ["", "## Held-out test cases (never read in training; through the engine's default settings)", "",
+             f"{len(after.get('cases', []))} test case(s), each segmented with a training case as reference "
+             f"({held_out.get('start_model', 'the starting model')} before training).", "",
+             "| structure | before | after |", "|---|---|---|"]
+    for key in structures:
+        b = before.get("dice", {}).get(key)
+        lines.append(f"| {key} | {'-' if b is None else f'{b:.3f}'} | {after['dice'][key]:.3f} |")
+    b = before.get("mean")
+    lines.append(f"| mean | {'-' if b is None else f'{b:.3f}'} | {after.get('mean', float('nan')):.3f} |")
+    return lines
+
+
 def model_card(train_config: dict, data: dict, summary: dict, model_config: dict, parameters: dict[str, int],
-               name: str) -> str:
+               name: str, held_out: dict | None = None) -> str:
     """Markdown model card from the run's recorded facts."""
     optim, loss, run = train_config["optim"], train_config["loss"], train_config["run"]
     lines = [
@@ -99,6 +121,7 @@ def model_card(train_config: dict, data: dict, summary: dict, model_config: dict
                 lines.append(f"| {key} | {last[key]:.3f} | {best.get(key, float('nan')):.3f} |")
     else:
         lines.append("No validation was run.")
+    lines += _held_out_lines(held_out or {})
     lines += [
         "",
         "## Intended use and limits",
@@ -107,6 +130,10 @@ def model_card(train_config: dict, data: dict, summary: dict, model_config: dict
         f"- Trained only on: {', '.join(data) or 'nothing'}. Expect it to work on images like those, with a "
         "reference from a similar image, and to fail elsewhere.",
     ]
+    problems = [line for info in data.values() for line in info.get("problems", [])]
+    if problems:
+        lines.append(f"- {len(problems)} data problem(s) were named while reading the training data (cases left "
+                     "out or notes); they are listed in `training.json` (`data`).")
     kinds = {info.get("kind") for info in data.values()}
     if kinds & {"hippocampus", "papila"}:
         lines.append("- Data licences: MSD hippocampus CC-BY-SA 4.0, PAPILA CC BY 4.0 (see the datasets' "
@@ -140,27 +167,17 @@ def licence_text(data: dict, model_config: dict) -> str:
     return "\n".join(lines)
 
 
-def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite: bool = False,
-                 name: str = "default", standalone: bool = False) -> Path:
-    """Copy a run's model into ``dest`` with ``training.json``, ``MODEL_CARD.md`` and ``LICENSE.md``; returns
-    ``dest``. ``standalone`` stores the frozen pretrained weights too, in float16 (a folder that needs no other
-    package or file at run time: the shipped default model)."""
-    run_dir = Path(run_dir)
+def _record(run_dir: Path, name: str) -> tuple[dict, str]:
+    """training.json's content and the model card, from the run's files."""
     model_dir = run_dir / "model"
     for filename in _MODEL_FILES:
         if not (model_dir / filename).is_file():
             raise InputError(f"{model_dir / filename}: missing; is {run_dir} a finished training run?")
-    if dest is None:
-        from ..model.registry import default_model_dir
-
-        dest = default_model_dir()
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise InputError(f"{dest}: already holds a model; pass --overwrite to replace it")
     train_config = _read_json(run_dir / "config.json")
     data = _read_json(run_dir / "data.json")
     summary = _read_json(run_dir / "summary.json")
     model_config = _read_json(model_dir / "config.json")
+    held_out = _read_json(run_dir / HELD_OUT_FILE) if (run_dir / HELD_OUT_FILE).is_file() else None
 
     from ..model.weights import WEIGHTS_FILE, file_sha256, load_model, write_config
 
@@ -169,22 +186,66 @@ def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite:
                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     record = {"name": name, "train_config": train_config, "data": data, "summary": summary,
               "val_log": _val_rows(run_dir), "parameters": parameters}
+    if held_out is not None:
+        record["held_out"] = held_out
+    return record, model_card(train_config, data, summary, model_config, parameters, name, held_out)
 
+
+def _write_into(run_dir: Path, folder: Path, name: str, standalone: bool = False) -> None:
+    """The model (its weights' SHA256 in config.json), training.json, MODEL_CARD.md and LICENSE.md.
+
+    ``standalone`` stores the frozen pretrained weights too, in float16: a folder that needs no other package or
+    file at run time (how the default model ships)."""
+    from ..model.weights import WEIGHTS_FILE, load_model, save_model, write_config
+    from ..model.sam_checkpoint import file_sha256
+
+    record, card = _record(run_dir, name)
+    if standalone:
+        import torch
+
+        save_model(load_model(run_dir / "model"), folder, overwrite=True, include_base=True, dtype=torch.float16)
+    else:
+        shutil.copy2(run_dir / "model" / WEIGHTS_FILE, folder / WEIGHTS_FILE)
+        model = load_model(run_dir / "model")
+        write_config(folder, model.config, file_sha256(folder / WEIGHTS_FILE))  # the hash of exactly what ships
+    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    (folder / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    (folder / "LICENSE.md").write_text(licence_text(record["data"], _read_json(run_dir / "model" / "config.json")),
+                                       encoding="utf-8")
+
+
+def write_model_files(run_dir: str | Path, folder: str | Path, name: str | None = None) -> Path:
+    """Write the run's model, training.json and MODEL_CARD.md into ``folder`` (created if needed), each file
+    replaced atomically; other things in the folder are left alone. Returns ``folder``."""
+    run_dir, folder = Path(run_dir), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=folder))
+    try:
+        _write_into(run_dir, tmp, name or folder.name)
+        for item in sorted(tmp.iterdir()):
+            give_default_permissions(item)
+            os.replace(item, folder / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def export_model(run_dir: str | Path, dest: str | Path | None = None, overwrite: bool = False,
+                 name: str = "default", standalone: bool = False) -> Path:
+    """Copy a run's model into ``dest`` with ``training.json``, ``MODEL_CARD.md`` and ``LICENSE.md``; returns
+    ``dest`` (``standalone``: see :func:`_write_into`)."""
+    run_dir = Path(run_dir)
+    if dest is None:
+        from ..model.registry import default_model_dir
+
+        dest = default_model_dir()
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise InputError(f"{dest}: already holds a model; pass --overwrite to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        if standalone:
-            import torch
-
-            from ..model.weights import save_model
-
-            save_model(model, tmp, overwrite=True, include_base=True, dtype=torch.float16)  # records its hash
-        else:
-            shutil.copy2(model_dir / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-            write_config(tmp, model.config, file_sha256(tmp / WEIGHTS_FILE))  # the hash of exactly what ships
-        (tmp / "LICENSE.md").write_text(licence_text(data, model_config), encoding="utf-8")
-        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        (tmp / "MODEL_CARD.md").write_text(model_card(train_config, data, summary, model_config, parameters, name), encoding="utf-8")
+        _write_into(run_dir, tmp, name, standalone)
         for item in [tmp, *tmp.iterdir()]:
             give_default_permissions(item)
         if dest.exists():

@@ -35,7 +35,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 
 class BceDiceLoss(torch.nn.Module):
-    """Weighted BCE + Dice on logits; computed in float32 even under autocast."""
+    """Weighted BCE + Dice on logits; computed in float32 even when called under autocast."""
 
     def __init__(self, dice_weight: float = 0.8, pos_weight: float = 1.0, smooth: float = 1.0) -> None:
         super().__init__()
@@ -48,9 +48,10 @@ class BceDiceLoss(torch.nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> LossParts:
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-        target = target.float()
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target,
-                                                 pos_weight=self.pos_weight.to(logits.device))
-        dice = soft_dice_loss(logits, target, self.smooth)
+        with torch.autocast(logits.device.type, enabled=False):  # fp16 sums over a mask overflow; keep fp32
+            target = target.float()
+            bce = F.binary_cross_entropy_with_logits(logits.float(), target,
+                                                     pos_weight=self.pos_weight.to(logits.device))
+            dice = soft_dice_loss(logits, target, self.smooth)
         total = self.dice_weight * dice + (1.0 - self.dice_weight) * bce
         return LossParts(total=total, bce=bce.detach(), dice=dice.detach())

@@ -25,7 +25,7 @@ import numpy as np
 from ..data.volume import Image, Labels
 from ..errors import InputError
 from .cases import SliceCase
-from .config import SourceConfig
+from .config import FOLDER_KINDS, SourceConfig
 
 __all__ = ["SliceCase", "Source", "volume_to_case", "build_source", "build_sources", "DEFAULT_TASKS",
            "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET", "SLICING_VERSION"]
@@ -55,9 +55,14 @@ DEFAULT_TASKS: dict[str, list[str]] = {
     "hippocampus": ["head", "body"],
     "papila": ["disc", "cup"],
     "totalsegmentator": [],  # every named structure of each volume, except the CT's held-out ones
+    "volume_folder": [],  # every structure found in the folder
+    "image_folder": [],
 }
 DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abdomen", "fundus_phantom": "rgb",
-                   "hippocampus": "mr", "papila": "rgb", "totalsegmentator": "auto"}
+                   "hippocampus": "mr", "papila": "rgb", "totalsegmentator": "auto", "volume_folder": "auto",
+                   "image_folder": "auto"}
+
+_FOLDER_ONLY = {"test_cases": 0, "labels": None, "patients": None, "split_file": None}
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
 _CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
@@ -75,6 +80,8 @@ class Source:
     train: list[SliceCase]
     val: list[SliceCase]
     held_out: list[str] = field(default_factory=list)  # test cases this source keeps out (for the model card)
+    problems: list[str] = field(default_factory=list)  # folders: one line per data problem (data.json)
+    split: dict | None = None  # folders: the patient split (split.json beside the run)
 
 
 # ------------------------------------------------------------------------------------ volume -> case
@@ -136,7 +143,7 @@ def _kidney_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
                 raise InputError(f"kidney_phantom source: {error}") from None
             yield f"kidney_phantom_{seed:04d}", image, labels
 
-    return (gen(range(src.seed, src.seed + src.train_cases)),
+    return (gen(range(src.seed, src.seed + src.n_train)),
             gen(range(src.seed + VAL_PHANTOM_SEED_OFFSET, src.seed + VAL_PHANTOM_SEED_OFFSET + src.val_cases)),
             [f"seeds >= {HELD_OUT_PHANTOM_SEED} (evaluation phantoms)"])
 
@@ -149,7 +156,7 @@ def _kidney_roi_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]
             image, labels = make_kidney_roi_phantom(seed)
             yield f"kidney_roi_phantom_{seed:04d}", image, labels
 
-    return (gen(range(src.seed, src.seed + src.train_cases)),
+    return (gen(range(src.seed, src.seed + src.n_train)),
             gen(range(src.seed + VAL_PHANTOM_SEED_OFFSET, src.seed + VAL_PHANTOM_SEED_OFFSET + src.val_cases)),
             [f"seeds >= {HELD_OUT_PHANTOM_SEED} (evaluation phantoms)"])
 
@@ -165,7 +172,7 @@ def _fundus_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
                 raise InputError(f"fundus_phantom source: {error}") from None
             yield f"fundus_phantom_{seed:04d}", image, labels
 
-    return (gen(range(src.seed, src.seed + src.train_cases)),
+    return (gen(range(src.seed, src.seed + src.n_train)),
             gen(range(src.seed + VAL_PHANTOM_SEED_OFFSET, src.seed + VAL_PHANTOM_SEED_OFFSET + src.val_cases)),
             [f"seeds >= {HELD_OUT_PHANTOM_SEED} (evaluation phantoms)"])
 
@@ -175,8 +182,8 @@ def _split_train_val(ids: list[str], src: SourceConfig) -> tuple[list[str], list
     if src.val_cases >= len(ids):
         raise InputError(f"{src.root}: val_cases={src.val_cases} leaves no training case out of {len(ids)}")
     train, val = (ids[:-src.val_cases], ids[-src.val_cases:]) if src.val_cases else (ids, [])
-    if src.train_cases:
-        train = train[:src.train_cases]
+    if src.n_train:
+        train = train[:src.n_train]
     return train, val
 
 
@@ -253,6 +260,8 @@ _LOADERS: dict[str, Callable[[SourceConfig], tuple[Volumes, Volumes, list[str]]]
 def _source_tasks(src: SourceConfig, labels: Labels, case_name: str) -> list[str]:
     """The tasks of one volume: the configured ones, or (totalsegmentator) every named structure with enough
     voxels, minus the CT's held-out structures."""
+    if src.kind in FOLDER_KINDS:  # the folder reader kept exactly the run's structures this case shows
+        return [seg.name for seg in labels.segments]
     if src.tasks or src.kind != "totalsegmentator":
         return list(src.tasks) or list(DEFAULT_TASKS[src.kind])
     held_out = () if case_name.endswith("_mr") else TOTALSEG_CT_HELD_OUT
@@ -290,20 +299,28 @@ def _cases_of_volume(src: SourceConfig, name: str, source_name: str, image: Imag
 
 
 # ------------------------------------------------------------------------------------ building + cache
-def _cache_key(src: SourceConfig, size: int) -> str:
+def _cache_key(src: SourceConfig, size: int, content: str = "") -> str:
     """Hash of what the cached slices depend on. A dataset root enters by its folder name only: configs
     resolve roots to absolute paths, and a cache copied to another machine (a lent GPU) or a moved checkout
     must still be found. The sampling ``weight`` does not change a single slice, so it is left out: re-weighting
-    a source must not rebuild (minutes for hundreds of phantoms) what is already cached."""
+    a source must not rebuild (minutes for hundreds of phantoms) what is already cached. A folder's ``content``
+    (its files' names, sizes and times, and the split) enters too: a user's folder changes between runs."""
     source = asdict(src)
     source.pop("weight", None)
-    if source.get("root"):
-        source["root"] = Path(source["root"]).name
-    payload = json.dumps({"source": source, "model_size": size, "version": _CACHE_VERSION}, sort_keys=True)
+    source["train_cases"] = src.n_train  # null and its value give the same slices
+    for name, default in _FOLDER_ONLY.items():  # settings added for folders: absent at their defaults, so
+        if source.get(name) == default:         # that caches of the built-in kinds keep their keys
+            source.pop(name, None)
+    for name in ("root", "labels", "split_file"):
+        if source.get(name):
+            source[name] = Path(source[name]).name
+    payload = json.dumps({"source": source, "model_size": size, "version": _CACHE_VERSION,
+                          **({"content": content} if content else {})}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _save_cases(path: Path, train: list[SliceCase], val: list[SliceCase], held_out: list[str]) -> None:
+def _save_cases(path: Path, train: list[SliceCase], val: list[SliceCase], held_out: list[str],
+                extra: dict | None = None) -> None:
     arrays: dict[str, np.ndarray] = {}
     meta = []
     for split, cases in (("train", train), ("val", val)):
@@ -313,7 +330,8 @@ def _save_cases(path: Path, train: list[SliceCase], val: list[SliceCase], held_o
                 case.images, case.masks, case.slice_index)
             meta.append({"key": key, "split": split, "name": case.name, "source": case.source,
                          "tasks": case.tasks, "is_volume": case.is_volume})
-    arrays["meta"] = np.frombuffer(json.dumps({"cases": meta, "held_out": held_out}).encode(), dtype=np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps({"cases": meta, "held_out": held_out, "extra": extra or {}}).encode(),
+                                   dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
     os.close(fd)
@@ -325,7 +343,7 @@ def _save_cases(path: Path, train: list[SliceCase], val: list[SliceCase], held_o
         raise
 
 
-def _load_cases(path: Path) -> tuple[list[SliceCase], list[SliceCase], list[str]]:
+def _load_cases(path: Path) -> tuple[list[SliceCase], list[SliceCase], list[str], dict]:
     with np.load(path) as data:
         meta = json.loads(bytes(data["meta"]).decode())
         out: dict[str, list[SliceCase]] = {"train": [], "val": []}
@@ -334,7 +352,7 @@ def _load_cases(path: Path) -> tuple[list[SliceCase], list[SliceCase], list[str]
                 name=m["name"], source=m["source"], images=data[f"{m['key']}_images"],
                 masks=data[f"{m['key']}_masks"], tasks=m["tasks"], slice_index=data[f"{m['key']}_index"],
                 is_volume=m["is_volume"]))
-    return out["train"], out["val"], list(meta["held_out"])
+    return out["train"], out["val"], list(meta["held_out"]), dict(meta.get("extra", {}))
 
 
 def _with_tasks(case: SliceCase, tasks: list[str]) -> SliceCase:
@@ -351,41 +369,62 @@ def _with_tasks(case: SliceCase, tasks: list[str]) -> SliceCase:
 
 
 def build_source(src: SourceConfig, size: int, name: str, cache_dir: str | Path | None = None,
-                 progress: Callable[[str], None] | None = None) -> Source:
-    """Turn one configured source into train/val :class:`SliceCase` lists at ``size`` (cached if asked)."""
+                 progress: Callable[[str], None] | None = None, strict: bool = False,
+                 warn: Callable[[str], None] | None = None) -> Source:
+    """Turn one configured source into train/val :class:`SliceCase` lists at ``size`` (cached if asked).
+
+    Folders (``volume_folder``, ``image_folder``) report each data problem through ``warn`` (one line) and leave
+    the case out, or raise at the first one when ``strict``."""
     tasks = list(src.tasks) or list(DEFAULT_TASKS[src.kind])
     preset = src.preset or DEFAULT_PRESETS[src.kind]
-    cache_path = Path(cache_dir) / f"{src.kind}_{_cache_key(src, size)}.npz" if cache_dir else None
+    folder = report = None
+    content = ""
+    if src.kind in FOLDER_KINDS:
+        from .folder_source import DataReport, FolderSource
+
+        report = DataReport(strict, warn)
+        folder = FolderSource(src, report)
+        content = f"{folder.scan.fingerprint()}:{json.dumps(folder.record()['patients'], sort_keys=True)}"
+    cache_path = Path(cache_dir) / f"{src.kind}_{_cache_key(src, size, content)}.npz" if cache_dir else None
     if cache_path is not None and cache_path.is_file():
-        train, val, held_out = _load_cases(cache_path)
+        train, val, held_out, extra = _load_cases(cache_path)
         for case in train + val:
             case.source = name
+        for line in extra.get("problems", []):  # the lines of reading the cases, said again
+            if report is not None:
+                report.note(line)
     else:
-        train_volumes, val_volumes, held_out = _LOADERS[src.kind](src)
+        train_volumes, val_volumes, held_out = folder.volumes() if folder else _LOADERS[src.kind](src)
+        read_from = len(report.lines) if report else 0
         train, val = [], []
         for out, volumes in ((train, train_volumes), (val, val_volumes)):
             for case_name, image, labels in volumes:
                 if progress:
                     progress(case_name)
                 out.extend(_cases_of_volume(src, case_name, name, image, labels, preset, size))
+        if folder is not None:
+            folder.finish()
         if cache_path is not None:
-            _save_cases(cache_path, train, val, held_out)
+            _save_cases(cache_path, train, val, held_out, {"problems": report.lines[read_from:] if report else []})
     if not train:
-        raise InputError(f"data source {name} ({src.kind}) produced no training case with {', '.join(tasks)}")
-    if not tasks:  # per-volume tasks (totalsegmentator): the union, in first-seen order
+        raise InputError(f"data source {name} ({src.kind}) produced no training case with "
+                         f"{', '.join(tasks) or 'any structure'}")
+    if not tasks:  # per-volume tasks (totalsegmentator, folders): the union, in first-seen order
         tasks = list(dict.fromkeys(t for case in train + val for t in case.tasks))
-        train, val = [_with_tasks(c, tasks) for c in train], [_with_tasks(c, tasks) for c in val]
-    return Source(name=name, kind=src.kind, weight=src.weight, tasks=tasks, train=train, val=val, held_out=held_out)
+    train, val = [_with_tasks(c, tasks) for c in train], [_with_tasks(c, tasks) for c in val]
+    return Source(name=name, kind=src.kind, weight=src.weight, tasks=tasks, train=train, val=val, held_out=held_out,
+                  problems=list(report.lines) if report else [], split=folder.record() if folder else None)
 
 
 def build_sources(sources: list[SourceConfig], size: int, cache_dir: str | Path | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[Source]:
+                  progress: Callable[[str], None] | None = None, strict: bool = False,
+                  warn: Callable[[str], None] | None = None) -> list[Source]:
     """Build every configured source; names are the kind, suffixed ``#i`` when a kind repeats."""
     kinds = [s.kind for s in sources]
     built = []
     for i, src in enumerate(sources):
         name = src.kind if kinds.count(src.kind) == 1 else f"{src.kind}#{kinds[:i + 1].count(src.kind)}"
-        built.append(build_source(src, size, name, cache_dir, progress))
+        built.append(build_source(src, size, name, cache_dir, progress, strict, warn))
     return built
 
 
@@ -394,4 +433,5 @@ def sources_summary(sources: list[Source]) -> dict[str, dict[str, object]]:
     return {s.name: {"kind": s.kind, "weight": s.weight, "tasks": s.tasks,
                      "train_cases": [c.name for c in s.train], "val_cases": [c.name for c in s.val],
                      "held_out": s.held_out,
-                     "train_slices": int(sum(c.n for c in s.train))} for s in sources}
+                     "train_slices": int(sum(c.n for c in s.train)),
+                     **({"problems": s.problems} if s.problems else {})} for s in sources}

@@ -4,7 +4,12 @@ One :class:`Trainer` runs one configured job, single-process or as one rank of a
 writes into ``run.out_dir``: ``config.json`` (the resolved config), ``data.json`` (which cases were used
 for training and validation), ``train_log.csv`` (loss terms, lr, grad norm, speed every ``log_every``
 steps), ``val_log.csv`` (Dice per structure each epoch), ``checkpoints/`` (trainable tensors + optimiser,
-scheduler, scaler and sampler state for ``--resume``) and ``model/`` (``save_model`` output) at the end.
+scheduler, scaler and sampler state for ``--resume``) and ``model/`` (``save_model`` output) at the end; with
+folder sources also ``split.json`` (the patient split: which cases trained, validated and are held out).
+
+Numerics: the loss is computed in float32 outside autocast, the Prompt Parser runs in float32 inside it
+(model/prompt_parser.py), and a step whose loss is not finite is counted (``nonfinite`` in train_log.csv,
+``nonfinite_steps`` in summary.json) and warned about once such steps pass 1 % of the steps so far.
 
 Reproducibility: the model is built right after ``torch.manual_seed(run.seed)`` on every rank, so
 random-init frozen weights agree across ranks and across resumes (checked by fingerprint); pair sampling
@@ -19,6 +24,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,18 +41,22 @@ from .distributed import (DistContext, all_gather_objects, all_reduce_sum, barri
                           init_distributed)
 from .loss import BceDiceLoss
 from .pairs import PairBatch, PairSampler
+from .parts import restore_trainable, select_trainable
 from .schedule import warmup_poly_scheduler
 from .sources import Source, build_sources, sources_summary
 from .validate import validation_dice
 
 __all__ = ["Trainer", "TrainResult", "build_train_model", "ProgressFn"]
 
-#: ``progress(event, done, total, info)``; events: "data" (a case was built), "embeddings" (slices encoded
-#: into the embedding cache), "step", "val", "checkpoint".
+#: ``progress(event, done, total, info)``; events: "data" (a case was built), "problem" (a data problem,
+#: ``info["line"]``), "embeddings" (slices encoded into the embedding cache), "step", "val", "checkpoint",
+#: "warning" (``info["message"]``), "stopped" (early stopping, ``info["reason"]``).
 ProgressFn = Callable[[str, int, int, dict], None]
 
 _TRAIN_FIELDS = ["step", "epoch", "lr", "loss", "bce", "dice_loss", "iou_loss", "grad_norm", "negatives",
-                 "skipped", "steps_per_s", "elapsed_s"]
+                 "skipped", "nonfinite", "steps_per_s", "elapsed_s"]
+NONFINITE_WARN_FRACTION = 0.01  # warn once non-finite losses pass this fraction of the steps so far
+BEST_WEIGHTS = "best_trainable.safetensors"  # validation.keep_best: the best epoch's trainable tensors
 
 
 @dataclass
@@ -71,7 +81,7 @@ def build_train_model(cfg: TrainConfig) -> nn.Module:
         if m.init_from:
             from ..model.registry import resolve_model
 
-            base = resolve_model(m.init_from)
+            base = resolve_model(m.init_from, sam_checkpoint=m.sam_checkpoint)
             if not m.overrides:
                 return base
             config = base.config.replace(**m.overrides)
@@ -172,8 +182,10 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         _seed_everything(config.run.seed)
         self.model = (model if model is not None else build_train_model(config)).to(self.ctx.device)
+        self._own_trainable = select_trainable(self.model, config.model.trainable)
         self.size = int(self.model.config.image_size)
         self._sources = sources
+        self._total = config.total_steps
 
     # ------------------------------------------------------------------------------------------ setup
     def _check_cancel(self) -> None:
@@ -195,11 +207,20 @@ class Trainer:
             return self._sources
         cfg, ctx = self.cfg, self.ctx
         report = lambda name: self.progress("data", 0, 0, {"case": name})  # noqa: E731
+        warn = lambda line: self.progress("problem", 0, 0, {"line": line})  # noqa: E731
         if cfg.data.cache_dir and ctx.distributed:  # rank 0 fills the cache, the others read it
+            failed = None
             if ctx.is_main:
-                build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report)
-            barrier(ctx)
-        sources = build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report if ctx.is_main else None)
+                try:
+                    build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report, cfg.data.strict, warn)
+                except KnowledgeSAMError as error:  # e.g. data.strict: every rank stops, none waits forever
+                    failed = str(error)
+            failed = broadcast_object(failed, ctx)
+            if failed:
+                raise InputError(failed)
+            warn = None  # said while filling the cache
+        sources = build_sources(cfg.data.sources, self.size, cfg.data.cache_dir, report if ctx.is_main else None,
+                                cfg.data.strict, warn if ctx.is_main else None)
         if cfg.data.embedding_cache_dir:
             self._attach_embeddings(sources)
         return sources
@@ -233,6 +254,48 @@ class Trainer:
             raise InputError(f"{path}: checkpoint folder not found")
         return path
 
+    def _steps_per_epoch(self, sources: list[Source]) -> int:
+        """``optim.steps_per_epoch``, or (0) one pass: every training slice once as a target."""
+        cfg = self.cfg
+        if cfg.optim.steps_per_epoch:
+            return cfg.optim.steps_per_epoch
+        slices = sum(c.n for s in sources for c in s.train)
+        pairs = slices * cfg.pairs.tasks_per_target
+        return max(1, math.ceil(pairs / (cfg.optim.batch_size * self.ctx.world_size)))
+
+    def _check_numerics(self, nonfinite: int, step: int, warned: bool) -> bool:
+        """Warn (once) when non-finite losses pass NONFINITE_WARN_FRACTION of the steps; True once warned."""
+        if warned or not nonfinite or nonfinite <= NONFINITE_WARN_FRACTION * step * self.ctx.world_size:
+            return warned
+        message = (f"{nonfinite} of {step * self.ctx.world_size} training steps so far had a non-finite loss "
+                   f"(skipped); more than {NONFINITE_WARN_FRACTION:.0%} means the numerics are not sound: try "
+                   f"run.amp: bf16 or off, a lower optim.lr, or optim.grad_clip")
+        if self.ctx.is_main:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            self.progress("warning", step, self._total, {"message": message})
+        return True
+
+    def _save_best(self, model: nn.Module) -> None:
+        """Keep the trainable tensors of the best validation so far (rank 0; resumable: a file in the run)."""
+        from safetensors.torch import save_file
+
+        from .checkpoint import trainable_state
+
+        if self.ctx.is_main:
+            save_file(trainable_state(model), str(self.out_dir / BEST_WEIGHTS))
+
+    def _load_best(self, model: nn.Module) -> bool:
+        from safetensors.torch import load_file
+
+        path = self.out_dir / BEST_WEIGHTS
+        if not path.is_file():
+            return False
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in load_file(str(path)).items():
+                params[name].copy_(tensor)
+        return True
+
     # ------------------------------------------------------------------------------------------ run
     def fit(self) -> TrainResult:
         cfg, ctx, model = self.cfg, self.ctx, self.model
@@ -240,6 +303,11 @@ class Trainer:
         resume_from = self._prepare_out_dir()
         barrier(ctx)
         sources = self._build_sources()
+        spe = self._steps_per_epoch(sources)
+        total = self._total = cfg.optim.epochs * spe
+        if cfg.optim.warmup_steps > total:
+            raise InputError(f"optim.warmup_steps: {cfg.optim.warmup_steps} exceeds the {total} training steps "
+                             f"({cfg.optim.epochs} epochs of {spe})")
         seq = np.random.SeedSequence([cfg.run.seed, ctx.rank])
         sampler = PairSampler(sources, cfg.pairs, seed=int(seq.generate_state(1)[0]))
         params = [p for p in model.parameters() if p.requires_grad]
@@ -247,7 +315,6 @@ class Trainer:
             raise KnowledgeSAMError("the model has no trainable parameters")
         optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                      weight_decay=cfg.optim.weight_decay)
-        total = cfg.total_steps
         scheduler = warmup_poly_scheduler(optimizer, total, cfg.optim.warmup_steps, cfg.optim.poly_power,
                                           cfg.optim.min_lr_ratio)
         amp_dtype = _amp_dtype(cfg.run.amp, device)
@@ -265,6 +332,7 @@ class Trainer:
 
         step = 0
         best: dict[str, float] = {}
+        stale = nonfinite = 0  # validations without improvement; non-finite losses (all ranks)
         if resume_from is not None:
             state, meta = load_checkpoint(resume_from, model, map_location=device)
             if meta.get("frozen_fingerprint") != fingerprint:
@@ -280,6 +348,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"][ctx.rank].cpu())
             step = int(meta["step"])
             best = meta.get("best_val", {})
+            stale, nonfinite = int(meta.get("stale", 0)), int(meta.get("nonfinite", 0))
 
         labels = [f"{s.name}/{t}" for s in sources for t in s.tasks if s.val]
         train_log = val_log = None
@@ -287,17 +356,21 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1), encoding="utf-8")
             (self.out_dir / "data.json").write_text(json.dumps(sources_summary(sources), indent=1), encoding="utf-8")
+            splits = {s.name: s.split for s in sources if s.split is not None}
+            if splits:
+                (self.out_dir / "split.json").write_text(json.dumps(splits, indent=1), encoding="utf-8")
             keep = step if resume_from is not None else None
             train_log = _CsvLog(self.out_dir / "train_log.csv", _TRAIN_FIELDS, keep)
             val_log = _CsvLog(self.out_dir / "val_log.csv", ["epoch", "step", "mean", *labels], keep)
 
-        spe = cfg.optim.steps_per_epoch
-        interval = torch.zeros(6, dtype=torch.float64)  # loss, bce, dice, iou, negatives, count
+        interval = torch.zeros(7, dtype=torch.float64)  # loss, bce, dice, iou, negatives, finite count, steps
         skipped = 0
         logged: list[float] = []
         train_time, t_interval, t_start = 0.0, time.perf_counter(), time.perf_counter()
         last_val: dict[str, float] = {}
         grad_norm = torch.zeros(())
+        warned = stopped = False
+        self._fit_state = {"stale": stale, "nonfinite": nonfinite}
         net.train()
         try:
             while step < total:
@@ -345,12 +418,15 @@ class Trainer:
                 train_time += time.perf_counter() - t0
                 interval += torch.tensor([float(loss.detach()) if finite else 0.0, float(parts.bce),
                                           float(parts.dice), float(iou_loss.detach()), float(batch.negative.mean()),
-                                          1.0 if finite else 0.0], dtype=torch.float64)
+                                          1.0 if finite else 0.0, 1.0], dtype=torch.float64)
                 self.progress("step", step, total, {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]})
 
                 if step % cfg.run.log_every == 0 or step == total:
                     summed = all_reduce_sum(interval, ctx)
                     n = max(1.0, float(summed[5]))
+                    nonfinite += int(round(float(summed[6]) - float(summed[5])))
+                    self._fit_state["nonfinite"] = nonfinite
+                    warned = self._check_numerics(nonfinite, step, warned)
                     now = time.perf_counter()
                     mean_loss = float(summed[0]) / n
                     logged.append(mean_loss)
@@ -359,7 +435,7 @@ class Trainer:
                             "step": step, "epoch": (step - 1) // spe + 1, "lr": scheduler.get_last_lr()[0],
                             "loss": mean_loss, "bce": float(summed[1]) / n, "dice_loss": float(summed[2]) / n,
                             "iou_loss": float(summed[3]) / n, "grad_norm": float(grad_norm),
-                            "negatives": float(summed[4]) / n, "skipped": skipped,
+                            "negatives": float(summed[4]) / n, "skipped": skipped, "nonfinite": nonfinite,
                             "steps_per_s": float(summed[5]) / ctx.world_size / max(1e-9, now - t_interval),
                             "elapsed_s": now - t_start})
                     interval.zero_()
@@ -374,12 +450,18 @@ class Trainer:
                             cancel=None if ctx.distributed else self._check_cancel)
                         if val_log is not None:
                             val_log.write({"epoch": epoch, "step": step, **last_val})
-                        if last_val.get("mean", -1) > best.get("mean", -1):
-                            best = dict(last_val, step=step)
+                        best, stale = self._after_validation(last_val, best, stale, step, model)
+                        self._fit_state["stale"] = stale
                         self.progress("val", epoch, cfg.optim.epochs, last_val)
-                    if epoch % cfg.run.checkpoint_every == 0 or step == total:
+                        stopped = bool(cfg.validation.patience) and stale >= cfg.validation.patience
+                    if epoch % cfg.run.checkpoint_every == 0 or step == total or stopped:
                         self._save(step, epoch, model, optimizer, scheduler, scaler, sampler, fingerprint, best)
                     t_interval = time.perf_counter()
+                    if stopped:
+                        self.progress("stopped", step, total, {"reason": (
+                            f"early stopping: no better mean validation Dice for {stale} validations (best "
+                            f"{best.get('mean', float('nan')):.3f} at step {best.get('step')})")})
+                        break
         except CancelledError:
             epoch = (step - 1) // spe + 1 if step else 0
             if step:  # keep what was learnt: resume continues from here
@@ -391,9 +473,14 @@ class Trainer:
             from ..model.weights import save_model
 
             model_dir = self.out_dir / "model"
+            saved = "best" if cfg.validation.keep_best and self._load_best(model) else "last"
+            restore_trainable(model, self._own_trainable)  # saved as the model it is, whatever trained here
             save_model(model, model_dir, overwrite=True,
-                       metadata={"trained_steps": str(step), "train_config": json.dumps(config_to_dict(cfg))})
-            summary = {"steps": step, "best_val": best, "last_val": last_val,
+                       metadata={"trained_steps": str(step), "train_config": json.dumps(config_to_dict(cfg)),
+                                 "weights": saved})
+            summary = {"steps": step, "planned_steps": total, "steps_per_epoch": spe, "stopped_early": stopped,
+                       "saved_weights": saved, "best_val": best, "last_val": last_val,
+                       "nonfinite_steps": nonfinite, "skipped_steps": skipped,
                        "train_steps_per_s": (step / train_time) if train_time else 0.0,
                        "world_size": ctx.world_size, "device": str(device)}
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -403,6 +490,19 @@ class Trainer:
                            steps_per_s=(step / train_time) if train_time else 0.0)
 
     # ------------------------------------------------------------------------------------------ helpers
+    def _after_validation(self, val: dict[str, float], best: dict, stale: int, step: int,
+                          model: nn.Module) -> tuple[dict, int]:
+        """Track the best mean Dice (and its weights, with keep_best) and the validations since it rose."""
+        mean = val.get("mean")
+        if mean is None:
+            return best, stale
+        improved = mean > best.get("mean", -1.0) + self.cfg.validation.min_delta
+        if mean > best.get("mean", -1.0):
+            best = dict(val, step=step)
+            if self.cfg.validation.keep_best:
+                self._save_best(model)
+        return best, 0 if improved else stale + 1
+
     @staticmethod
     def _to_device(batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, ...]:
         def images(a: np.ndarray) -> torch.Tensor:
@@ -430,8 +530,8 @@ class Trainer:
                      "scaler": scaler.state_dict(), "torch_rng": rngs}
             meta = {"epoch": epoch, "world_size": ctx.world_size, "samplers": samplers,
                     "frozen_fingerprint": fingerprint, "best_val": best,
-                    "config": config_to_dict(self.cfg)}
+                    **getattr(self, "_fit_state", {}), "config": config_to_dict(self.cfg)}
             path = save_checkpoint(self.out_dir, step, model, state, meta, keep=self.cfg.run.keep_checkpoints)
-            self.progress("checkpoint", step, self.cfg.total_steps, {"path": str(path)})
+            self.progress("checkpoint", step, self._total, {"path": str(path)})
         barrier(ctx)
 
