@@ -28,13 +28,26 @@ def frozen():
     return build_model(get_config("lite_tiny").replace(encoder_training="frozen"), pretrained=False).eval()
 
 
-def test_neutral_view_equals_the_plain_slicing(phantom):
+def test_plain_slicing_is_the_preset_and_the_square_fit_of_each_kept_slice(phantom):
+    """The oracle: the preset's mapping and the aspect-preserving square fit of every slice in the tasks' extent
+    plus the margin, computed here directly (a neutral view must add nothing to them)."""
+    from KnowledgeSAMLib.data.intensity import get_preset
+    from KnowledgeSAMLib.data.resize import SquareFit
+    from KnowledgeSAMLib.infer.slicing import axis_view
+
     image, labels = phantom
     tasks = ["artery", "medulla", "cortex"]
-    plain = volume_to_case("k", "s", image, labels, tasks, "ct-abdomen", 64)
-    viewed = volume_view("k", "s", image, labels, tasks, "ct-abdomen", 64, ViewSpec(), np.random.default_rng(0))
-    np.testing.assert_array_equal(viewed.images, plain.images)
-    np.testing.assert_array_equal(viewed.masks, plain.masks)
+    case = volume_to_case("k", "s", image, labels, tasks, "ct-abdomen", 64)
+    view = axis_view(image.shape, image.geometry, "axial")
+    present = np.flatnonzero(view.slice_has(labels.layers[0] > 0))
+    ks = list(range(max(0, present[0] - 3), min(view.n, present[-1] + 4)))
+    assert case.n == len(ks)
+    mapping, fit = get_preset("ct-abdomen").fit(image), SquareFit(view.slice_shape, view.spacing_hw, 64)
+    for row, k in ((0, ks[0]), (len(ks) // 2, ks[len(ks) // 2])):
+        rgb = fit.to_model(mapping.apply(np.ascontiguousarray(view.get(image.array, k))), 1)
+        np.testing.assert_array_equal(case.images[row], np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8))
+        cortex = fit.to_model(view.get(labels.mask("cortex"), k).astype(np.float32), "area") > 0.5
+        np.testing.assert_array_equal(case.masks[row, 2].astype(bool), cortex)
 
 
 def test_roi_view_magnifies_the_structures_and_max_slices_keeps_negatives(phantom):

@@ -7,6 +7,7 @@ Run by hand (not in CI)::
 Sets (none of them is ever trained on):
 
 * kidney ROI phantoms — targets seeds 5000+i, references seeds 5100+i (another "patient"), 3D, ``volume`` mode;
+* whole-abdomen kidney phantoms (our generator, 40×224×224) — the same seeds;
 * fundus phantoms — targets 5000+i, references 5100+i, 2D;
 * MSD hippocampus — the 10 held-out cases, each with its fixed cross-patient training-case reference
   (``data.datasets.hippocampus_eval_pairs``), ``volume`` mode;
@@ -74,6 +75,17 @@ def kidney_cases(n: int) -> Iterator[Case]:
         yield f"kidney_roi_{5000 + i}<-{5100 + i}", target, truth, reference, reference_labels
 
 
+def kidney_full_cases(n: int) -> Iterator[Case]:
+    """Whole-abdomen phantoms of our generator (spine, bowel, both kidneys in view), held-out seeds."""
+    from KnowledgeSAMLib.data.phantoms import make_kidney_phantom
+
+    shape = (40, 224, 224)  # as the default model's whole-abdomen training phantoms
+    for i in range(n):
+        target, truth = make_kidney_phantom(5000 + i, shape=shape)
+        reference, reference_labels = make_kidney_phantom(5100 + i, shape=shape)
+        yield f"kidney_full_{5000 + i}<-{5100 + i}", target, truth, reference, reference_labels
+
+
 def fundus_cases(n: int) -> Iterator[Case]:
     from KnowledgeSAMLib.data.phantoms import make_fundus_phantom
 
@@ -104,6 +116,7 @@ def papila_pairs(_: int | None) -> Iterator[Case]:
 
 DATASETS: dict[str, tuple[Callable[[int | None], Iterator[Case]], str]] = {
     "kidney_roi_phantom": (kidney_cases, "ct-abdomen"),
+    "kidney_full_phantom": (kidney_full_cases, "ct-abdomen"),
     "fundus_phantom": (fundus_cases, "rgb"),
     "hippocampus": (hippocampus_pairs, "mr"),
     "papila": (papila_pairs, "rgb"),
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = resolve_model(args.model).eval()
-    counts = {"kidney_roi_phantom": args.n_kidney, "fundus_phantom": args.n_fundus,
+    counts = {"kidney_roi_phantom": args.n_kidney, "kidney_full_phantom": args.n_kidney, "fundus_phantom": args.n_fundus,
               "hippocampus": args.n_hippocampus, "papila": None}
     started = time.perf_counter()
     summaries: dict = {"model": args.model, "hardware": hardware(), "datasets": {}}

@@ -9,7 +9,6 @@ on separate layers. Label values, names, colours and terminology come from the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._files import file_sha256
 from ..data.volume import Geometry, Image, Labels, Segment
 from .request import EngineOptions, SegmentationResult
 from .slicing import AxisView
@@ -156,14 +156,6 @@ def _jsonable(value: Any, home: str | None = None) -> Any:
     if isinstance(value, (str, Path)):
         return _without_home(str(value), home)
     return value
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provenance_json(result: SegmentationResult, output: dict[str, str] | None = None) -> str:

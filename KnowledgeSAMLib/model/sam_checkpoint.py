@@ -16,7 +16,6 @@ torch is imported lazily so that the CLI (which discovers every sub-command) sta
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .._files import file_sha256
 from ..errors import WeightsError
 from .user_cache import default_cache_dir
 
@@ -62,32 +62,9 @@ SAM_VIT_B = CheckpointInfo(
 
 DOWNLOAD_COMMAND = "knowledgesam download-sam"
 HASH_CACHE_NAME = "verified_sha256.json"
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------- hashing
-
-
-def file_sha256(path: str | os.PathLike, progress: ProgressFn | None = None, cancel: Any = None) -> str:
-    """SHA256 of a file, read in 1 MiB chunks (a 375 MB checkpoint never sits in memory).
-
-    ``cancel`` is any object with ``raise_if_cancelled()`` (e.g. ``infer.cancel.CancelToken``).
-    """
-    path = Path(path)
-    total = path.stat().st_size
-    digest = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            if progress is not None:
-                progress(done, total)
-    if progress is not None and total == 0:
-        progress(0, 0)
-    return digest.hexdigest()
 
 
 def hash_cache_path() -> Path:

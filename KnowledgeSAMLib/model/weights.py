@@ -17,7 +17,6 @@ unverified in the provenance of their results (``record_weights_hash`` adds the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._files import give_default_permissions
+from .._files import file_sha256, give_default_permissions
 from ..errors import WeightsError
 from .config import KSAMConfig
 from .ksam import KSAM
@@ -74,14 +73,6 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def config_text(config: KSAMConfig, weights_sha256: str | None) -> str:

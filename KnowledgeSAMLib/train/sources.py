@@ -92,40 +92,10 @@ def volume_to_case(name: str, source: str, image: Image, labels: Labels, tasks: 
     Keeps the slices spanned by the union of the tasks' extents plus ``margin`` on each side (the
     negatives pool). Returns None when none of the tasks is present.
     """
-    from ..data.intensity import get_preset
-    from ..data.resize import SquareFit
-    from ..infer.slicing import axis_view
+    from .views import ViewSpec, volume_view
 
-    if labels.shape != image.shape:
-        raise InputError(f"{name}: labels grid {labels.shape} differs from image grid {image.shape}")
-    try:
-        task_masks = [labels.mask(t) for t in tasks]
-    except KeyError as error:
-        raise InputError(f"{name}: {error.args[0]}") from None
-    if axis not in ("axial", "coronal", "sagittal"):
-        raise InputError(f"unknown slicing axis {axis!r} (axial, coronal, sagittal)")
-    is_volume = image.geometry.ndim != 2 and image.shape[0] > 1
-    # The engine's own slicing (axis in patient space, canonical in-plane orientation and slice order):
-    # a volume stored with a flipped direction must look at training exactly as it will at inference.
-    view = axis_view(image.shape, image.geometry, axis if is_volume else "axial")
-    present = np.stack([view.slice_has(m) for m in task_masks], axis=1)
-    rows = np.flatnonzero(present.any(1))
-    if not len(rows):
-        return None
-    lo, hi = max(0, rows[0] - margin), min(view.n, rows[-1] + 1 + margin)
-    order = list(range(lo, hi))[::-1] if view.reverse_slices else list(range(lo, hi))  # canonical order
-    mapping = get_preset(preset).fit(image)
-    fit = SquareFit(view.slice_shape, view.spacing_hw, size)
-    planes = mapping.apply(np.stack([view.get(image.array, k) for k in order]))  # (n, h, w, 3) in [0, 1]
-    rgb = np.asarray(fit.to_model(np.ascontiguousarray(planes.transpose(0, 3, 1, 2)), order=1))
-    images = np.clip(np.rint(rgb.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
-    # "area" (box average when shrinking, linear when enlarging) then 0.5: thin structures survive
-    # shrinking better than with nearest, and enlarged masks get smooth edges.
-    stack = np.stack([[view.get(m, k) for m in task_masks] for k in order]).astype(np.float32)
-    masks = (np.asarray(fit.to_model(stack, order="area")) > 0.5).astype(np.uint8)
-    slice_index = np.array([view.ordered(k) for k in order], dtype=np.int64)
-    return SliceCase(name=name, source=source, images=images, masks=masks,
-                     tasks=list(tasks), slice_index=slice_index, is_volume=is_volume)
+    return volume_view(name, source, image, labels, tasks, preset, size, ViewSpec(), np.random.default_rng(0),
+                       axis, margin)
 
 
 # ------------------------------------------------------------------------------------ per-kind loaders

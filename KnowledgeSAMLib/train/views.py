@@ -144,7 +144,11 @@ def volume_view(name: str, source: str, image: Image, labels: Labels, tasks: lis
         task_masks = [labels.mask(t) for t in tasks]
     except KeyError as error:
         raise InputError(f"{name}: {error.args[0]}") from None
+    if axis not in ("axial", "coronal", "sagittal"):
+        raise InputError(f"unknown slicing axis {axis!r} (axial, coronal, sagittal)")
     is_volume = image.geometry.ndim != 2 and image.shape[0] > 1
+    # The engine's own slicing (axis in patient space, canonical in-plane orientation and slice order): a volume
+    # stored with a flipped direction must look at training exactly as it will at inference.
     view = axis_view(image.shape, image.geometry, axis if is_volume else "axial")
     present = np.stack([view.slice_has(m) for m in task_masks], axis=1)
     rows = np.flatnonzero(present.any(1))
