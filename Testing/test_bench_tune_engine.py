@@ -22,7 +22,7 @@ def test_rounds_run_and_post_processing_needs_no_model_run(tmp_path, monkeypatch
     target, truth = blob_volume(shape=(8, 32, 36))
     reference, labels = blob_volume(shape=(9, 32, 36), seed=1, shift=(1, 1, -1))
     pair = ("kidney", "blob0<-blob1", (target, truth, reference, labels))
-    monkeypatch.setattr(tune_engine, "validation_pairs", lambda n: [pair])
+    monkeypatch.setattr(tune_engine, "validation_pairs", lambda n, wide=False: [pair])
     monkeypatch.setattr(registry, "resolve_model", lambda name: model)
     calls = []
     real_segment = tune_engine.segment
@@ -39,3 +39,23 @@ def test_rounds_run_and_post_processing_needs_no_model_run(tmp_path, monkeypatch
     best = summary["best"]
     assert best["dice"]["mean"] == max(row["dice"]["mean"] for row in summary["rows"])
     assert 0.5 < best["dice"]["mean"] <= 1.0 and set(best["dice"]) == {"kidney/bright", "kidney/dim", "mean"}
+
+
+def test_the_roi_round_scores_auto_and_whole_slices_first(monkeypatch, tmp_path):
+    from KnowledgeSAMLib.model import registry
+
+    model = ThresholdModel(image_size=32)
+    target, truth = blob_volume(shape=(8, 32, 36))
+    reference, labels = blob_volume(shape=(9, 32, 36), seed=1, shift=(1, 1, -1))
+    pair = ("kidney", "blob0<-blob1", (target, truth, reference, labels))
+    monkeypatch.setattr(tune_engine, "validation_pairs", lambda n, wide=False: [pair])
+    monkeypatch.setattr(registry, "resolve_model", lambda name: model)
+    rois = []
+    real_segment = tune_engine.segment
+    monkeypatch.setattr(tune_engine, "segment",
+                        lambda request, m, **kw: rois.append(request.roi) or real_segment(request, m, **kw))
+    assert tune_engine.main(["--model", "fake", "--roi", "--priors", "aligned", "--json",
+                             str(tmp_path / "tune.json")]) == 0
+    summary = json.loads((tmp_path / "tune.json").read_text(encoding="utf-8"))
+    assert [row["options"]["roi"] for row in summary["rows"][:2]] == ["auto", "none"]
+    assert rois[:2] == ["auto", "none"] and set(rois[2:]) == {summary["roi"]}

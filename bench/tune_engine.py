@@ -12,8 +12,13 @@ the stored probabilities of the best retrieval (``relabel``) instead of running 
 
 Validation pairs (the training configs' validation cases, with training cases as references):
 kidney ROI phantoms 1000–1002, each with references 0–3 (12 pairs; with only references 0 and 1 the
-scan-position prior's failure on references whose kidney sits elsewhere in the scan went unseen), and MSD
-hippocampus 057, 058, 060 with references 001, 003, 004 (skipped when the data folder is absent).
+scan-position prior's failure on references whose kidney sits elsewhere in the scan went unseen), MSD
+hippocampus 057, 058, 060 with references 001, 003, 004 (skipped when the data folder is absent), and with
+``--wide``: whole-abdomen kidney phantoms 4000–4001 (references 3000–3001, the ``lite`` default model's
+whole-abdomen source) and fundus phantoms 1000–1003 (references 0–3), where the region of interest matters.
+The unseen-generator phantoms are never used here.
+
+With ``--roi`` the first round also scores ``roi`` (``auto`` against whole slices, ``none``).
 
     python bench/tune_engine.py --model default --threads 2 --json runs/tune_engine.json
 """
@@ -40,13 +45,22 @@ HIPPOCAMPUS_VALIDATION = [("hippocampus_057", "hippocampus_001"), ("hippocampus_
                           ("hippocampus_060", "hippocampus_004")]
 
 
-def validation_pairs(kidney_references: int) -> list[tuple[str, str, tuple]]:
+def validation_pairs(kidney_references: int, wide: bool = False) -> list[tuple[str, str, tuple]]:
     """``(dataset, pair name, (target, truth, reference, reference labels))`` for every validation pair."""
     from KnowledgeSAMLib.data import datasets
-    from KnowledgeSAMLib.data.phantoms import make_kidney_roi_phantom
+    from KnowledgeSAMLib.data.phantoms import make_fundus_phantom, make_kidney_phantom, make_kidney_roi_phantom
     from KnowledgeSAMLib.errors import InputError
 
     pairs = []
+    if wide:
+        for target_seed, reference_seed in ((4000, 3000), (4001, 3001)):
+            target, truth = make_kidney_phantom(target_seed, shape=(40, 224, 224))
+            reference, labels = make_kidney_phantom(reference_seed, shape=(40, 224, 224))
+            pairs.append(("kidney_full", f"{target_seed}<-{reference_seed}", (target, truth, reference, labels)))
+        for target_seed, reference_seed in ((1000, 0), (1001, 1), (1002, 2), (1003, 3)):
+            target, truth = make_fundus_phantom(target_seed)
+            reference, labels = make_fundus_phantom(reference_seed)
+            pairs.append(("fundus", f"{target_seed}<-{reference_seed}", (target, truth, reference, labels)))
     for target_seed in (1000, 1001, 1002):
         target, truth = make_kidney_roi_phantom(target_seed)
         for reference_seed in range(kidney_references):
@@ -62,7 +76,8 @@ def validation_pairs(kidney_references: int) -> list[tuple[str, str, tuple]]:
     return pairs
 
 
-PRESETS = {"kidney": DATASETS["kidney_roi_phantom"][1], "hippocampus": DATASETS["hippocampus"][1]}
+PRESETS = {"kidney": DATASETS["kidney_roi_phantom"][1], "hippocampus": DATASETS["hippocampus"][1],
+           "kidney_full": "ct-abdomen", "fundus": "rgb"}
 
 
 _EMBEDDINGS = None  # one cache for the whole grid: every volume is encoded once, whatever the setting
@@ -98,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--kidney-references", type=int, default=4)
+    parser.add_argument("--wide", action="store_true", help="also whole-abdomen kidney and fundus phantom pairs")
+    parser.add_argument("--roi", action="store_true", help="first round: roi auto against whole slices")
+    parser.add_argument("--priors", default="scan,two-pass,aligned,none",
+                        help="position priors of the retrieval round (comma-separated)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = resolve_model(args.model).eval()
-    pairs = validation_pairs(args.kidney_references)
+    pairs = validation_pairs(args.kidney_references, args.wide)
     started = time.perf_counter()
     rows = []
     computed: dict[str, list] = {}  # retrieval setting -> (request, result) per pair
@@ -119,14 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{round_name:10s} {json.dumps(changed):90s} mean {result['mean']:.3f}  "
               + " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in result.items() if k != "mean"), flush=True)
 
-    def run(round_name: str, changed: dict) -> None:
+    roi_choice = {"roi": "auto"}
+
+    def run(round_name: str, changed: dict, roi: str | None = None) -> None:
         """Run the model on every pair (retrieval and test-time settings change the probabilities)."""
-        runs = run_pairs(model, pairs, replace(default, **changed))
+        runs = run_pairs(model, pairs, replace(default, **changed), roi=roi or roi_choice["roi"])
         computed[json.dumps(changed, sort_keys=True)] = runs
-        record(round_name, changed, score(pairs, [result.labels for _, result in runs]))
+        record(round_name, {**changed, **({"roi": roi} if roi else {})},
+               score(pairs, [result.labels for _, result in runs]))
 
     def rescore(round_name: str, retrieval: dict, changed: dict) -> None:
         """Post-processing only: re-threshold the stored probabilities of ``retrieval`` (no model run)."""
+        retrieval = {k: v for k, v in retrieval.items() if k != "roi"}
         runs = computed[json.dumps(retrieval, sort_keys=True)]
         labels = [relabel(request, result, replace(default, **retrieval, **changed)) for request, result in runs]
         record(round_name, {**retrieval, **changed}, score(pairs, labels))
@@ -135,9 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         return max((r for r in rows if r["round"] == round_name), key=lambda r: r["dice"]["mean"])["options"]
 
     default = replace(EngineOptions(), flip_tta=False)  # the last round scores the flips on the best setting
+    if args.roi:  # where the model looks, with the default retrieval and post-processing
+        for roi in ("auto", "none"):
+            run("roi", {}, roi=roi)
+        roi_choice["roi"] = max((r for r in rows if r["round"] == "roi"), key=lambda r: r["dice"]["mean"])["options"]["roi"]
+        computed.clear()
     # top-1 has beaten top-2/3 fusion with every model so far (stage 6-9), so only top-1 is scored
+    priors = [p.strip() for p in args.priors.split(",") if p.strip()]
     retrieval = [dict(position_prior=p, top_k=1, position_weight=w)
-                 for p, w in itertools.product(("scan", "two-pass", "aligned", "none"), (0.5, 2.0))
+                 for p, w in itertools.product(priors, (0.5, 2.0))
                  if not (p == "none" and w != 0.5)]  # without a position prior the weight does nothing
     for changed in retrieval:
         run("retrieval", changed)
@@ -151,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     post_only = {k: v for k, v in best_post.items() if k not in best_retrieval}
     for threshold in (0.3, 0.4, 0.6):  # 0.5 (the default) was scored in the post round
         rescore("threshold", best_retrieval, {**post_only, "threshold": threshold})
-    run("flip", {**max(rows, key=lambda r: r["dice"]["mean"])["options"], "flip_tta": True})
+    best_options = {k: v for k, v in max(rows, key=lambda r: r["dice"]["mean"])["options"].items() if k != "roi"}
+    run("flip", {**best_options, "flip_tta": True})
     best = max(rows, key=lambda r: r["dice"]["mean"])
     defaults = {name: getattr(default, name) for name in [*retrieval[0], *post[0]]}
     current = next(r for r in rows if r["round"] == "post"
                    and r["options"] == {**defaults, **best_retrieval})
-    summary = {"model": args.model, "pairs": [p[1] for p in pairs], "rows": rows, "best": best,
+    summary = {"model": args.model, "pairs": [p[1] for p in pairs], "rows": rows, "best": best, "roi": roi_choice["roi"],
                "wall_s": time.perf_counter() - started, "defaults": defaults}
     print(f"best {json.dumps(best['options'])}: mean {best['dice']['mean']:.3f} "
           f"(best retrieval with default post-processing: {current['dice']['mean']:.3f}); "
