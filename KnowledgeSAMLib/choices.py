@@ -20,10 +20,15 @@ DEFAULT_DEVICE = "auto"
 DEFAULT_MODEL = "default"  # the embedded default model (KnowledgeSAMLib.model.registry)
 DEFAULT_PRESET = "auto"  # intensity preset; the named presets are KnowledgeSAMLib.data.intensity.PRESETS
 DEFAULT_BATCH_SIZE = 8
+# What runs the image encoder on the CPU (KnowledgeSAMLib.infer.cpu_runtime): auto = the fastest installed
+# runtime where it pays, else PyTorch
+CPU_RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
+DEFAULT_CPU_RUNTIME = "auto"
 
 # EngineOptions values a front-end offers (KnowledgeSAMLib.infer.request.EngineOptions)
 OVERLAPS = ("auto", "layers", "argmax")
 CONTESTED = ("smaller", "probability")
 
 __all__ = ["MODES", "AXES", "DEVICES", "DEFAULT_MODE", "DEFAULT_AXIS", "DEFAULT_DEVICE",
-           "DEFAULT_MODEL", "DEFAULT_PRESET", "DEFAULT_BATCH_SIZE", "OVERLAPS", "CONTESTED"]
+           "DEFAULT_MODEL", "DEFAULT_PRESET", "DEFAULT_BATCH_SIZE", "OVERLAPS", "CONTESTED", "CPU_RUNTIMES",
+           "DEFAULT_CPU_RUNTIME"]

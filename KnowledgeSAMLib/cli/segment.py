@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "indices, inclusive) or ras:R0,A0,S0,R1,A1,S1 (millimetres, as Slicer shows them)")
     parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
     parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
+    parser.add_argument("--cpu-runtime", default=None, choices=choices.CPU_RUNTIMES,
+                        help="what runs the image encoder on a CPU: auto (default: OpenVINO, else ONNX Runtime, for "
+                             "encoders where it pays), openvino, onnxruntime or torch (eager PyTorch)")
     parser.add_argument("--preset", default=choices.DEFAULT_PRESET, help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
     parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",
@@ -153,7 +156,7 @@ def _options(args: argparse.Namespace):
         changes["top_k"] = args.top_k
     if args.largest_component:
         changes["largest_component"] = True
-    for option in ("overlap", "contested", "flip_tta"):
+    for option in ("overlap", "contested", "flip_tta", "cpu_runtime"):
         if getattr(args, option) is not None:
             changes[option] = getattr(args, option)
     return EngineOptions(**changes)

@@ -21,6 +21,7 @@ from ..data.intensity import get_preset
 from ..data.volume import Labels
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
+from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
 from .modes import RUNNERS, RunContext, labelled_override, run_volume
@@ -157,6 +158,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     was_training = bool(getattr(model, "training", False))
     model.to(runner.policy.device)
     model.eval()
+    encoder_runtime = use_cpu_runtime(model, runner.policy.device, request.options.cpu_runtime)
     inference_started = time.perf_counter()
     try:
         with torch.inference_mode():
@@ -171,6 +173,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     labels = labels_from_probabilities(ctx.probabilities, prepared.segments, tview, request.options, request.target)
     tracker.check()
     provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, labels, inference_s, started)
+    provenance["encoder_runtime"] = encoder_runtime if runner.policy.device.type == "cpu" else "torch"
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)

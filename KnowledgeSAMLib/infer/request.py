@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..choices import (AXES, CONTESTED, DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MODE,
-                       DEFAULT_PRESET, DEVICES, MODES, OVERLAPS)
+from ..choices import (AXES, CONTESTED, CPU_RUNTIMES, DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_CPU_RUNTIME,
+                       DEFAULT_DEVICE, DEFAULT_MODE, DEFAULT_PRESET, DEVICES, MODES, OVERLAPS)
 from ..data.volume import Image, Labels, Segment
 from ..errors import InputError
 
@@ -76,6 +76,10 @@ class EngineOptions:
     flip_tta: bool = False
     # compute
     mixed_precision: bool = True  # bf16 autocast on CUDA (fp32 elsewhere)
+    # what runs the image encoder on the CPU (infer/cpu_runtime.py): "auto" (OpenVINO, else ONNX Runtime, for
+    # encoders where it pays: TinyViT, ViT at >= 256 px), "openvino", "onnxruntime" or "torch" (eager PyTorch, the
+    # reference); a runtime that is not installed falls back to PyTorch with one line saying so
+    cpu_runtime: str = DEFAULT_CPU_RUNTIME
     # caches
     embedding_dtype: str = "float16"
     prompt_cache_size: int = 64
@@ -91,6 +95,8 @@ class EngineOptions:
             raise ValueError("top_k and first_pass_k must be at least 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.cpu_runtime not in CPU_RUNTIMES:
+            raise ValueError(f"cpu_runtime must be one of {', '.join(CPU_RUNTIMES)}, not {self.cpu_runtime!r}")
 
 
 @dataclass
