@@ -24,6 +24,7 @@ from .cancel import CancelToken, Progress
 from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
+from .gpu_precision import use_bf16
 from .modes import RUNNERS, RunContext, labelled_override, run_volume
 from .output import labels_from_probabilities
 from .provenance import engine_record
@@ -85,7 +86,8 @@ class _Runner:
         self.t_map = preset.fit(target)
         self.r_map = self.t_map if self.same else preset.fit(reference)
         self.policy = DevicePolicy(choose_device(request.device), int(request.batch_size),
-                                   bf16_on_cuda=self.opts.mixed_precision)
+                                   bf16_on_cuda=use_bf16(self.opts.mixed_precision, model),
+                                   grow_batch=self.opts.batch_from_memory)
         self.dtype = getattr(torch, self.opts.embedding_dtype)
         self.reference_cache = reference_cache
         self.reference_key = None
