@@ -1,5 +1,5 @@
-"""The CPU engine: the image encoder on OpenVINO / ONNX Runtime gives eager PyTorch's masks, its graph is cached per
-model and rebuilt when the model changes, and a missing runtime falls back to PyTorch with one line.
+"""The CPU engine: the image encoder and heads on OpenVINO / ONNX Runtime give eager PyTorch's masks, their graphs are
+cached per model and rebuilt when the model changes, and a missing runtime falls back to PyTorch with one line.
 
 Speed is measured in ``bench/speed.py``, never asserted here.
 """
@@ -16,7 +16,7 @@ import torch
 from KnowledgeSAMLib.cli.demo import REFERENCE_SEED, TARGET_SEED, _phantom
 from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment
 from KnowledgeSAMLib.infer import cpu_runtime
-from KnowledgeSAMLib.infer.cpu_runtime import accelerate, available_runtimes, use_cpu_runtime
+from KnowledgeSAMLib.infer.cpu_runtime import accelerate, available_runtimes, runtime_pays, use_cpu_runtime
 from KnowledgeSAMLib.infer.segmenter import Segmenter
 from KnowledgeSAMLib.model.build import build_model
 from KnowledgeSAMLib.model.pretrained import litemedsam_path
@@ -125,7 +125,47 @@ def test_graph_is_cached_per_model_and_rebuilt_when_the_model_changes(runtime, f
         second = model.encoder_runtime
         assert second.exported and second.path != first.path
         assert float((second(model.normalise(images)) - eager).abs().max()) < 1e-4
-    assert sorted(p.name for p in fresh_cache.glob("*.onnx")) == sorted([first.path.name, second.path.name])
+    assert sorted(p.name for p in fresh_cache.glob("encoder_*.onnx")) == sorted([first.path.name, second.path.name])
+
+
+@needs_runtime
+@each_runtime
+def test_heads_graph_follows_the_heads_weights(runtime, fresh_cache):
+    torch.manual_seed(0)
+    model = build_model("lite_tiny").eval()
+    embeddings, images = torch.randn(3, 32, 8, 8), torch.rand(1, 3, 32, 32)
+    masks = (torch.rand(1, 1, 32, 32) > 0.5).float()
+    with torch.no_grad():
+        prompt = model.encode_reference(images, masks)
+        eager = model.decode(embeddings, prompt)
+        assert accelerate(model, "cpu", runtime) == runtime and model.heads_runtime.name == runtime
+        first = model.heads_runtime
+        fast = model.decode(embeddings, prompt)  # one reference for three slices: expanded for the graph
+        assert all(float((a - b).abs().max()) < 1e-4 for a, b in zip(eager, fast))
+        encoder = model.encoder_runtime
+        model.mask_decoder.output_upscaling[0].weight.mul_(1.5)  # a head changes: its old graph must go
+        assert model.heads_runtime is None and model.encoder_runtime is encoder  # the encoder's graph still holds
+        changed = model.decode(embeddings, prompt)
+        assert float((changed[0] - eager[0]).abs().max()) > 1e-3
+        accelerate(model, "cpu", runtime)
+        assert model.heads_runtime.path != first.path and model.heads_runtime.exported
+        assert float((model.decode(embeddings, prompt)[0] - changed[0]).abs().max()) < 1e-4
+
+
+@needs_runtime
+def test_heads_that_cannot_be_exported_stay_in_pytorch_with_one_line(fresh_cache, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::something")
+
+    name = RUNTIMES[0]
+    backend = cpu_runtime._backend(name)
+    monkeypatch.setattr(cpu_runtime, "_backend", lambda n: (backend[0], backend[1], broken))
+    model = build_model("lite_tiny").eval()
+    with caplog.at_level(logging.WARNING, logger="KnowledgeSAMLib.infer.cpu_runtime"):
+        assert accelerate(model, "cpu", name) == name
+    assert model.encoder_runtime is not None and model.heads_runtime is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "heads" in lines[0] and "aten::something" in lines[0]
 
 
 @needs_runtime
@@ -133,8 +173,12 @@ def test_gradients_still_flow_through_pytorch(fresh_cache):
     model = build_model("lite_tiny")
     accelerate(model, "cpu", RUNTIMES[0])
     images = torch.rand(1, 3, 32, 32, requires_grad=True)
-    model.encode(images).sum().backward()  # the runtime is for calls without gradients only
+    model.encode(images).sum().backward()  # the runtimes are for calls without gradients only
     assert images.grad is not None and images.grad.abs().sum() > 0
+    prompt = model.encode_reference(images.detach(), (images.detach()[:, :1] > 0.5).float())
+    logits, _ = model.decode(torch.randn(1, 32, 8, 8), prompt)
+    logits.sum().backward()
+    assert model.mask_decoder.output_upscaling[0].weight.grad is not None
 
 
 @pytest.mark.parametrize("hidden", [("openvino", "onnxruntime"), ("onnx",)])
@@ -142,7 +186,7 @@ def test_missing_runtime_falls_back_to_pytorch_with_one_line(hidden, demo_pair, 
     for name in hidden:
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError, as when not installed
     torch.manual_seed(0)
-    model = build_model("lite_tiny")
+    model = build_model("small", pretrained=False)  # 128 px: auto wants a runtime for it
     target, reference, labels = demo_pair
     request = SegmentRequest(target, reference, labels, device="cpu", slice_range=(2, 5), keep_probabilities=True)
     with caplog.at_level(logging.WARNING, logger="KnowledgeSAMLib.infer.cpu_runtime"):
@@ -152,6 +196,7 @@ def test_missing_runtime_falls_back_to_pytorch_with_one_line(hidden, demo_pair, 
     assert len(lines) == 1 and "PyTorch" in lines[0] and "\n" not in lines[0]
     assert ("onnx package" in lines[0]) == (hidden == ("onnx",))
     assert first.provenance["encoder_runtime"] == "torch" and model.encoder_runtime is None
+    assert model.heads_runtime is None
     eager = segment(SegmentRequest(target, reference, labels, device="cpu", slice_range=(2, 5), keep_probabilities=True,
                                    options=EngineOptions(cpu_runtime="torch")), model)
     for seg in eager.labels.segments:
@@ -159,16 +204,20 @@ def test_missing_runtime_falls_back_to_pytorch_with_one_line(hidden, demo_pair, 
 
 
 @needs_runtime
-def test_auto_keeps_small_encoders_in_pytorch_and_torch_drops_a_runtime(fresh_cache):
-    small = build_model("small", pretrained=False)
-    assert use_cpu_runtime(small, "cpu", "auto") == "torch" and small.encoder_runtime is None
+def test_auto_keeps_test_sized_models_in_pytorch_and_torch_drops_a_runtime(fresh_cache):
+    tiny = build_model("tiny", pretrained=False)
+    assert use_cpu_runtime(tiny, "cpu", "auto") == "torch" and tiny.encoder_runtime is None
     assert not fresh_cache.exists()  # nothing exported for a model where it does not pay
     lite = build_model("lite_tiny")
-    assert use_cpu_runtime(lite, "cuda", "auto") == "torch" and lite.encoder_runtime is None  # GPU: PyTorch
-    assert use_cpu_runtime(lite, "cpu", "auto") == RUNTIMES[0]
+    assert use_cpu_runtime(lite, "cuda", "openvino") == "torch" and lite.encoder_runtime is None  # GPU: PyTorch
+    assert use_cpu_runtime(lite, "cpu", RUNTIMES[0]) == RUNTIMES[0]
+    assert lite.heads_runtime is not None
     assert use_cpu_runtime(lite, "cpu", "torch") == "torch" and lite.encoder_runtime is None
+    assert lite.heads_runtime is None
     with pytest.raises(ValueError, match="cpu_runtime"):
         EngineOptions(cpu_runtime="tensorrt")
+    assert runtime_pays(build_model("small", pretrained=False)) and runtime_pays(build_model("lite", pretrained=False))
+    assert not runtime_pays(tiny) and not runtime_pays(lite)
 
 
 @pytest.mark.skipif("openvino" not in RUNTIMES, reason="openvino not installed")

@@ -61,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
     parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--cpu-runtime", default=None, choices=choices.CPU_RUNTIMES,
-                        help="what runs the image encoder on a CPU: auto (default: OpenVINO, else ONNX Runtime, for "
-                             "encoders where it pays), openvino, onnxruntime or torch (eager PyTorch)")
+                        help="what runs the image encoder and heads on a CPU: auto (default: OpenVINO, else ONNX "
+                             "Runtime, for models of 128 px or more), openvino, onnxruntime or torch (eager PyTorch)")
     parser.add_argument("--preset", default=choices.DEFAULT_PRESET, help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
     parser.add_argument("--top-k", type=int, default=None, help="volume mode: references fused per slice (default 1)")
     parser.add_argument("--largest-component", action="store_true",

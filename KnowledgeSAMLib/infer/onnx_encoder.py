@@ -1,7 +1,7 @@
 """The first version's entry points (``OnnxEncoder``, ``accelerate``), kept for their callers.
 
 ``accelerate(model, device)`` now picks the fastest CPU runtime installed (:mod:`.cpu_runtime`: OpenVINO, else
-ONNX Runtime); the ONNX Runtime encoder itself lives in :mod:`.onnxruntime_encoder`.
+ONNX Runtime); the ONNX Runtime encoder itself lives in :mod:`.onnxruntime_backend`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from .cpu_runtime import accelerate as _accelerate
 from .onnx_export import onnx_cache_dir
-from .onnxruntime_encoder import OnnxEncoder, runtime_available
+from .onnxruntime_backend import OnnxEncoder, runtime_available
 
 __all__ = ["OnnxEncoder", "accelerate", "onnx_cache_dir", "runtime_available"]
 

@@ -80,8 +80,8 @@ class EngineOptions:
     mixed_precision: bool | str = True
     # CUDA: grow the batch to what free memory holds (up to 128 slices; an out-of-memory error backs off)
     batch_from_memory: bool = False
-    # what runs the image encoder on the CPU (infer/cpu_runtime.py): "auto" (OpenVINO, else ONNX Runtime, for
-    # encoders where it pays: TinyViT, ViT at >= 256 px), "openvino", "onnxruntime" or "torch" (eager PyTorch, the
+    # what runs the image encoder and heads on the CPU (infer/cpu_runtime.py): "auto" (OpenVINO, else ONNX Runtime,
+    # for models of 128 px or more: small, lite, vit_b), "openvino", "onnxruntime" or "torch" (eager PyTorch, the
     # reference); a runtime that is not installed falls back to PyTorch with one line saying so
     cpu_runtime: str = DEFAULT_CPU_RUNTIME
     # caches
