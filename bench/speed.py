@@ -274,7 +274,9 @@ def cpu_tables(args, device: torch.device) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         paths = write_case(Path(folder), target, reference, labels)
         for model in args.cold_models.split(","):
-            cold[model] = measure(model, *paths, threads=args.threads)
+            for runtime in ("auto", "torch"):
+                cold[f"{model} ({'CPU engine' if runtime == 'auto' else 'eager PyTorch'})"] = measure(
+                    model, *paths, threads=args.threads, runtime=runtime)
     ratio_rows = []
     parts = parts_table(["small"], device, args.batch, args.repeats)
     ratio_rows.append(ratio_table("small", device, args.slices, args.batch, parts[0]))

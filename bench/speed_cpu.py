@@ -1,7 +1,7 @@
 """The side-by-side CPU table of ``bench/speed.py``: one case, every way a user could segment it.
 
-Rows: KSAM with the default model (through ``resolve_model("default")``), ``lite`` in eager PyTorch and on the CPU
-engine (``EngineOptions.cpu_runtime``), LiteMedSAM prompted with the truth's box on every slice that holds a
+Rows: KSAM with the default model (through ``resolve_model("default")``) and ``lite``, each in eager PyTorch and on
+the CPU engine (``EngineOptions.cpu_runtime``: encoder and heads), LiteMedSAM prompted with the truth's box on every slice that holds a
 structure (``model/box_prompt.py``, encoder on the CPU engine), and atlas registration
 (``bench/atlas_registration.py``). Each row: seconds for the case (models loaded and runtimes compiled before, by a
 one-slice warm-up), target slices per second, and the process's peak resident memory during the row. Plus the
@@ -77,8 +77,10 @@ def side_by_side(target: Image, reference: Image, labels: Labels, truth: Labels,
         warnings.simplefilter("ignore")
         default = resolve_model("default")
         lite = build_model("lite")
-    plan = [(f"KSAM default model ({default.config.name})", default, "auto"), ("KSAM lite, eager PyTorch", lite, "torch"),
-            ("KSAM lite, CPU engine", lite, "auto")]
+    name = default.config.name
+    plan = [(f"KSAM default model ({name}), eager PyTorch", default, "torch"),
+            (f"KSAM default model ({name}), CPU engine", default, "auto"),
+            ("KSAM lite, eager PyTorch", lite, "torch"), ("KSAM lite, CPU engine", lite, "auto")]
     for label, model, runtime in plan:
         with peak_rss() as rss:
             seconds, result = _ksam(model, target, reference, labels, runtime)
