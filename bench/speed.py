@@ -213,10 +213,14 @@ def cpu_markdown(case: str, rows, agreement, ratio, cold, ratio_rows, memory) ->
              "| method | s/case | target slices/s | peak RSS (MiB) |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['slices_per_s']:.2f} | {_mib(r['rss_peak_mib'])} |")
-    lines += ["", f"`lite` eager against the CPU engine on this case: Dice per structure "
-              f"{', '.join(f'{k} {v:.4f}' for k, v in agreement['dice'].items())} (voxels in the eager result: "
-              f"{', '.join(f'{k} {v}' for k, v in agreement['voxels'].items())}; random heads), largest probability "
-              f"difference {agreement['max_probability_delta_255']}/255.", "",
+    lines.append("")
+    for model, a in agreement.items():
+        lines.append(f"- {model}, eager against the CPU engine on this case: Dice per structure "
+                     f"{', '.join(f'{k} {v:.4f}' for k, v in a['dice'].items())} (voxels in the eager result: "
+                     f"{', '.join(f'{k} {v}' for k, v in a['voxels'].items())}"
+                     f"{'; random heads' if 'lite' in model else ''}), largest probability difference "
+                     f"{a['max_probability_delta_255']}/255.")
+    lines += ["",
               f"### `lite` encoder alone: eager PyTorch against the CPU engine ({ratio['runtime']}), interleaved", "",
               "| slices | repeats | eager ms/slice | engine ms/slice | ratio (median) | ratios per repeat | max abs Δ embedding |",
               "|---|---|---|---|---|---|---|",
@@ -239,8 +243,9 @@ def cpu_markdown(case: str, rows, agreement, ratio, cold, ratio_rows, memory) ->
     if memory:
         lines += ["", f"### A {'×'.join(map(str, memory['shape'][::-1]))} CT ({memory['config']}, "
                       f"encoder on {memory.get('encoder_runtime', 'torch')})", "",
-                  f"volume {memory['volume_mib']:.0f} MiB (int16); process RSS peak {memory['rss_peak_mib']:.0f} MiB "
-                  f"(+{memory['rss_increase_mib']:.0f} MiB during the run); {memory['seconds']:.1f} s, "
+                  f"volume {memory['volume_mib']:.0f} MiB (int16); in a fresh process: RSS peak "
+                  f"{memory['rss_peak_mib']:.0f} MiB (+{memory['rss_increase_mib']:.0f} MiB during the run, after loading "
+                  f"the model and making the volume); {memory['seconds']:.1f} s, "
                   f"{memory['shape'][0] / memory['seconds']:.1f} slices/s."]
     return lines
 
@@ -281,9 +286,13 @@ def cpu_tables(args, device: torch.device) -> list[str]:
     parts = parts_table(["small"], device, args.batch, args.repeats)
     ratio_rows.append(ratio_table("small", device, args.slices, args.batch, parts[0]))
     memory = None
-    if args.memory_shape != "none":
-        shape = tuple(int(v) for v in args.memory_shape.split(","))
-        memory = memory_row(args.memory_model, device, shape, args.batch)
+    if args.memory_shape != "none":  # a fresh process: the rows above leave their models in this one's memory
+        import subprocess
+
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-only", "--memory-model",
+                               args.memory_model, "--memory-shape", args.memory_shape, "--batch", str(args.batch),
+                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        memory = json.loads(done.stdout.strip().splitlines()[-1])
     return cpu_markdown(case, rows, agreement, ratio, cold, ratio_rows, memory), {
         "case": case, "side_by_side": rows, "agreement": agreement, "encoder_ratio": ratio, "cold": cold,
         "ratios": ratio_rows, "memory": memory}
@@ -301,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-models", default="default,lite")
     parser.add_argument("--memory-model", default="default", help="model of the big-CT memory run")
     parser.add_argument("--memory-shape", default="300,512,512", help="Z,Y,X of the memory run's CT, or none")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory run; print it as JSON")
     parser.add_argument("--gpu-configs", default="tiny,small,lite,vit_b")
     parser.add_argument("--gpu-slices", type=int, default=64)
     parser.add_argument("--gpu-batches", default="8,32")
@@ -314,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
+    if args.memory_only:
+        shape = tuple(int(v) for v in args.memory_shape.split(","))
+        print(json.dumps(memory_row(args.memory_model, device, shape, args.batch)))
+        return 0
     started = time.perf_counter()
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({platform.processor() or platform.machine()},"
               f" {os.cpu_count()} cores), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "

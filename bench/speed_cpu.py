@@ -103,13 +103,18 @@ def side_by_side(target: Image, reference: Image, labels: Labels, truth: Labels,
     except Exception as error:  # noqa: BLE001 - a failed baseline is a row that says so, not a failed benchmark
         rows.append({"method": f"atlas registration: failed ({error})", "seconds": float("nan"),
                      "slices_per_s": float("nan"), "rss_peak_mib": float("nan")})
-    eager, fast = results["KSAM lite, eager PyTorch"], results["KSAM lite, CPU engine"]
-    agreement = {"dice": {s.name: _dice(eager.labels.mask(s.name), fast.labels.mask(s.name)) for s in eager.labels.segments},
-                 "max_probability_delta_255": max(int(np.abs(eager.probabilities[k].astype(int)
-                                                             - fast.probabilities[k].astype(int)).max())
-                                                  for k in eager.probabilities),
-                 "voxels": {s.name: int(eager.labels.mask(s.name).sum()) for s in eager.labels.segments}}
+    agreement = {model: _agreement(results[f"{model}, eager PyTorch"], results[f"{model}, CPU engine"])
+                 for model in (f"KSAM default model ({name})", "KSAM lite")}
     return rows, agreement
+
+
+def _agreement(eager, fast) -> dict:
+    """How far the CPU engine's result is from eager PyTorch's on the same case."""
+    return {"dice": {s.name: _dice(eager.labels.mask(s.name), fast.labels.mask(s.name)) for s in eager.labels.segments},
+            "max_probability_delta_255": max(int(np.abs(eager.probabilities[k].astype(int)
+                                                        - fast.probabilities[k].astype(int)).max())
+                                             for k in eager.probabilities),
+            "voxels": {s.name: int(eager.labels.mask(s.name).sum()) for s in eager.labels.segments}}
 
 
 def encoder_ratio(model, images: torch.Tensor, repeats: int) -> dict:
