@@ -23,10 +23,15 @@ DEFAULT_BATCH_SIZE = 8
 # Volume mode fuses the top-k reference slices per target slice; each costs one decoder pass per slice and
 # structure, and k = 1 has scored best with every model (EngineOptions). Front-ends cap what users ask.
 MAX_TOP_K = 8
+# What runs the image encoder on the CPU (KnowledgeSAMLib.infer.cpu_runtime): auto = the fastest installed
+# runtime where it pays, else PyTorch
+CPU_RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
+DEFAULT_CPU_RUNTIME = "auto"
 
 # EngineOptions values a front-end offers (KnowledgeSAMLib.infer.request.EngineOptions)
 OVERLAPS = ("auto", "layers", "argmax")
 CONTESTED = ("smaller", "probability")
 
 __all__ = ["MODES", "AXES", "DEVICES", "DEFAULT_MODE", "DEFAULT_AXIS", "DEFAULT_DEVICE",
-           "DEFAULT_MODEL", "DEFAULT_PRESET", "DEFAULT_BATCH_SIZE", "MAX_TOP_K", "OVERLAPS", "CONTESTED"]
+           "DEFAULT_MODEL", "DEFAULT_PRESET", "DEFAULT_BATCH_SIZE", "MAX_TOP_K", "OVERLAPS", "CONTESTED",
+           "CPU_RUNTIMES", "DEFAULT_CPU_RUNTIME"]

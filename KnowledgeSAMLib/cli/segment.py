@@ -78,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "indices, inclusive) or ras:R0,A0,S0,R1,A1,S1 (millimetres, as Slicer shows them)")
     parser.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=choices.DEVICES)
     parser.add_argument("--batch-size", type=int, default=choices.DEFAULT_BATCH_SIZE, metavar="N")
+    parser.add_argument("--cpu-runtime", default=None, choices=choices.CPU_RUNTIMES,
+                        help="what runs the image encoder and heads on a CPU: auto (default: OpenVINO, else ONNX "
+                             "Runtime, for models of 128 px or more), openvino, onnxruntime or torch (eager PyTorch)")
     parser.add_argument("--preset", default=choices.DEFAULT_PRESET, help="intensity preset: auto, ct-abdomen, ct:W/L, mr, rgb, ...")
     parser.add_argument("--top-k", type=int, default=None,
                         help=f"volume mode: references fused per slice (default 1, at most {choices.MAX_TOP_K})")
@@ -220,7 +223,7 @@ def _options(args: argparse.Namespace):
         changes["top_k"] = min(args.top_k, choices.MAX_TOP_K)
     if args.largest_component:
         changes["largest_component"] = True
-    for option in ("overlap", "contested", "flip_tta"):
+    for option in ("overlap", "contested", "flip_tta", "cpu_runtime"):
         if getattr(args, option) is not None:
             changes[option] = getattr(args, option)
     return EngineOptions(**changes)

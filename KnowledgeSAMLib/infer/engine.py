@@ -21,8 +21,10 @@ from ..data.intensity import get_preset
 from ..data.volume import Labels
 from ..data.resize import SquareFit
 from .cancel import CancelToken, Progress
+from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
+from .gpu_precision import use_bf16
 from .modes import RUNNERS, RunContext, labelled_override, run_volume
 from .output import assemble_labels, labels_from_probabilities, postprocess
 from .provenance import engine_record
@@ -84,7 +86,8 @@ class _Runner:
         self.t_map = preset.fit(target)
         self.r_map = self.t_map if self.same else preset.fit(reference)
         self.policy = DevicePolicy(choose_device(request.device), int(request.batch_size),
-                                   bf16_on_cuda=self.opts.mixed_precision)
+                                   bf16_on_cuda=use_bf16(self.opts.mixed_precision, model),
+                                   grow_batch=self.opts.batch_from_memory)
         self.dtype = getattr(torch, self.opts.embedding_dtype)
         self.reference_cache = reference_cache
         self.reference_key = self.target_key = None
@@ -167,6 +170,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     was_training = bool(getattr(model, "training", False))
     model.to(runner.policy.device)
     model.eval()
+    encoder_runtime = use_cpu_runtime(model, runner.policy.device, request.options.cpu_runtime)
     inference_started = time.perf_counter()
     try:
         with torch.inference_mode():
@@ -183,6 +187,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     labels = _final_labels(ctx, prepared, request, tview, slices, drawn)
     tracker.check()
     provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, labels, inference_s, started)
+    provenance["encoder_runtime"] = encoder_runtime if runner.policy.device.type == "cpu" else "torch"
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)

@@ -121,7 +121,7 @@ class EmbeddingCache:
 
         def encode(start: int, stop: int) -> None:
             idx = missing[start:stop]
-            images = self.source.images(idx).to(self.policy.device)
+            images = self.policy.to_device(self.source.images(idx))
             embeddings = self.model.encode(images)
             for k, emb in zip(idx, embeddings):
                 self._store[k] = emb.detach().to(dtype=self.dtype, copy=True)
@@ -260,8 +260,8 @@ class ReferenceBank:
         missing = [k for k in dict.fromkeys(keys) if k not in self._prompts]
         if missing:
             slices = [k for _, k in missing]
-            images = self.source.images(slices).to(self.policy.device)
-            masks = self.source.masks(self.labels, segment, slices).to(self.policy.device)
+            images = self.policy.to_device(self.source.images(slices))
+            masks = self.policy.to_device(self.source.masks(self.labels, segment, slices))
             built = self.model.encode_reference(images, masks, embeddings=self.cache.get(slices))
             self.prompts_built += len(missing)
             for i, key in enumerate(missing):

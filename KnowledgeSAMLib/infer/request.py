@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..choices import (AXES, CONTESTED, DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MODE,
-                       DEFAULT_PRESET, DEVICES, MODES, OVERLAPS)
+from ..choices import (AXES, CONTESTED, CPU_RUNTIMES, DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_CPU_RUNTIME,
+                       DEFAULT_DEVICE, DEFAULT_MODE, DEFAULT_PRESET, DEVICES, MODES, OVERLAPS)
 from ..data.volume import Image, Labels, Segment
 from ..errors import InputError
 
@@ -75,7 +75,15 @@ class EngineOptions:
     # test-time augmentation: also run on the left-right mirrored target and reference, average (2x compute)
     flip_tta: bool = False
     # compute
-    mixed_precision: bool = True  # bf16 autocast on CUDA (fp32 elsewhere)
+    # bf16 autocast on CUDA (fp32 elsewhere); "measured": only for configs where the last GPU lease measured bf16
+    # faster than fp32 (infer/gpu_precision.json, written by bench/speed.py --device cuda --record-precision)
+    mixed_precision: bool | str = True
+    # CUDA: grow the batch to what free memory holds (up to 128 slices; an out-of-memory error backs off)
+    batch_from_memory: bool = False
+    # what runs the image encoder and heads on the CPU (infer/cpu_runtime.py): "auto" (OpenVINO, else ONNX Runtime,
+    # for models of 128 px or more: small, lite, vit_b), "openvino", "onnxruntime" or "torch" (eager PyTorch, the
+    # reference); a runtime that is not installed falls back to PyTorch with one line saying so
+    cpu_runtime: str = DEFAULT_CPU_RUNTIME
     # caches
     embedding_dtype: str = "float16"
     prompt_cache_size: int = 64
@@ -91,6 +99,10 @@ class EngineOptions:
             raise ValueError("top_k and first_pass_k must be at least 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.mixed_precision not in (True, False, "measured"):
+            raise ValueError(f"mixed_precision must be True, False or 'measured', not {self.mixed_precision!r}")
+        if self.cpu_runtime not in CPU_RUNTIMES:
+            raise ValueError(f"cpu_runtime must be one of {', '.join(CPU_RUNTIMES)}, not {self.cpu_runtime!r}")
 
 
 @dataclass

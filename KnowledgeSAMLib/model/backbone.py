@@ -16,16 +16,20 @@ from torch import nn
 from ._sam_import import ImageEncoderViT, PromptEncoder, TwoWayTransformer
 from .batched_decoder import BatchedMaskDecoder
 from .config import KSAMConfig
+from .sdpa_attention import use_sdpa_attention
 from .tiny_vit import TinyViT
 
 
 def build_image_encoder(config: KSAMConfig) -> nn.Module:
-    """SAM's ViT (``encoder="vit"``) or LiteMedSAM's TinyViT (``"tiny_vit"``), B×3×S×S → B×C×G×G."""
+    """SAM's ViT (``encoder="vit"``) or LiteMedSAM's TinyViT (``"tiny_vit"``), B×3×S×S → B×C×G×G.
+
+    SAM's attention runs on SDPA (:mod:`.sdpa_attention`; same weights, |Δ| ~2e-6): 17 % faster for ``small`` on
+    2 CPU threads, as fast for ``vit_b`` on a CPU, and fused kernels on a GPU."""
     if config.encoder == "tiny_vit":
         return TinyViT(embed_dims=config.tiny_vit_dims, depths=config.tiny_vit_depths, num_heads=config.tiny_vit_heads,
                        windows=config.tiny_vit_windows, merge_strides=config.tiny_vit_merge_strides,
                        mlp_ratio=config.encoder_mlp_ratio, out_chans=config.prompt_dim)
-    return ImageEncoderViT(
+    return use_sdpa_attention(ImageEncoderViT(
         img_size=config.image_size,
         patch_size=config.patch_size,
         embed_dim=config.encoder_embed_dim,
@@ -39,7 +43,7 @@ def build_image_encoder(config: KSAMConfig) -> nn.Module:
         rel_pos_zero_init=True,
         window_size=config.encoder_window_size,
         global_attn_indexes=config.encoder_global_attn_indexes,
-    )
+    ))
 
 
 def build_prompt_encoder(config: KSAMConfig) -> PromptEncoder:

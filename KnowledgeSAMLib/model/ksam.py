@@ -87,7 +87,7 @@ class KSAM(nn.Module):
         self.prompt_merge = prompt_merge
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) / 255.0, persistent=False)
-        self._runtime: tuple[object, tuple] | None = None  # (encoder runtime, weight stamp): see encoder_runtime
+        self._runtimes: dict[str, tuple[object, tuple]] = {}  # part -> (runtime, weight stamp): see encoder_runtime
         self._set_trainable()
 
     # --- construction ---------------------------------------------------------------------------
@@ -110,30 +110,55 @@ class KSAM(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
             raise ValueError(f"{what} must be B×3×{s}×{s}, got {tuple(images.shape)}")
 
-    # --- an optional inference runtime for the encoder (e.g. ONNX Runtime on the CPU) ----------------
-    def _encoder_stamp(self) -> tuple:
-        return tuple((t.data_ptr(), int(getattr(t, "_version", 0))) for t in self.image_encoder.state_dict().values())
+    # --- optional inference runtimes (e.g. OpenVINO on the CPU) for the encoder and for the heads ---------
+    def _stamp(self, part: str) -> tuple:
+        """Storage pointers and version counters of the tensors a runtime was built from: they change when the
+        weights do (training steps, loading, in-place edits)."""
+        state = self.state_dict()
+        heads = part == "heads"
+        return tuple((t.data_ptr(), int(getattr(t, "_version", 0))) for k, t in state.items()
+                     if k.startswith("image_encoder.") != heads)
 
-    @property
-    def encoder_runtime(self):
-        """A callable replacing ``image_encoder`` for calls without gradients (None: PyTorch). It is dropped
-        as soon as the encoder's weights change (training, loading), so it never serves stale weights."""
-        if self._runtime is None:
+    def _get_runtime(self, part: str):
+        entry = self._runtimes.get(part)
+        if entry is None:
             return None
-        runtime, stamp = self._runtime
-        if stamp != self._encoder_stamp():
-            self._runtime = None
+        runtime, stamp = entry
+        if stamp != self._stamp(part):
+            del self._runtimes[part]
             return None
         return runtime
 
+    def _set_runtime(self, part: str, runtime) -> None:
+        if runtime is None:
+            self._runtimes.pop(part, None)
+        else:
+            self._runtimes[part] = (runtime, self._stamp(part))
+
+    @property
+    def encoder_runtime(self):
+        """A callable replacing ``image_encoder`` for calls without gradients on the CPU (None: PyTorch). It is
+        dropped as soon as the encoder's weights change (training, loading), so it never serves stale weights."""
+        return self._get_runtime("encoder")
+
     @encoder_runtime.setter
     def encoder_runtime(self, runtime) -> None:
-        self._runtime = None if runtime is None else (runtime, self._encoder_stamp())
+        self._set_runtime("encoder", runtime)
+
+    @property
+    def heads_runtime(self):
+        """A callable ``(IE, SE, DE_0, DE_1) -> (logits, IoU)`` replacing :meth:`decode_in_torch` for calls without
+        gradients on the CPU (None: PyTorch); dropped as soon as any tensor outside the encoder changes."""
+        return self._get_runtime("heads")
+
+    @heads_runtime.setter
+    def heads_runtime(self, runtime) -> None:
+        self._set_runtime("heads", runtime)
 
     def __getstate__(self) -> dict:
         """Copies and pickles run in PyTorch: a runtime session is not copyable and belongs to these weights."""
         state = self.__dict__.copy()
-        state["_runtime"] = None
+        state["_runtimes"] = {}
         return state
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,6 +188,21 @@ class KSAM(nn.Module):
 
     def decode(self, target_embeddings: torch.Tensor, reference: ReferencePrompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads on cached embeddings → (B×1×S×S logits, B IoU-head scores)."""
+        runtime = None
+        if not torch.is_grad_enabled() and target_embeddings.device.type == "cpu":
+            runtime = self.heads_runtime
+        if runtime is None:
+            return self.decode_in_torch(target_embeddings, reference)
+        batch = target_embeddings.shape[0]
+        if len(reference) == 1 and batch > 1:
+            reference = reference.expand(batch)
+        if len(reference) != batch:
+            raise ValueError(f"{batch} target embeddings but {len(reference)} references")
+        return runtime(target_embeddings, reference.embedding, reference.de0, reference.de1)
+
+    def decode_in_torch(self, target_embeddings: torch.Tensor,
+                        reference: ReferencePrompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` in PyTorch (the reference, the training path, and what the heads' runtime exports)."""
         batch = target_embeddings.shape[0]
         if len(reference) == 1 and batch > 1:
             reference = reference.expand(batch)
