@@ -239,3 +239,40 @@ def test_info_names_the_backbone_the_weights_source_and_their_hash(capsys):
     out = capsys.readouterr().out
     assert "TinyViT (LiteMedSAM)" in out and LITE_MEDSAM.sha256 in out and "Apache-2.0" in out
     assert str(litemedsam_path()) in out
+
+
+def test_mask_boxes_are_the_foreground_bounds_and_the_whole_frame_when_empty():
+    from KnowledgeSAMLib.model.ksam import mask_boxes
+
+    masks = torch.zeros(2, 1, 16, 20)
+    masks[0, 0, 3:7, 5:12] = 1
+    assert mask_boxes(masks).tolist() == [[5.0, 3.0, 11.0, 6.0], [0.0, 0.0, 19.0, 15.0]]
+
+
+def test_a_box_prompted_model_reads_the_reference_box_and_its_heads_export_with_it(tmp_path):
+    torch.manual_seed(3)
+    config = get_config("lite_tiny").replace(encoder_training="frozen", box_prompt="reference", image_size=64)
+    model = build_model(config, pretrained=False).eval()
+    ie, ref = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 10:30, 20:40] = 1
+    with torch.no_grad():
+        prompt = model.encode_reference(ref, mask)
+        assert prompt.box.tolist() == [[20.0, 10.0, 39.0, 29.0]]
+        emb = model.encode(ie)
+        logits, _ = model.decode(emb, prompt)
+        moved = type(prompt)(prompt.embedding, prompt.de0, prompt.de1, torch.tensor([[0.0, 0.0, 20.0, 20.0]]))
+        assert not torch.allclose(model.decode(emb, moved)[0], logits)
+        assert len(model.head_inputs(prompt)) == 4
+    from KnowledgeSAMLib.infer.onnx_export import export_heads, exporter_available
+
+    if not exporter_available():
+        pytest.skip("onnx exporter not installed")
+    import onnxruntime as ort
+
+    path, _ = export_heads(model, cache_dir=tmp_path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["ie", "se", "de0", "de1", "box"]
+    feed = {n: t.numpy() for n, t in zip(("ie", "se", "de0", "de1", "box"), (emb, *model.head_inputs(prompt)))}
+    out = session.run(["logits"], feed)[0]
+    np.testing.assert_allclose(out, logits.numpy(), atol=1e-3, rtol=1e-3)

@@ -95,17 +95,26 @@ def export_encoder(encoder: torch.nn.Module, image_size: int, cache_dir: str | P
                    lambda path: _write(encoder, example, (["image"], ["embedding"]), path))
 
 
+HEAD_INPUTS = ("ie", "se", "de0", "de1", "box")  # the heads graph's inputs (box only for box-prompted models)
+
+
+def head_input_names(model: torch.nn.Module) -> tuple[str, ...]:
+    return HEAD_INPUTS if getattr(model.config, "box_prompt", "none") == "reference" else HEAD_INPUTS[:4]
+
+
 class _Heads(torch.nn.Module):
-    """``KSAM.decode`` with the reference prompt as three tensors: (IE, SE, DE_0, DE_1) → (logits, IoU)."""
+    """``KSAM.decode`` with the reference prompt as tensors: (IE, SE, DE_0, DE_1[, box]) → (logits, IoU)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, ie, se, de0, de1):
+    def forward(self, ie, se, de0, de1, box=None):
         from ..model.ksam import ReferencePrompt
 
-        return self.model.decode_in_torch(ie, ReferencePrompt(se, de0, de1))
+        if box is None:
+            box = ie.new_zeros(ie.shape[0], 4)
+        return self.model.decode_in_torch(ie, ReferencePrompt(se, de0, de1, box))
 
 
 def heads_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -118,7 +127,11 @@ def export_heads(model: torch.nn.Module, cache_dir: str | Path | None = None) ->
     B×C×G×G) → (B×1×S×S logits, B×k IoU scores): ``(path, exported_now)``."""
     config = model.config
     c, g = int(config.prompt_dim), int(config.grid_size)
+    names = head_input_names(model)
     example = tuple(torch.zeros(1, c, g, g) for _ in range(4))
+    if len(names) == 5:
+        s = float(config.image_size)
+        example = example + (torch.tensor([[s * 0.25, s * 0.25, s * 0.75, s * 0.75]]),)
     key = fingerprint(heads_state(model), f"heads {config!r}")
     return _cached("heads", key, cache_dir,
-                   lambda path: _write(_Heads(model), example, (["ie", "se", "de0", "de1"], ["logits", "iou"]), path))
+                   lambda path: _write(_Heads(model), example, (list(names), ["logits", "iou"]), path))

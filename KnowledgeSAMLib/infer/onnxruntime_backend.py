@@ -74,9 +74,11 @@ class OnnxHeads:
         self.threads = int(threads or torch.get_num_threads())
         self.session = _session(self.path, self.threads)
 
-    def __call__(self, ie: torch.Tensor, se: torch.Tensor, de0: torch.Tensor,
-                 de1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        names = ("ie", "se", "de0", "de1")
-        feed = {n: t.detach().to("cpu", torch.float32).contiguous().numpy() for n, t in zip(names, (ie, se, de0, de1))}
+    def __call__(self, ie: torch.Tensor, *reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """IE and the reference tensors (SE, DE_0, DE_1[, box]: ``KSAM.head_inputs``)."""
+        from .onnx_export import HEAD_INPUTS
+
+        tensors = (ie, *reference)
+        feed = {n: t.detach().to("cpu", torch.float32).contiguous().numpy() for n, t in zip(HEAD_INPUTS, tensors)}
         logits, iou = self.session.run(["logits", "iou"], feed)
         return torch.from_numpy(np.ascontiguousarray(logits)), torch.from_numpy(np.ascontiguousarray(iou))

@@ -109,9 +109,9 @@ class OpenVinoHeads:
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def __call__(self, ie: torch.Tensor, se: torch.Tensor, de0: torch.Tensor,
-                 de1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feed = {i: t.detach().to("cpu", torch.float32).contiguous().numpy() for i, t in enumerate((ie, se, de0, de1))}
+    def __call__(self, ie: torch.Tensor, *reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """IE and the reference tensors (SE, DE_0, DE_1[, box]: ``KSAM.head_inputs``)."""
+        feed = {i: t.detach().to("cpu", torch.float32).contiguous().numpy() for i, t in enumerate((ie, *reference))}
         with self._lock:
             out = self._request.infer(feed)
             logits, iou = (np.array(out[i], copy=True) for i in range(2))

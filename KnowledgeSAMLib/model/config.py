@@ -108,6 +108,10 @@ class KSAMConfig:
     # Dense prompt added to the image embedding in the decoder: SAM's "no mask" embedding (default), or
     # the reference's DE_0 + DE_1 (the paper's "KP only" ablation row).
     dense_prompt: Literal["no_mask", "reference"] = "no_mask"
+    # "reference": the reference structure's box (in the model frame) also goes to the decoder as a box prompt,
+    # the prompt a pretrained (Lite)MedSAM decoder knows best; Prompt Merge's tokens say which structure inside
+    # it. "none": the paper's form (sparse prompts removed).
+    box_prompt: Literal["none", "reference"] = "none"
 
     # --- Pre-processing (SAM's, applied by the model to [0, 1] inputs) -----------------------
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -159,6 +163,8 @@ class KSAMConfig:
             if len(lengths) != 1:
                 problems.append("tiny_vit_dims/depths/heads/windows need one entry per stage and "
                                 "tiny_vit_merge_strides one fewer")
+        if self.box_prompt not in ("none", "reference"):
+            problems.append(f"box_prompt must be none or reference, not {self.box_prompt!r}")
         if self.pretrained not in (None, "sam_vit_b", "litemedsam"):
             problems.append(f"pretrained must be sam_vit_b, litemedsam or null, not {self.pretrained!r}")
         if self.pm_grid < 0 or (self.pm_grid and (self.pm_grid > self.grid_size or self.grid_size % self.pm_grid)):

@@ -27,11 +27,13 @@ from .lora import inject_lora
 
 @dataclass
 class ReferencePrompt:
-    """The encoded knowledge prompt: SE, DE_0 and DE_1 (each B×C×G×G). Cache it; it is reusable."""
+    """The encoded knowledge prompt: SE, DE_0 and DE_1 (each B×C×G×G) and the reference structure's box (B×4,
+    x0, y0, x1, y1 in model pixels; used as a box prompt when ``config.box_prompt == "reference"``). Cache it."""
 
     embedding: torch.Tensor
     de0: torch.Tensor
     de1: torch.Tensor
+    box: torch.Tensor
 
     def _map(self, fn) -> "ReferencePrompt":
         return ReferencePrompt(*(fn(getattr(self, f.name)) for f in fields(self)))
@@ -47,7 +49,7 @@ class ReferencePrompt:
     def expand(self, batch: int) -> "ReferencePrompt":
         if len(self) != 1:
             raise ValueError(f"only a single reference can be expanded, this one has {len(self)}")
-        return self._map(lambda t: t.expand(batch, -1, -1, -1))
+        return self._map(lambda t: t.expand(batch, *t.shape[1:]))
 
     def to(self, *args, **kwargs) -> "ReferencePrompt":
         return self._map(lambda t: t.to(*args, **kwargs))
@@ -59,6 +61,25 @@ class ReferencePrompt:
     def cat(prompts: Iterable["ReferencePrompt"]) -> "ReferencePrompt":
         prompts = list(prompts)
         return ReferencePrompt(*(torch.cat([getattr(p, f.name) for p in prompts]) for f in fields(ReferencePrompt)))
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """B×1×S×S masks → B×4 boxes (x0, y0, x1, y1, inclusive pixel indices) of their foreground (> 0.5); an empty
+    mask gives the whole frame."""
+    fg = masks[:, 0] > 0.5
+    size_y, size_x = fg.shape[-2:]
+    rows, cols = fg.any(dim=-1), fg.any(dim=-2)  # B×S
+    ys = torch.arange(size_y, device=masks.device).expand_as(rows)
+    xs = torch.arange(size_x, device=masks.device).expand_as(cols)
+    big = torch.tensor(1 << 30, device=masks.device)
+    y0 = torch.where(rows, ys, big).amin(dim=-1)
+    y1 = torch.where(rows, ys, -big).amax(dim=-1)
+    x0 = torch.where(cols, xs, big).amin(dim=-1)
+    x1 = torch.where(cols, xs, -big).amax(dim=-1)
+    empty = ~rows.any(dim=-1)
+    box = torch.stack([x0, y0, x1, y1], dim=-1)
+    whole = torch.tensor([0, 0, size_x - 1, size_y - 1], device=masks.device)
+    return torch.where(empty[:, None], whole, box).to(masks.dtype)
 
 
 class KSAM(nn.Module):
@@ -184,7 +205,12 @@ class KSAM(nn.Module):
                 embeddings = self.encode(ref_images)
         instance, mask = self.adaptor(self.normalise(ref_images), ref_masks)
         downscale = self.prompt_encoder.mask_downscaling  # shared PrEnc for both (DE_0, DE_1)
-        return ReferencePrompt(embeddings, downscale(instance), downscale(mask))
+        return ReferencePrompt(embeddings, downscale(instance), downscale(mask), mask_boxes(ref_masks.float()))
+
+    def head_inputs(self, reference: ReferencePrompt) -> tuple[torch.Tensor, ...]:
+        """The reference tensors the heads read (what an exported heads graph takes after IE)."""
+        tensors = (reference.embedding, reference.de0, reference.de1)
+        return tensors + (reference.box,) if self.config.box_prompt == "reference" else tensors
 
     def decode(self, target_embeddings: torch.Tensor, reference: ReferencePrompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads on cached embeddings → (B×1×S×S logits, B IoU-head scores)."""
@@ -198,7 +224,7 @@ class KSAM(nn.Module):
             reference = reference.expand(batch)
         if len(reference) != batch:
             raise ValueError(f"{batch} target embeddings but {len(reference)} references")
-        return runtime(target_embeddings, reference.embedding, reference.de0, reference.de1)
+        return runtime(target_embeddings, *self.head_inputs(reference))
 
     def decode_in_torch(self, target_embeddings: torch.Tensor,
                         reference: ReferencePrompt) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +242,9 @@ class KSAM(nn.Module):
             tokens = self.prompt_merge(query, se, de0, de1, dense_pe)
         else:
             tokens = ie.new_zeros(batch, 0, ie.shape[1])
+        if self.config.box_prompt == "reference":  # the pretrained decoder's own prompt, from the knowledge
+            box_tokens, _ = self.prompt_encoder(points=None, boxes=reference.box.to(ie.dtype), masks=None)
+            tokens = torch.cat([box_tokens.to(ie.dtype), tokens], dim=1)
         if self.config.dense_prompt == "reference":
             dense = de0 + de1
         else:
