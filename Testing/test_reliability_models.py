@@ -158,7 +158,7 @@ def test_a_folder_without_a_hash_loads_unverified_and_says_so(model_copy, tmp_pa
     record = json.loads((tmp_path / "pred.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["model"]["weights_verified"] is False
 
-    assert main(["info", "--model", str(model_copy), "--config", "tiny"]) == 0
+    assert main(["info", "--model", str(model_copy)]) == 0
     assert "NOT VERIFIED" in capsys.readouterr().out
     assert main(["train", "--record-hash", str(model_copy)]) == 0
     assert _config(model_copy)["weights_sha256"] == sha256(model_copy / "model.safetensors")

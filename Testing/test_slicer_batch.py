@@ -59,8 +59,13 @@ def test_files_in_a_scene_run_and_seg_nrrd_out(monkeypatch, capsys, files):
             "--output", str(folder / "out") + "/"]
     batch, scene, status = run_batch(monkeypatch, argv)
     err = capsys.readouterr().err
-    assert status == batch.EXIT_BAD_INPUT and "broken.nrrd: could not read the volume" in err
-    assert "1 of 3 target(s) failed" in err
+    # every header is read before anything is computed: one unreadable target refuses the batch, writes nothing
+    assert status == batch.EXIT_BAD_INPUT and "broken.nrrd: cannot read as" in err
+    assert not (folder / "out").exists() or not any((folder / "out").iterdir())
+
+    argv.remove(str(folder / "broken.nrrd"))
+    batch, scene, status = run_batch(monkeypatch, argv)
+    assert status == 0, capsys.readouterr().err
     for name in ("case3", "case4"):
         data = slicerio.read_segmentation(str(folder / "out" / f"{name}.seg.nrrd"))
         assert sorted(slicerio.segment_names(data)) == ["cortex", "medulla"]

@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "KnowledgeSAM" / "Resources" / "SampleData"
 HOLD_GIL_US = ctypes.PyDLL(None).usleep
 TICK_US = 150_000
-MAX_RATIO = 1.3
+# Starvation, not speed: a worker thread under the GIL-holding main loop measured 34x the bare engine, the
+# process 1.1x (bench/, docs/benchmarks.md); 2x separates the two on a loaded 2-core CI machine.
+MAX_RATIO = 2.0
 MODEL = "tiny"  # a real KSAM (random weights): real engine work, a few seconds per run on a shared CPU
 
 

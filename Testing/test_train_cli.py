@@ -57,8 +57,9 @@ def test_train_then_export_with_model_card(tmp_path, capsys):
     assert data["kidney_phantom"]["val_cases"] == ["kidney_phantom_1000"]
     dest = tmp_path / "shipped"
     assert main(["train", "--export", str(run), "--out", str(dest)]) == 0
-    assert sorted(p.name for p in dest.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors",
-                                                       "training.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["LICENSE.md", "MODEL_CARD.md", "config.json",
+                                                       "model.safetensors", "training.json"]
+    assert "licen" in (dest / "LICENSE.md").read_text(encoding="utf-8").lower()
     card = (dest / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "kidney_phantom_1000" in card and "seeds >= 5000" in card and "| mean |" in card
     record = json.loads((dest / "training.json").read_text(encoding="utf-8"))

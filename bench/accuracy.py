@@ -511,8 +511,9 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
         for key in ("point", "box"):
             rng = np.random.default_rng([seed, zlib.crc32(pair.case.encode())])  # box jitter, reproducible
             add(key, seed, lambda k=key, r=rng: run_prompted(models[k], t_src, truth, device, rng=r), extra_s=prep_s)
-        add("prompt_free", seed, lambda: run_prompt_free(models["prompt_free"], t_src, structures, device),
-            extra_s=prep_s)
+        if all(name in models["prompt_free"].structures for name in structures):  # a fixed head: no new names
+            add("prompt_free", seed, lambda: run_prompt_free(models["prompt_free"], t_src, structures, device),
+                extra_s=prep_s)
         unseen = models.get("prompt_free_unseen")
         if unseen is not None and spec.key == UNSEEN_STRUCTURE[0]:
             def unseen_run():

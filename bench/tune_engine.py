@@ -56,7 +56,7 @@ def validation_pairs(kidney_references: int, wide: bool = False) -> list[tuple[s
         for target_seed, reference_seed in ((4000, 3000), (4001, 3001)):
             target, truth = make_kidney_phantom(target_seed, shape=(40, 224, 224))
             reference, labels = make_kidney_phantom(reference_seed, shape=(40, 224, 224))
-            pairs.append(("kidney_full", f"{target_seed}<-{reference_seed}", (target, truth, reference, labels)))
+            pairs.append(("kidney_wide", f"{target_seed}<-{reference_seed}", (target, truth, reference, labels)))
         for target_seed, reference_seed in ((1000, 0), (1001, 1), (1002, 2), (1003, 3)):
             target, truth = make_fundus_phantom(target_seed)
             reference, labels = make_fundus_phantom(reference_seed)
@@ -77,7 +77,7 @@ def validation_pairs(kidney_references: int, wide: bool = False) -> list[tuple[s
 
 
 PRESETS = {"kidney": DATASETS["kidney_roi_phantom"][1], "hippocampus": DATASETS["hippocampus"][1],
-           "kidney_full": "ct-abdomen", "fundus": "rgb"}
+           "kidney_wide": "ct-abdomen", "fundus": "rgb"}
 
 
 _EMBEDDINGS = None  # one cache for the whole grid: every volume is encoded once, whatever the setting
