@@ -96,6 +96,7 @@ class KnowledgeSAMParameterNode:
     outputSegmentation: None means "create a new segmentation on Apply".
     roiNode: an ROI box around the structures in the target; None means the engine's ``roi="auto"``.
     referenceSliceMode: "all labelled slices" by default (the one-click sample has one labelled slice).
+    absentSlices: JSON {segment name: [slices]} marked "structure absent" in the target (the annotation loop).
     """
 
     targetVolume: vtkMRMLScalarVolumeNode
@@ -111,6 +112,7 @@ class KnowledgeSAMParameterNode:
     sliceRangeStart: Annotated[int, Minimum(0)] = 0
     sliceRangeStop: Annotated[int, Minimum(0)] = 0
     roiNode: vtkMRMLMarkupsROINode
+    absentSlices: str = "{}"
 
 
 #
@@ -155,6 +157,12 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.updateButton.connect("clicked(bool)", self.onUpdateButton)
+        self.ui.absentButton.connect("clicked(bool)", self.onAbsentButton)
+        self.ui.clearAbsentButton.connect("clicked(bool)", self.onClearAbsentButton)
+        self.ui.nextSliceButton.connect("clicked(bool)", self.onNextSliceButton)
+        self.ui.confidenceListWidget.connect("itemClicked(QListWidgetItem*)", self.onConfidenceRowClicked)
+        self.ui.loopCollapsibleButton.connect("contentsCollapsed(bool)", lambda collapsed: self.updateGUIState())
 
         from KnowledgeSAMSlicer import devices, panel, segmentlist, views, worker
 
@@ -163,7 +171,7 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._monitor = worker.JobMonitor(self.ui.progressBar, self._onJobFinished)
         self.presenter = panel.PanelPresenter(self.logic, self._monitor, self, lambda: self._parameterNode,
                                               self._checkedSegmentIds, views.currentSliceIndex,
-                                              self._segmentEditorUndoHook)
+                                              self._segmentEditorUndoHook, views.jumpToSlice)
         self._fillDevices(devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto")))
         self.initializeParameterNode()
         self.updateDependencyStatus()
@@ -360,6 +368,21 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
                        self.ui.optionsCollapsibleButton, self.ui.modelCollapsibleButton):
             widget.enabled = state.inputsEnabled and not installing
+        self.ui.updateButton.enabled = state.updateEnabled and not installing
+        for button in (self.ui.absentButton, self.ui.nextSliceButton):
+            button.enabled = state.loopEnabled and not installing
+        self._showLoop()
+
+    def _showLoop(self):
+        """The absent marks and the output's per-slice confidence (read from tags: cheap)."""
+        self.ui.absentSlicesLabel.text = self.presenter.absentText()
+        rows = self.presenter.sliceRows() if not self.ui.loopCollapsibleButton.collapsed else []
+        listWidget = self.ui.confidenceListWidget
+        listWidget.clear()
+        for index, text in rows:
+            item = qt.QListWidgetItem(text)
+            item.setData(qt.Qt.UserRole, index)
+            listWidget.addItem(item)
 
     # ---------------------------------------------------------------- apply / cancel / undo
 
@@ -377,6 +400,32 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         modelPath, samPath = self._modelArguments()
         self.presenter.apply(self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, modelPath, samPath)
+
+    def _readyToRun(self):
+        if self._busy():
+            return False
+        reason = environment.libraryUnavailableReason()
+        if reason:
+            slicer.util.errorDisplay(reason)
+            return False
+        return True
+
+    def onUpdateButton(self):
+        if self._readyToRun():
+            modelPath, samPath = self._modelArguments()
+            self.presenter.update(self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, modelPath, samPath)
+
+    def onAbsentButton(self):
+        self.presenter.markAbsent()
+
+    def onClearAbsentButton(self):
+        self.presenter.clearAbsent()
+
+    def onNextSliceButton(self):
+        self.presenter.nextSliceToCheck()
+
+    def onConfidenceRowClicked(self, item):
+        self.presenter.showSlice(int(item.data(qt.Qt.UserRole)))
 
     def onCancelButton(self):
         if self.installer is not None:
@@ -458,11 +507,12 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
 
         return mrml.run_engine(prepared, self.segmenter(model, samCheckpoint, engine), progressCallback, cancel)
 
-    def writePrepared(self, prepared, result, saveStateForUndo=None):
-        """Write a result into the scene (main thread), all or nothing; returns a WriteBack (``.undo()``)."""
+    def writePrepared(self, prepared, result, saveStateForUndo=None, afterWrite=None):
+        """Write a result into the scene (main thread), all or nothing; returns a WriteBack (``.undo()``).
+        ``afterWrite(node, segmentIds)`` runs as part of the write (the annotator's loop's record)."""
         from KnowledgeSAMLib import mrml
 
-        return mrml.write_outputs(prepared, result, save_state_for_undo=saveStateForUndo)
+        return mrml.write_outputs(prepared, result, save_state_for_undo=saveStateForUndo, after_write=afterWrite)
 
     def segment(self, targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
                 outputSegmentationNode=None, referenceSliceIndex=None, axis=choices.DEFAULT_AXIS,

@@ -261,3 +261,123 @@ def test_an_edit_during_the_update_is_never_overwritten(loop):
     drive(loop.monitor)
     assert "edited during the update; nothing was written" in loop.view.status
     np.testing.assert_array_equal(loop.mask(), again)
+
+
+# ---------------------------------------------------------------------------------------------- the module panel
+
+
+class PanelLoop:
+    """The module panel's presenter on a target with 'kidney' drawn on slices 3 and 7 of a reference segmentation
+    (the annotator's slices), an axial slice view, the stand-in propagation; the output is a new segmentation."""
+
+    def __init__(self, module, worker):
+        import types
+
+        from KnowledgeSAMSlicer import panel
+
+        self.scene = mrml.headless_scene()
+        self.volume = add_volume(self.scene, np.zeros(SHAPE, np.int16), np.diag([1.0, 1.0, 2.0, 1.0]), "ct")
+        self.reference = new_segmentation(self.scene, self.volume, "reference")
+        self.drawn = square(3, slice(5, 15), slice(5, 15)) | square(7, slice(2, 8), slice(3, 17))
+        self.kidney = add_segment(self.reference, self.drawn, self.volume, "kidney", (1, 0, 0))
+        self.sliceNode = self.scene.AddNewNodeByClass("vtkMRMLSliceNode", "Red")
+        self.parameters = types.SimpleNamespace(
+            targetVolume=self.volume, referenceVolume=None, referenceSegmentation=self.reference,
+            outputSegmentation=None, referenceSliceMode=panel.SLICE_ALL, referenceSliceIndex=0, axis="axial",
+            mode="propagate", useSliceRange=False, sliceRangeStart=0, sliceRangeStop=0, roiNode=None,
+            absentSlices="{}")
+        self.view = ViewRecorder()
+        self.monitor = monitors.JobMonitor(FakeBar(), lambda job: self.presenter.onJobFinished(job), FakeTimer(),
+                                           worker=worker)
+        self.presenter = panel.PanelPresenter(
+            module.KnowledgeSAMLogic(), self.monitor, self.view, lambda: self.parameters, lambda: [self.kidney],
+            currentSliceIndex=lambda volume, axis: views.currentSliceIndex(volume, axis, self.sliceNode),
+            jumpToSlice=lambda volume, axis, index: views.jumpToSlice(volume, axis, index, self.sliceNode))
+
+    def run(self, start) -> None:
+        assert start("cpu", engine=standins.nearestLabelledSlice), self.view.statuses
+        drive(self.monitor)
+
+    @property
+    def output(self):
+        return self.parameters.outputSegmentation
+
+    def outputId(self) -> str:
+        return self.output.GetSegmentation().GetSegmentIdBySegmentName("kidney")
+
+    def mask(self) -> np.ndarray:
+        labels = mrml.labels_from_segmentation_node(self.output, [self.outputId()], self.volume)
+        return labels.mask(labels.segments[0]).astype(np.uint8)
+
+    def correct(self, mask: np.ndarray) -> None:
+        """The annotator edits the output segment (e.g. in the Segment Editor)."""
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        assert logic.SetBinaryLabelmapToSegment(mrml.oriented_image_from_mask(mask, self.volume), self.output,
+                                                self.outputId(), logic.MODE_REPLACE)
+
+    def provenance(self) -> dict:
+        import json
+
+        segment = self.output.GetSegmentation().GetSegment(self.outputId())
+        return json.loads(mrml.segment_tag(segment, "KnowledgeSAM.Provenance"))
+
+
+@pytest.fixture()
+def panel_loop(monkeypatch, worker):
+    stub_slicer_python_layer(monkeypatch)
+    module = load_module(monkeypatch, "KnowledgeSAM", ROOT / "KnowledgeSAM" / "KnowledgeSAM.py")
+    return PanelLoop(module, worker)
+
+
+def test_panel_update_recomputes_only_the_slab_and_undo_reverts_it(panel_loop):
+    loop = panel_loop
+    assert not loop.presenter.state().updateEnabled  # nothing to update yet
+    loop.run(loop.presenter.apply)
+    first = loop.mask()
+    record = mrml.read_record(loop.output.GetSegmentation().GetSegment(loop.outputId()))
+    assert record.written and record.drawn == [3, 7]  # the reference's slices are the annotator's
+    assert loop.presenter.state().updateEnabled
+    corrected = first.copy()
+    corrected[5] = square(5, slice(0, 4), slice(0, 4))[5]
+    loop.correct(corrected)
+    loop.run(loop.presenter.update)
+    assert loop.view.status.startswith("Updated slices 4..6 of 1 segment(s)"), loop.view.statuses
+    assert loop.provenance()["computed"] == [4, 7] and loop.provenance()["update"]["slab"] == [4, 7]
+    after = loop.mask()
+    outside = [0, 1, 2, 3, 7, 8, 9]
+    np.testing.assert_array_equal(after[outside], corrected[outside])
+    np.testing.assert_array_equal(after[5], corrected[5])
+    np.testing.assert_array_equal(after[6], corrected[5])
+    assert mrml.segment_states(loop.output, [loop.outputId()], loop.volume, "axial")[0].drawn == [3, 5, 7]
+    assert loop.presenter.undo(confirm=lambda question: True)  # 'Undo last run': one step
+    np.testing.assert_array_equal(loop.mask(), corrected)
+
+
+def test_panel_absent_marks_reach_apply_and_update_and_are_cleared(panel_loop):
+    loop = panel_loop
+    assert loop.presenter.markAbsent(index=9) == {"kidney": [9]}
+    assert loop.presenter.absentText() == "kidney: 9"
+    loop.run(loop.presenter.apply)
+    assert loop.provenance()["absent"] == [9] and not loop.mask()[9].any() and loop.mask()[8].any()
+    loop.sliceNode.JumpSliceByOffsetting(*mrml.slice_centre_ras(loop.volume, 8, "axial"))
+    loop.presenter.markAbsent()  # the slice in view
+    assert loop.presenter.absentText() == "kidney: 8, 9"
+    loop.run(loop.presenter.update)
+    assert loop.provenance()["absent"] == [8, 9] and loop.provenance()["update"]["slab"] == [8, 9]
+    assert not loop.mask()[8:].any() and loop.mask()[:8].any()
+    loop.presenter.clearAbsent()
+    assert loop.presenter.absentText() == "none"
+    assert mrml.segment_states(loop.output, [loop.outputId()], loop.volume, "axial")[0].absent == []
+
+
+def test_panel_next_slice_to_check_jumps_to_the_least_confident_slice(panel_loop):
+    loop = panel_loop
+    assert loop.presenter.nextSliceToCheck() is None and "Apply first" in loop.view.status
+    loop.run(loop.presenter.apply)
+    rows = dict(loop.presenter.sliceRows())
+    assert rows[0] == "kidney slice 0: 0.25" and 3 not in rows and 7 not in rows  # yours: not listed
+    assert loop.presenter.nextSliceToCheck() == 0
+    assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 0
+    loop.presenter.markAbsent(index=0)
+    assert loop.presenter.nextSliceToCheck() == 1
+    assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 1

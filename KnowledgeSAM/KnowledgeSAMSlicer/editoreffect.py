@@ -508,8 +508,9 @@ class EffectPresenter:
 
         run = self._run
         state = run["state"]
+        partial = run["update"] is not None or run["sliceRange"] is not None  # elsewhere the last confidence holds
         written = {run["segmentId"]: {"drawn": run["drawn"], "absent": state.absent, "confidence": confidence,
-                                      "previous": state.record if state.record.written else None}}
+                                      "previous": state.record if partial and state.record.written else None}}
         self._onAlignedSource(run["segmentationNode"], lambda source: mrml.record_written(
             run["segmentationNode"], source, run["axis"], written))
 

@@ -66,7 +66,8 @@ def nearestLabelledSlice(request, model, progress, cancel):
     """Propagation in miniature (axial; first segment): every target slice in the slice range takes the mask of
     the nearest of the request's labelled slices (``reference_slices``) that no absent slice separates from it
     (ties: the lower one); labelled slices stay as drawn, absent slices empty. Confidence falls with the distance
-    (``1 / (1 + d)``; NaN outside the range); the provenance names the slices ``computed``."""
+    (``1 / (1 + d)``; NaN outside the range); the provenance names the slices ``computed`` and the ``absent`` ones
+    it was given."""
     import numpy as np
 
     from KnowledgeSAMLib.data.volume import Labels
@@ -92,7 +93,8 @@ def nearestLabelledSlice(request, model, progress, cancel):
         progress(1, 1)
     name = segment.name
     labels = Labels(layers, request.target.geometry, [segment.__class__(name, 1, 0, segment.color)])
-    record = {"model": {"sha256": "stand-in"}, "device": "cpu", "mode": request.mode, "computed": [start, stop]}
+    record = {"model": {"sha256": "stand-in"}, "device": "cpu", "mode": request.mode, "computed": [start, stop],
+              "absent": sorted(absent)}
     return SegmentationResult(labels, {name: confidence}, record)
 
 

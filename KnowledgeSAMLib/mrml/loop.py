@@ -39,8 +39,8 @@ from .segmentations import read_labels, segment_tag
 from .volumes import read_image
 
 __all__ = ["RECORD_TAG", "SliceRecord", "SegmentState", "slice_fingerprints", "read_record", "write_record",
-           "segment_states", "corrected_slices", "prepare_update", "record_written", "mark_absent", "clear_absent",
-           "least_confident_slice"]
+           "segment_states", "corrected_slices", "prepare_update", "record_written", "recorder", "drawn_slices",
+           "mark_absent", "clear_absent", "least_confident_slice"]
 
 RECORD_TAG = "KnowledgeSAM.Slices"
 _VERSION = 1
@@ -225,6 +225,37 @@ def record_written(segmentation_node, volume_node, axis: str, written: dict[str,
                              fingerprints=slice_fingerprints(labels.mask(seg), labels.geometry, axis),
                              confidence=confidence, written=True)
         write_record(segmentation.GetSegment(seg.id), record)
+
+
+def drawn_slices(request: SegmentRequest) -> dict[str, list[int]]:
+    """Segment name -> the slices the annotator drew, for a request on the target itself (its labelled slices,
+    within ``reference_slices``); empty for a reference from another image (none of its slices are the target's)."""
+    if request.reference is not request.target:
+        return {}
+    labels = request.reference_labels
+    view = axis_view(labels.shape, labels.geometry, request.axis)
+    allowed = None if request.reference_slices is None else {int(k) for k in request.reference_slices}
+    found = {}
+    for seg in request.segments or labels.segments:
+        ks = [int(k) for k in np.flatnonzero(view.slice_has(labels.mask(seg)))]
+        found[seg.name] = [k for k in ks if allowed is None or k in allowed]
+    return found
+
+
+def recorder(result, volume_node, axis: str, drawn: dict[str, list[int]], absent: dict[str, list[int]],
+             previous: dict[str, SliceRecord] | None = None):
+    """An ``after_write(node, segment_ids)`` for :func:`~.run.write_outputs`: the record of every written segment
+    (by the result's segment names: their drawn and absent slices, the result's confidence, and the ``previous``
+    record whose confidence stays where this run computed nothing), written as part of the write."""
+    def after_write(node, segment_ids: list[str]) -> None:
+        written = {}
+        for seg, segment_id in zip(result.labels.segments, segment_ids):
+            written[segment_id] = {"drawn": drawn.get(seg.name, []), "absent": absent.get(seg.name, []),
+                                   "confidence": (result.confidence or {}).get(seg.name),
+                                   "previous": (previous or {}).get(seg.name)}
+        record_written(node, volume_node, axis, written)
+
+    return after_write
 
 
 def _record_for_marks(state: SegmentState) -> SliceRecord:
