@@ -39,7 +39,8 @@ environment.ensureLibraryImportable(__file__)
 choices = environment.libraryChoices()  # modes and axes: one definition, KnowledgeSAMLib/choices.py
 
 HOMEPAGE = "https://github.com/KnowledgeSAM/SlicerKnowledgeSAM"
-SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"
+SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"  # the model folder field
+SETTINGS_MODEL = "KnowledgeSAM/Model"  # the model combo: "" (default), a user model's folder, or "<folder>"
 SETTINGS_SAM_CHECKPOINT = "KnowledgeSAM/SamCheckpointPath"
 SETTINGS_DEVICE = "KnowledgeSAM/Device"
 
@@ -152,7 +153,8 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.listGpus)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.listGpusAndModels)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChoiceChanged)
         self.ui.modelCollapsibleButton.connect("contentsCollapsed(bool)", self.onModelSectionCollapsed)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
@@ -173,6 +175,7 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               self._checkedSegmentIds, views.currentSliceIndex,
                                               self._segmentEditorUndoHook, views.jumpToSlice)
         self._fillDevices(devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto")))
+        self._fillModels()  # the user's model folders are listed when 'Model and device' opens (torch)
         self.initializeParameterNode()
         self.updateDependencyStatus()
         reason = environment.libraryUnavailableReason()
@@ -261,7 +264,56 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelSectionCollapsed(self, collapsed):
         if not collapsed and not self._gpusListed:
-            self.listGpus()
+            self.listGpusAndModels()
+
+    def listGpusAndModels(self):
+        self.listGpus()
+        self.listUserModels()
+
+    def _savedModelChoice(self):
+        from KnowledgeSAMSlicer import models
+
+        saved = slicer.util.settingsValue(SETTINGS_MODEL, None)
+        if saved is None:  # settings of an older version: only the folder field existed
+            return models.FOLDER_VALUE if self.ui.modelPathLineEdit.currentPath.strip() else models.DEFAULT_MODEL_VALUE
+        return str(saved)
+
+    def _fillModels(self, userModels=()):
+        from KnowledgeSAMSlicer import models
+
+        saved = self._savedModelChoice()
+        options = models.modelChoices(userModels, remembered=saved)
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for index, choice in enumerate(options):
+            combo.addItem(choice.label, choice.value)
+            combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
+        found = models.choiceIndex(options, saved)
+        combo.setCurrentIndex(found if found is not None else 0)
+        combo.blockSignals(wasBlocked)
+        self._updateModelPathEnabled()
+
+    def listUserModels(self):
+        """The model folders in the user's model directory (imports torch: only when 'Model and device' opens)."""
+        from KnowledgeSAMSlicer import models
+
+        try:
+            with slicer.util.WaitCursor():
+                found = models.userModels()
+        except Exception as error:  # a broken PyTorch or model folder must not break the panel
+            logging.warning(f"KnowledgeSAM: could not list your models: {error}")
+            found = []
+        self._fillModels(found)
+
+    def _updateModelPathEnabled(self):
+        from KnowledgeSAMSlicer import models
+
+        self.ui.modelPathLineEdit.enabled = self.ui.modelComboBox.currentData == models.FOLDER_VALUE
+
+    def onModelChoiceChanged(self, index=None):
+        qt.QSettings().setValue(SETTINGS_MODEL, self.ui.modelComboBox.currentData or "")
+        self._updateModelPathEnabled()
 
     def listGpus(self):
         """The GPUs PyTorch sees, with their memory (imports torch: only when the user opens the device list)."""
@@ -326,7 +378,9 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto"))
 
     def _modelArguments(self):
-        modelPath = self.ui.modelPathLineEdit.currentPath.strip() or None
+        from KnowledgeSAMSlicer import models
+
+        modelPath = models.modelPath(self.ui.modelComboBox.currentData, self.ui.modelPathLineEdit.currentPath)
         samPath = self.ui.samCheckpointPathLineEdit.currentPath.strip() or None
         return modelPath, samPath
 
