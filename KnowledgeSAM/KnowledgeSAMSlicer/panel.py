@@ -210,8 +210,8 @@ class PanelPresenter:
         output.CreateDefaultDisplayNodes()
         update = (result.provenance or {}).get("update")
         if update:
-            self.view.setStatus("Updated slices {start}..{last} of {count} segment(s) in '{output}' in {seconds:.1f} s; "
-                                "your slices were kept as drawn. 'Undo last run' reverts it.".format(
+            self.view.setStatus("Updated slices {start}..{last} of {count} segment(s) in '{output}' in "
+                                "{seconds:.1f} s; your slices were kept as drawn. 'Undo last run' reverts it.".format(
                                     start=update["slab"][0], last=update["slab"][1] - 1, count=len(write.segment_ids),
                                     output=output.GetName(), seconds=job.elapsed_seconds))
             return

@@ -49,7 +49,7 @@ _VERSION = 1
 def _grid_key(geometry: Geometry, shape: Sequence[int]) -> str:
     """A short digest of a grid: a record made on another grid (resampled, cropped) is not this one's."""
     numbers = [*shape, *np.round(geometry.spacing, 4), *np.round(geometry.origin, 3), *np.round(geometry.direction, 4)]
-    return hashlib.blake2b(repr([float(v) for v in numbers]).encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b(repr([float(v) + 0.0 for v in numbers]).encode(), digest_size=6).hexdigest()  # no -0.0
 
 
 def slice_fingerprints(mask: np.ndarray, geometry: Geometry, axis: str) -> dict[int, str]:
