@@ -39,7 +39,8 @@ environment.ensureLibraryImportable(__file__)
 choices = environment.libraryChoices()  # modes and axes: one definition, KnowledgeSAMLib/choices.py
 
 HOMEPAGE = "https://github.com/KnowledgeSAM/SlicerKnowledgeSAM"
-SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"
+SETTINGS_MODEL_PATH = "KnowledgeSAM/ModelPath"  # the model folder field
+SETTINGS_MODEL = "KnowledgeSAM/Model"  # the model combo: "" (default), a user model's folder, or "<folder>"
 SETTINGS_SAM_CHECKPOINT = "KnowledgeSAM/SamCheckpointPath"
 SETTINGS_DEVICE = "KnowledgeSAM/Device"
 
@@ -96,6 +97,7 @@ class KnowledgeSAMParameterNode:
     outputSegmentation: None means "create a new segmentation on Apply".
     roiNode: an ROI box around the structures in the target; None means the engine's ``roi="auto"``.
     referenceSliceMode: "all labelled slices" by default (the one-click sample has one labelled slice).
+    absentSlices: JSON {segment name: [slices]} marked "structure absent" in the target (the annotation loop).
     """
 
     targetVolume: vtkMRMLScalarVolumeNode
@@ -111,6 +113,7 @@ class KnowledgeSAMParameterNode:
     sliceRangeStart: Annotated[int, Minimum(0)] = 0
     sliceRangeStop: Annotated[int, Minimum(0)] = 0
     roiNode: vtkMRMLMarkupsROINode
+    absentSlices: str = "{}"
 
 
 #
@@ -150,11 +153,18 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.listGpus)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.listGpusAndModels)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChoiceChanged)
         self.ui.modelCollapsibleButton.connect("contentsCollapsed(bool)", self.onModelSectionCollapsed)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.updateButton.connect("clicked(bool)", self.onUpdateButton)
+        self.ui.absentButton.connect("clicked(bool)", self.onAbsentButton)
+        self.ui.clearAbsentButton.connect("clicked(bool)", self.onClearAbsentButton)
+        self.ui.nextSliceButton.connect("clicked(bool)", self.onNextSliceButton)
+        self.ui.confidenceListWidget.connect("itemClicked(QListWidgetItem*)", self.onConfidenceRowClicked)
+        self.ui.loopCollapsibleButton.connect("contentsCollapsed(bool)", lambda collapsed: self.updateGUIState())
 
         from KnowledgeSAMSlicer import devices, panel, segmentlist, views, worker
 
@@ -163,8 +173,9 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._monitor = worker.JobMonitor(self.ui.progressBar, self._onJobFinished)
         self.presenter = panel.PanelPresenter(self.logic, self._monitor, self, lambda: self._parameterNode,
                                               self._checkedSegmentIds, views.currentSliceIndex,
-                                              self._segmentEditorUndoHook)
+                                              self._segmentEditorUndoHook, views.jumpToSlice)
         self._fillDevices(devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto")))
+        self._fillModels()  # the user's model folders are listed when 'Model and device' opens (torch)
         self.initializeParameterNode()
         self.updateDependencyStatus()
         reason = environment.libraryUnavailableReason()
@@ -253,7 +264,56 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelSectionCollapsed(self, collapsed):
         if not collapsed and not self._gpusListed:
-            self.listGpus()
+            self.listGpusAndModels()
+
+    def listGpusAndModels(self):
+        self.listGpus()
+        self.listUserModels()
+
+    def _savedModelChoice(self):
+        from KnowledgeSAMSlicer import models
+
+        saved = slicer.util.settingsValue(SETTINGS_MODEL, None)
+        if saved is None:  # settings of an older version: only the folder field existed
+            return models.FOLDER_VALUE if self.ui.modelPathLineEdit.currentPath.strip() else models.DEFAULT_MODEL_VALUE
+        return str(saved)
+
+    def _fillModels(self, userModels=()):
+        from KnowledgeSAMSlicer import models
+
+        saved = self._savedModelChoice()
+        options = models.modelChoices(userModels, remembered=saved)
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for index, choice in enumerate(options):
+            combo.addItem(choice.label, choice.value)
+            combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
+        found = models.choiceIndex(options, saved)
+        combo.setCurrentIndex(found if found is not None else 0)
+        combo.blockSignals(wasBlocked)
+        self._updateModelPathEnabled()
+
+    def listUserModels(self):
+        """The model folders in the user's model directory (imports torch: only when 'Model and device' opens)."""
+        from KnowledgeSAMSlicer import models
+
+        try:
+            with slicer.util.WaitCursor():
+                found = models.userModels()
+        except Exception as error:  # a broken PyTorch or model folder must not break the panel
+            logging.warning(f"KnowledgeSAM: could not list your models: {error}")
+            found = []
+        self._fillModels(found)
+
+    def _updateModelPathEnabled(self):
+        from KnowledgeSAMSlicer import models
+
+        self.ui.modelPathLineEdit.enabled = self.ui.modelComboBox.currentData == models.FOLDER_VALUE
+
+    def onModelChoiceChanged(self, index=None):
+        qt.QSettings().setValue(SETTINGS_MODEL, self.ui.modelComboBox.currentData or "")
+        self._updateModelPathEnabled()
 
     def listGpus(self):
         """The GPUs PyTorch sees, with their memory (imports torch: only when the user opens the device list)."""
@@ -318,7 +378,9 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto"))
 
     def _modelArguments(self):
-        modelPath = self.ui.modelPathLineEdit.currentPath.strip() or None
+        from KnowledgeSAMSlicer import models
+
+        modelPath = models.modelPath(self.ui.modelComboBox.currentData, self.ui.modelPathLineEdit.currentPath)
         samPath = self.ui.samCheckpointPathLineEdit.currentPath.strip() or None
         return modelPath, samPath
 
@@ -360,6 +422,21 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
                        self.ui.optionsCollapsibleButton, self.ui.modelCollapsibleButton):
             widget.enabled = state.inputsEnabled and not installing
+        self.ui.updateButton.enabled = state.updateEnabled and not installing
+        for button in (self.ui.absentButton, self.ui.nextSliceButton):
+            button.enabled = state.loopEnabled and not installing
+        self._showLoop()
+
+    def _showLoop(self):
+        """The absent marks and the output's per-slice confidence (read from tags: cheap)."""
+        self.ui.absentSlicesLabel.text = self.presenter.absentText()
+        rows = self.presenter.sliceRows() if not self.ui.loopCollapsibleButton.collapsed else []
+        listWidget = self.ui.confidenceListWidget
+        listWidget.clear()
+        for index, text in rows:
+            item = qt.QListWidgetItem(text)
+            item.setData(qt.Qt.UserRole, index)
+            listWidget.addItem(item)
 
     # ---------------------------------------------------------------- apply / cancel / undo
 
@@ -377,6 +454,32 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         modelPath, samPath = self._modelArguments()
         self.presenter.apply(self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, modelPath, samPath)
+
+    def _readyToRun(self):
+        if self._busy():
+            return False
+        reason = environment.libraryUnavailableReason()
+        if reason:
+            slicer.util.errorDisplay(reason)
+            return False
+        return True
+
+    def onUpdateButton(self):
+        if self._readyToRun():
+            modelPath, samPath = self._modelArguments()
+            self.presenter.update(self.ui.deviceComboBox.currentData or choices.DEFAULT_DEVICE, modelPath, samPath)
+
+    def onAbsentButton(self):
+        self.presenter.markAbsent()
+
+    def onClearAbsentButton(self):
+        self.presenter.clearAbsent()
+
+    def onNextSliceButton(self):
+        self.presenter.nextSliceToCheck()
+
+    def onConfidenceRowClicked(self, item):
+        self.presenter.showSlice(int(item.data(qt.Qt.UserRole)))
 
     def onCancelButton(self):
         if self.installer is not None:
@@ -458,11 +561,12 @@ class KnowledgeSAMLogic(ScriptedLoadableModuleLogic):
 
         return mrml.run_engine(prepared, self.segmenter(model, samCheckpoint, engine), progressCallback, cancel)
 
-    def writePrepared(self, prepared, result, saveStateForUndo=None):
-        """Write a result into the scene (main thread), all or nothing; returns a WriteBack (``.undo()``)."""
+    def writePrepared(self, prepared, result, saveStateForUndo=None, afterWrite=None):
+        """Write a result into the scene (main thread), all or nothing; returns a WriteBack (``.undo()``).
+        ``afterWrite(node, segmentIds)`` runs as part of the write (the annotator's loop's record)."""
         from KnowledgeSAMLib import mrml
 
-        return mrml.write_outputs(prepared, result, save_state_for_undo=saveStateForUndo)
+        return mrml.write_outputs(prepared, result, save_state_for_undo=saveStateForUndo, after_write=afterWrite)
 
     def segment(self, targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,
                 outputSegmentationNode=None, referenceSliceIndex=None, axis=choices.DEFAULT_AXIS,

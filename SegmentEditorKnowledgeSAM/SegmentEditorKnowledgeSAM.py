@@ -36,8 +36,9 @@ class SegmentEditorKnowledgeSAM(ScriptedLoadableModule):
 
 class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
     """Drives the effect in a real Segment Editor widget with a stand-in engine (no model needed; it runs in
-    the inference process): preview, masking honoured on apply, and one undo step. The same behaviour is
-    tested headless on slicer-core in Testing/test_slicer_effect.py."""
+    the inference process): preview, masking honoured on apply, and one undo step; the annotator's Update (only
+    the slab changes, one undo step). The same behaviour is tested headless on slicer-core in
+    Testing/test_slicer_effect.py and Testing/test_slicer_loop.py."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -45,7 +46,8 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
     def runTest(self):
         from KnowledgeSAMSlicer import selftest
 
-        selftest.runTests(self, ["test_fill_from_labelled_slice_respects_mask_and_undo"])
+        selftest.runTests(self, ["test_fill_from_labelled_slice_respects_mask_and_undo",
+                                 "test_update_rewrites_only_the_slab_in_one_undo_step"])
 
     def _waitForJob(self, effect, timeoutSeconds=120):
         """Slicer's main loop while the job runs: Qt events only (no sleep, which would release the GIL and
@@ -57,6 +59,57 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
             slicer.app.processEvents()
             effect.onPoll()
         self.assertFalse(effect.presenter.busy, "the effect's job did not finish")
+
+    def _editor(self, volume, segmentationNode, segmentId):
+        editorWidget = slicer.qMRMLSegmentEditorWidget()
+        editorWidget.setMRMLScene(slicer.mrmlScene)
+        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editorWidget.setMRMLSegmentEditorNode(editorNode)
+        editorWidget.setSegmentationNode(segmentationNode)
+        editorWidget.setSourceVolumeNode(volume)
+        editorWidget.setCurrentSegmentID(segmentId)
+        return editorWidget, editorNode
+
+    def test_update_rewrites_only_the_slab_in_one_undo_step(self):
+        import numpy as np
+
+        from KnowledgeSAMSlicer import standins
+
+        self.delayDisplay("Knowledge SAM effect: Update after correcting a slice")
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
+        slicer.util.updateVolumeFromArray(volume, np.zeros((10, 20, 20), dtype=np.int16))
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        kidneyId = segmentationNode.GetSegmentation().AddEmptySegment("", "kidney", [1, 0, 0])
+        drawn = np.zeros((10, 20, 20), np.uint8)
+        drawn[3, 5:15, 5:15] = 1
+        drawn[7, 2:8, 3:17] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, segmentationNode, kidneyId, volume)
+        editorWidget, editorNode = self._editor(volume, segmentationNode, kidneyId)
+        editorWidget.setActiveEffectByName("Knowledge SAM")
+        effect = editorWidget.activeEffect().self()
+        effect.engine = standins.nearestLabelledSlice  # every slice copies its nearest labelled slice
+        effect.onPreview()
+        self._waitForJob(effect)
+        effect.onApply()
+        corrected = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, kidneyId, volume)
+        corrected[5] = 0
+        corrected[5, 0:4, 0:4] = 1  # the annotator redraws slice 5
+        editorWidget.saveStateForUndo()
+        slicer.util.updateSegmentBinaryLabelmapFromArray(corrected, segmentationNode, kidneyId, volume)
+        effect.onUpdate()
+        self._waitForJob(effect)
+        after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, kidneyId, volume)
+        outside = [0, 1, 2, 3, 7, 8, 9]  # slab 4..6: between the labelled neighbours 3 and 7
+        np.testing.assert_array_equal(after[outside], corrected[outside])
+        np.testing.assert_array_equal(after[5], corrected[5])
+        np.testing.assert_array_equal(after[6], corrected[5])
+        editorWidget.undo()
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, kidneyId, volume), corrected)
+        editorWidget.setActiveEffect(None)
+        self.delayDisplay("Update test passed")
 
     def test_fill_from_labelled_slice_respects_mask_and_undo(self):
         import numpy as np

@@ -141,3 +141,31 @@ def test_an_update_through_the_segmenter_reuses_the_volumes_embeddings(volume):
                              batch_size=4, roi="none")
     update = update_slab(segmenter.segment, request, corrected=8)
     assert update.provenance["counts"]["target_slices_encoded"] == 0 and model.encode_calls == encoded
+
+
+def test_update_slab_spans_several_corrections_and_stops_at_slices_absent_for_every_segment(volume):
+    from KnowledgeSAMLib.infer.interactive import update_slab
+
+    image, labels = volume
+    drawn = _labels_on(labels, [3, 8, 12])
+    earlier = _run(image, drawn).labels
+    calls = []
+    model = ThresholdModel(64)
+
+    def run(r):
+        calls.append(r.slice_range)
+        return segment(r, model)
+
+    request = SegmentRequest(image, image, earlier, mode="propagate", reference_slices=[3, 8, 12], batch_size=4)
+    result = update_slab(run, request, corrected=[8, 12])
+    assert calls[-1] == (4, 16) and result.provenance["update"] == {"corrected_slice": [8, 12], "slab": [4, 16]}
+    cleared = earlier.layers.copy()
+    cleared[:, 14] = 0  # absent for both structures: no walk crosses it
+    absent = SegmentRequest(image, image, Labels(cleared, earlier.geometry, earlier.segments), mode="propagate",
+                            reference_slices=[3, 8, 12], batch_size=4, absent_slices=[14])
+    update_slab(run, absent, corrected=12)
+    assert calls[-1] == (9, 14)
+    one = SegmentRequest(image, image, Labels(cleared, earlier.geometry, earlier.segments), mode="propagate",
+                         reference_slices=[3, 8, 12], batch_size=4, absent_slices={"bright": [14]})
+    update_slab(run, one, corrected=12)
+    assert calls[-1] == (9, 16)  # the dim structure may still walk past slice 14

@@ -157,3 +157,31 @@ def test_stop_ends_a_busy_process_at_once():
 def test_a_missing_interpreter_is_a_clear_error():
     with pytest.raises(WorkerError, match="could not start the inference process"):
         WorkerProcess(python="/nonexistent/python").submit(request(), engine=standins.copyEngine)
+
+
+def test_an_update_goes_to_the_same_segmenter_and_encodes_no_slice_again(worker, tmp_path):
+    """The annotator's loop in the inference process, with a real (tiny, saved) model: the run encodes the
+    volume, the update of a corrected slice re-segments only its slab and re-encodes nothing."""
+    from dataclasses import replace
+
+    from KnowledgeSAMLib.infer.request import EngineOptions
+    from reliability_helpers import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "tiny")
+    first = request(shape=(10, 24, 24))
+    walk_on = EngineOptions(propagate_min_confidence=0.0, propagate_min_pixels=0)  # random weights: never stop
+    first = replace(first, mode="propagate", roi="none", options=walk_on, batch_size=4)
+    first.reference_labels.layers[0, 7, 4:9, 5:11] = 1  # labelled slices 2 and 7
+    earlier = wait(worker.submit(first, model=str(folder))).result()
+    assert earlier.provenance["counts"]["target_slices_encoded"] == 10
+    corrected = earlier.labels.layers.copy()
+    corrected[0, 7] = first.reference_labels.layers[0, 7]
+    corrected[0, 7, 10:12, 10:12] = 1  # the annotator corrects slice 7
+    update = replace(first, reference_labels=Labels(corrected, earlier.labels.geometry, earlier.labels.segments),
+                     reference_slices=[2, 7])
+    result = wait(worker.submit(update, model=str(folder), update=[7])).result()
+    assert result.provenance["update"]["slab"] == [3, 10]
+    assert result.provenance["counts"]["target_slices_encoded"] == 0, "the volume's embeddings were kept"
+    np.testing.assert_array_equal(result.labels.layers[0, :3], corrected[0, :3])  # outside the slab: as it was
+    np.testing.assert_array_equal(result.labels.layers[0, 7], corrected[0, 7])  # the correction, as drawn
+    assert worker.starts == 1

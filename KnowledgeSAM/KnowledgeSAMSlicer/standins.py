@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-__all__ = ["copyEngine", "fillEveryAxialSlice", "untilCancelled", "crashEngine", "ignoresCancel", "countingEngine"]
+__all__ = ["copyEngine", "fillEveryAxialSlice", "nearestLabelledSlice", "untilCancelled", "crashEngine",
+           "ignoresCancel", "countingEngine"]
 
 _calls = [0]
 
@@ -54,6 +55,47 @@ def fillEveryAxialSlice(request, model, progress, cancel):
     if progress is not None:
         progress(1, 1)
     return _result(request, layers, [segment.__class__(segment.name, 1, 0, segment.color)])
+
+
+def _absentFor(request, name):
+    absent = request.absent_slices or []
+    return {int(k) for k in (absent.get(name, []) if isinstance(absent, dict) else absent)}
+
+
+def nearestLabelledSlice(request, model, progress, cancel):
+    """Propagation in miniature (axial; first segment): every target slice in the slice range takes the mask of
+    the nearest of the request's labelled slices (``reference_slices``) that no absent slice separates from it
+    (ties: the lower one); labelled slices stay as drawn, absent slices empty. Confidence falls with the distance
+    (``1 / (1 + d)``; NaN outside the range); the provenance names the slices ``computed`` and the ``absent`` ones
+    it was given."""
+    import numpy as np
+
+    from KnowledgeSAMLib.data.volume import Labels
+    from KnowledgeSAMLib.mrml import SegmentationResult
+
+    segment = (request.segments or request.reference_labels.segments)[0]
+    source = request.reference_labels.mask(segment)
+    n = source.shape[0]
+    labelled = [k for k in range(n) if source[k].any()]
+    if request.reference_slices is not None:
+        labelled = [k for k in labelled if k in {int(s) for s in request.reference_slices}]
+    absent = _absentFor(request, segment.name)
+    start, stop = request.slice_range or (0, n)
+    layers = np.zeros((1,) + tuple(request.target.shape[:3]), dtype=np.uint8)
+    confidence = np.full(n, np.nan, dtype=np.float32)
+    for k in range(start, stop):
+        free = [s for s in labelled if not any(min(s, k) < a < max(s, k) for a in absent) and k not in absent]
+        if free:
+            seed = min(free, key=lambda s: (abs(s - k), s))
+            layers[0, k] = source[seed]
+            confidence[k] = 1.0 / (1.0 + abs(seed - k))
+    if progress is not None:
+        progress(1, 1)
+    name = segment.name
+    labels = Labels(layers, request.target.geometry, [segment.__class__(name, 1, 0, segment.color)])
+    record = {"model": {"sha256": "stand-in"}, "device": "cpu", "mode": request.mode, "computed": [start, stop],
+              "absent": sorted(absent)}
+    return SegmentationResult(labels, {name: confidence}, record)
 
 
 def untilCancelled(request, model, progress, cancel, limitSeconds=60.0):

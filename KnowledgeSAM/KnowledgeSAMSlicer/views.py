@@ -1,14 +1,15 @@
-"""Slice views -> (axis, slice index): which view shows an axis, and which slice it shows now.
+"""Slice views <-> (axis, slice index): which view shows an axis, which slice it shows now, and showing another.
 
-Why: "reference slice = the slice I am looking at" is the natural default for same-volume modes. The
-index is computed from the view's slice centre in RAS through ``KnowledgeSAMLib.mrml.slice_index_at_ras``
-(the same axis convention as the engine), and views oblique to the volume are refused with a message
-instead of silently picking a wrong slice.
+Why: "reference slice = the slice I am looking at" is the natural default for same-volume modes, and the
+annotator's loop marks the slice in view absent and jumps to the slice to check next. The index is computed
+from the view's slice centre in RAS through ``KnowledgeSAMLib.mrml.slice_index_at_ras`` (the same axis
+convention as the engine), a jump goes to ``slice_centre_ras``, and views oblique to the volume are refused
+with a message instead of silently picking a wrong slice.
 """
 
 import numpy as np
 
-__all__ = ["AXIS_VIEW", "sliceNodeForAxis", "axisOfSliceNode", "currentSliceIndex", "ObliqueViewError"]
+__all__ = ["AXIS_VIEW", "sliceNodeForAxis", "axisOfSliceNode", "currentSliceIndex", "jumpToSlice", "ObliqueViewError"]
 
 AXIS_VIEW = {"axial": "Red", "sagittal": "Yellow", "coronal": "Green"}  # Slicer's default layout
 _AXIS_NORMAL_RAS = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -76,3 +77,14 @@ def currentSliceIndex(volumeNode, axis, sliceNode=None):
     _checkAligned(sliceNode, volumeNode, axis)
     centre = _sliceToRas(sliceNode)[:3, 3]
     return slice_index_at_ras(volumeNode, centre, axis)
+
+
+def jumpToSlice(volumeNode, axis, index, sliceNode=None):
+    """Move the view that shows ``axis`` to slice ``index`` of ``volumeNode`` (along its normal: what the view
+    shows in-plane stays)."""
+    from KnowledgeSAMLib.mrml import slice_centre_ras
+
+    sliceNode = sliceNode or sliceNodeForAxis(axis)
+    if sliceNode is None:
+        raise ObliqueViewError(f"No slice view shows the {axis} plane; set one to {axis} to go to slice {index}.")
+    sliceNode.JumpSliceByOffsetting(*slice_centre_ras(volumeNode, index, axis))

@@ -52,11 +52,14 @@ class JobMonitor:
     def busy(self):
         return self.job is not None
 
-    def start(self, request, sources=None, model=None, samCheckpoint=None, engine=None):
-        """Send ``request`` (a ``SegmentRequest``) to the inference process; returns the job."""
+    def start(self, request, sources=None, model=None, samCheckpoint=None, engine=None, update=None):
+        """Send ``request`` (a ``SegmentRequest``) to the inference process; returns the job. ``update``: the
+        corrected slices of an annotator's update (only their slab is segmented, by the process's Segmenter that
+        already holds the volume's embeddings)."""
         worker = self._worker or sharedWorker()
         self.discard = False
-        self.job = worker.submit(request, sources, model=model, sam_checkpoint=samCheckpoint, engine=engine)
+        self.job = worker.submit(request, sources, model=model, sam_checkpoint=samCheckpoint, engine=engine,
+                                 update=update)
         self._bar.setVisible(True)
         self._bar.setRange(0, 0)
         self._timer.start()

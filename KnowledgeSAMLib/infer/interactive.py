@@ -1,9 +1,10 @@
 """The annotator's loop: label or correct a slice, update only what that can change, look where the model is unsure.
 
-In propagate mode every labelled slice prompts the slices up to its labelled neighbours (:mod:`.propagate`), so a
-change to slice ``k`` can only change the slab between the labelled slices on either side of it. An update
-therefore segments that slab alone (``slice_range``) and keeps every other slice of the earlier result; the
-annotator's own slices are kept exactly as drawn.
+In propagate mode every labelled slice prompts the slices up to its labelled neighbours (:mod:`.propagate`), and a
+walk never crosses a slice marked "structure absent", so a change to slice ``k`` can only change the slab between
+the labelled (or absent) slices on either side of it. An update therefore segments that slab alone
+(``slice_range``) and keeps every other slice of the earlier result; the annotator's own slices are kept exactly as
+drawn. Several corrected slices give one slab: from the first one's lower neighbour to the last one's upper one.
 """
 
 from __future__ import annotations
@@ -53,13 +54,21 @@ def next_slice_to_check(confidence: np.ndarray, predicted: np.ndarray, skip: Seq
     return int(min(candidates, key=lambda k: (float(confidence[k]), int(k))))
 
 
-def update_slab(run, request, corrected: int):
-    """Re-segment only the slab a change to labelled slice ``corrected`` can change; every other slice comes from
-    the request's reference labels, which hold the annotator's slices *and* the earlier result (same volume).
+def _absent_everywhere(prepared) -> set[int]:
+    """Slices marked absent for every requested segment: no walk crosses them, so they bound a slab too."""
+    sets = [set(prepared.absent.get(seg.name, ())) for seg in prepared.segments]
+    return set.intersection(*sets) if sets else set()
+
+
+def update_slab(run, request, corrected: int | Sequence[int]):
+    """Re-segment only the slab a change to labelled slice(s) ``corrected`` can change; every other slice comes
+    from the request's reference labels, which hold the annotator's slices *and* the earlier result (same volume).
 
     ``run(request) -> SegmentationResult`` is the segmenter to use (``Segmenter.segment`` or ``infer.segment`` with
     its model bound). The annotator's slices are ``request.reference_slices`` (required: the rest of the labels is
-    an earlier result, not the annotator's). Returns the result with the merged labels.
+    an earlier result, not the annotator's); slices marked absent for every segment bound the slab as labelled
+    slices do. Several corrected slices give one slab spanning all of theirs. Returns the result with the merged
+    labels.
     """
     from dataclasses import replace
 
@@ -75,8 +84,13 @@ def update_slab(run, request, corrected: int):
         raise InputError("an update re-segments part of the target from its own labelled slices; the reference is "
                          "another image")
     view = axis_view(request.target.shape, request.target.geometry, request.axis)
-    keep = sorted({int(k) for k in request.reference_slices} | {int(corrected)})
-    slab = affected_slab(keep, int(corrected), view.n)
+    corrected = sorted({int(k) for k in np.atleast_1d(corrected)})
+    if not corrected:
+        raise InputError("an update needs the corrected slice(s)")
+    keep = sorted({int(k) for k in request.reference_slices} | set(corrected))
+    bounds = set(keep) | _absent_everywhere(prepared)
+    slabs = [affected_slab(bounds, k, view.n) for k in corrected]
+    slab = (min(s[0] for s in slabs), max(s[1] for s in slabs))
     if request.slice_range is not None:
         slab = (max(slab[0], int(request.slice_range[0])), min(slab[1], int(request.slice_range[1])))
     result = run(replace(request, slice_range=slab, reference_slices=keep))
@@ -85,5 +99,6 @@ def update_slab(run, request, corrected: int):
                               request.target.geometry, request.target.shape)
     merged = merge_slab(earlier, result.labels, view, slab)
     result.labels = merged
-    result.provenance = {**result.provenance, "update": {"corrected_slice": int(corrected), "slab": list(slab)}}
+    first = corrected[0] if len(corrected) == 1 else corrected
+    result.provenance = {**result.provenance, "update": {"corrected_slice": first, "slab": list(slab)}}
     return result

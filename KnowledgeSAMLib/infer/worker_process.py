@@ -14,8 +14,10 @@ the engine to stop after its current batch; a run that does not stop within ``ki
 process killed. A child that dies gives a :class:`WorkerError` that says how, with the end of its log.
 
 Child side (``python -m KnowledgeSAMLib.infer.worker_process ADDRESS FAMILY``): one
-:class:`~.segmenter.Segmenter` on the process's model cache, so the model and the reference's encoding stay
-loaded between runs; one reader thread receives cancel requests while the main thread computes.
+:class:`~.segmenter.Segmenter` on the process's model cache, so the model, the reference's encoding and the
+target's embeddings stay loaded between runs; an annotator's update (``submit(..., update=[k, ...])``:
+:func:`~.interactive.update_slab`) goes to that same Segmenter and re-encodes nothing. One reader thread
+receives cancel requests while the main thread computes.
 """
 
 from __future__ import annotations
@@ -165,17 +167,20 @@ class WorkerProcess:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def submit(self, request, sources=None, model: Any = DEFAULT_MODEL, sam_checkpoint: Any = None,
-               engine: Any = None) -> RemoteJob:
+               engine: Any = None, update: Any = None) -> RemoteJob:
         """Send one run to the process (started now if needed); returns at once with its :class:`RemoteJob`.
 
         ``model``/``sam_checkpoint`` as for :class:`~.segmenter.Segmenter` (a name, a folder, or a picklable
-        model); ``engine``: a picklable stand-in for the engine (a module-level function), a test seam."""
+        model); ``engine``: a picklable stand-in for the engine (a module-level function), a test seam;
+        ``update``: the corrected slice(s) of an annotator's update — only their slab is segmented
+        (:func:`~.interactive.update_slab`; the request holds the annotator's slices and the earlier result)."""
         self.poll()  # a job nobody followed to its end (e.g. its front-end went away) may be over by now
         if self.busy:
             raise WorkerError("KnowledgeSAM is already running a segmentation (in the module panel or the Segment "
                               "Editor effect); wait for it, or cancel it first")
         payload = {"request": request, "sources": sources, "model": DEFAULT_MODEL if model is None else model,
-                   "sam_checkpoint": None if sam_checkpoint is None else str(sam_checkpoint), "engine": engine}
+                   "sam_checkpoint": None if sam_checkpoint is None else str(sam_checkpoint), "engine": engine,
+                   "update": None if update is None else [int(k) for k in update]}
         self._job = RemoteJob(self, self._next_id, payload)
         self._next_id += 1
         if self._proc is None or self._proc.poll() is not None:
@@ -412,6 +417,16 @@ class _Server:
 
         return report
 
+    def _compute(self, payload: dict, progress, token):
+        """A run, or an update of the slab around corrected slices, on this process's one Segmenter."""
+        segmenter = self._segmenter(payload)
+        if payload.get("update") is None:
+            return segmenter.segment(payload["request"], progress, token, payload["sources"])
+        from .interactive import update_slab
+
+        return update_slab(lambda request: segmenter.segment(request, progress, token, payload["sources"]),
+                           payload["request"], payload["update"])
+
     def run(self, job_id: int, payload: dict) -> None:
         from .cancel import CancelToken
 
@@ -422,8 +437,7 @@ class _Server:
                 token.cancel()
         try:
             _set_threads()
-            result = self._segmenter(payload).segment(payload["request"], self._progress(job_id), token,
-                                                      payload["sources"])
+            result = self._compute(payload, self._progress(job_id), token)
             reply = ("result", job_id, result)
         except BaseException as error:  # everything is reported; the process keeps serving
             reply = ("error", job_id) + _classify(error)

@@ -11,6 +11,8 @@ tests all need the same conversions, and each is where orientation and data-loss
   output segments change; a failure restores the node; :class:`WriteBack` undoes a run as one step);
 * :mod:`.run` — one run: :func:`prepare_inputs` (main thread) → :func:`run_engine` (any thread) →
   :func:`write_outputs` (main thread), or all three in :func:`segment_volume_nodes`;
+* :mod:`.loop` — the annotator's loop: which slices of a segment are the annotator's (a record in the segment's
+  tags), "structure absent" marks, an update request around the corrected slices, the slice to check next;
 * :mod:`.roi` — an ROI markup (its world box) as the engine's ``roi``, checked against the target;
 * :mod:`.scene` — Slicer's modules, :func:`headless_scene`, node checks;
 * :mod:`.files` — volume and segmentation files into a scene with Slicer's storage nodes (slicer-core).
@@ -40,14 +42,18 @@ from .roi import check_roi, roi_from_node, roi_points_from_bounds, world_bounds
 from .scene import check_in_scene, headless_scene, remove_node, same_coordinate_frame, same_node
 from .segmentations import labels_from_segmentation_node, resolve_segment_ids, segment_tag
 from .volumes import (geometry_from_volume_node, image_from_volume_node, oriented_image_from_mask, replace_slices,
-                      slice_index_at_ras)
+                      slab_extent, slice_centre_ras, slice_index_at_ras)
+from .loop import (RECORD_TAG, SegmentState, SliceRecord, clear_absent, corrected_slices, drawn_slices,
+                   least_confident_slice, mark_absent, prepare_update, read_record, record_written, recorder,
+                   segment_states)
 from .writeback import (DEFAULT_OPTIONS, SEGMENTATION_FILE_TYPES, MRMLOptions, WriteBack,
                         apply_result_to_segmentation, check_output_node, write_segmentation_node)
 
 __all__ = [
     # nodes <-> library data
     "headless_scene", "same_node", "same_coordinate_frame", "remove_node",
-    "geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "oriented_image_from_mask",
+    "geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "slice_centre_ras",
+    "slab_extent", "oriented_image_from_mask",
     "replace_slices", "labels_from_segmentation_node", "resolve_segment_ids", "segment_tag",
     "MRMLOptions", "DEFAULT_OPTIONS", "WriteBack", "apply_result_to_segmentation",
     "write_segmentation_node", "SEGMENTATION_FILE_TYPES", "check_output_node", "check_in_scene",
@@ -57,6 +63,10 @@ __all__ = [
     "roi_from_node", "roi_points_from_bounds", "world_bounds", "check_roi",
     # one run
     "PreparedRun", "prepare_inputs", "run_engine", "write_outputs", "segment_volume_nodes",
+    # the annotator's loop: the annotator's slices, absent marks, update, confidence
+    "RECORD_TAG", "SliceRecord", "SegmentState", "segment_states", "corrected_slices", "prepare_update",
+    "record_written", "recorder", "drawn_slices", "read_record", "mark_absent", "clear_absent",
+    "least_confident_slice",
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
     "expand_targets", "plan_outputs", "target_name", "check_image_file", "OutputClaims",

@@ -98,12 +98,13 @@ def run_engine(prepared: PreparedRun, segmenter: Segmenter, progress: ProgressCa
 
 
 def write_outputs(prepared: PreparedRun, result, save_state_for_undo: Callable[[], None] | None = None,
-                  options: MRMLOptions = DEFAULT_OPTIONS) -> WriteBack:
-    """Write an engine result back into the scene (main thread); all or nothing."""
+                  options: MRMLOptions = DEFAULT_OPTIONS,
+                  after_write: Callable[[Any, list[str]], None] | None = None) -> WriteBack:
+    """Write an engine result back into the scene (main thread); all or nothing (``after_write`` included)."""
     return apply_result_to_segmentation(
         result.labels, prepared.output_segmentation_node, prepared.target_volume_node,
         reference_segments=prepared.reference_segments, provenance=result.provenance,
-        save_state_for_undo=save_state_for_undo, options=options)
+        save_state_for_undo=save_state_for_undo, options=options, after_write=after_write)
 
 
 def segment_volume_nodes(targetVolumeNode, referenceVolumeNode, referenceSegmentationNode, segmentIds,

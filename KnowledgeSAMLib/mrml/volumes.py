@@ -16,8 +16,8 @@ from ..errors import InputError
 from .scene import (RAS_TO_LPS, check_volume_node, dimensions_zyx, ijk_to_ras, node_name, numpy_support,
                     parent_transform, slicer_module, vtk_matrix)
 
-__all__ = ["geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "oriented_image_from_mask",
-           "replace_slices"]
+__all__ = ["geometry_from_volume_node", "image_from_volume_node", "slice_index_at_ras", "slice_centre_ras",
+           "oriented_image_from_mask", "replace_slices", "slab_extent"]
 
 
 def geometry_from_volume_node(volume_node) -> Geometry:
@@ -81,6 +81,30 @@ def slice_index_at_ras(volume_node, ras: Sequence[float], axis: str) -> int:
     return index
 
 
+def slice_centre_ras(volume_node, index: int, axis: str) -> list[float]:
+    """World RAS of the centre of slice ``index`` (the engine's count along ``axis``) of ``volume_node``: where a
+    slice view jumps to show that slice (:func:`slice_index_at_ras` of it is ``index``). Parent transforms are
+    honoured."""
+    import vtk
+
+    from ..infer.slicing import axis_view
+
+    shape = dimensions_zyx(volume_node)
+    view = axis_view(shape, geometry_from_volume_node(volume_node), axis)
+    if not 0 <= int(index) < view.n:
+        raise InputError(f"slice {index} is outside volume {node_name(volume_node)} (0..{view.n - 1} along the "
+                         f"{axis} axis)")
+    ijk = [(n - 1) / 2.0 for n in reversed(shape)] + [1.0]  # i, j, k = x, y, z
+    ijk[2 - view.slice_axis] = float(index)
+    point = [float(v) for v in (ijk_to_ras(volume_node) @ np.array(ijk))[:3]]
+    transform_node = parent_transform(volume_node)
+    if transform_node is not None:
+        to_world = vtk.vtkGeneralTransform()
+        transform_node.GetTransformToWorld(to_world)
+        point = list(to_world.TransformPoint(point))
+    return point
+
+
 def oriented_image_from_mask(mask: np.ndarray, grid):
     """A binary ``(z, y, x)`` mask as a vtkOrientedImageData (uint8, IJK→RAS set) on ``grid``: a volume
     node, or the :class:`Geometry` of an image read from one (no node needed any more)."""
@@ -109,3 +133,17 @@ def replace_slices(original: np.ndarray, new: np.ndarray, geometry: Geometry, ax
     index[axis_view(combined.shape, geometry, axis).slice_axis] = slice(int(slice_range[0]), int(slice_range[1]))
     combined[tuple(index)] = new[tuple(index)]
     return combined
+
+
+def slab_extent(shape: Sequence[int], geometry: Geometry, axis: str, slab: tuple[int, int]) -> list[int]:
+    """The IJK extent ``[i0, i1, j0, j1, k0, k1]`` (inclusive) of slices ``slab`` = ``(start, stop)`` along ``axis``
+    of a ``(z, y, x)`` grid: what a Segment Editor modification may touch so that only the slab changes."""
+    from ..infer.slicing import axis_view
+
+    view = axis_view(tuple(shape), geometry, axis)
+    start, stop = max(0, int(slab[0])), min(view.n, int(slab[1]))
+    if start >= stop:
+        raise InputError(f"slices {slab[0]}..{slab[1]} are outside the grid (0..{view.n} along the {axis} axis)")
+    bounds = [[0, int(n) - 1] for n in reversed(tuple(shape)[:3])]  # i, j, k = x, y, z
+    bounds[2 - view.slice_axis] = [start, stop - 1]
+    return [v for pair in bounds for v in pair]

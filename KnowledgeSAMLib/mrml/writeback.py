@@ -169,7 +169,8 @@ def apply_result_to_segmentation(result_labels: Labels, output_segmentation_node
                                  reference_segments: Sequence[Segment] | None = None,
                                  provenance: dict[str, Any] | None = None,
                                  scene=None, save_state_for_undo: Callable[[], None] | None = None,
-                                 options: MRMLOptions = DEFAULT_OPTIONS) -> WriteBack:
+                                 options: MRMLOptions = DEFAULT_OPTIONS,
+                                 after_write: Callable[[Any, list[str]], None] | None = None) -> WriteBack:
     """Write every segment of ``result_labels`` (on the target's grid) into a segmentation node.
 
     ``output_segmentation_node=None`` creates a node in ``scene`` (default: the target's scene), aligned to
@@ -177,7 +178,9 @@ def apply_result_to_segmentation(result_labels: Labels, output_segmentation_node
     and every other segment is left untouched. Output segments take name, colour and terminology from the
     matching ``reference_segments`` entry (by ID, then name), else from the result itself, and carry the
     ``provenance`` as tags. Any exception restores the node (or removes the one created) and re-raises.
-    ``save_state_for_undo`` (e.g. the Segment Editor's) is called once, just before the first change.
+    ``save_state_for_undo`` (e.g. the Segment Editor's) is called once, just before the first change;
+    ``after_write(node, segment_ids)`` (e.g. the annotator's loop's record, :func:`.loop.record_written`) runs as
+    part of the write: undone with it, and rolled back with it if it fails.
     """
     planned = _plan(result_labels, output_segmentation_node, target_volume_node, reference_segments or [])
     tags = {f"{options.tag_prefix}.{key}": value for key, value in headline(dict(provenance or {})).items()}
@@ -196,6 +199,8 @@ def apply_result_to_segmentation(result_labels: Labels, output_segmentation_node
             if save_state_for_undo is not None:
                 save_state_for_undo()
         written = _write(node, planned, tags, options)
+        if after_write is not None:
+            after_write(node, written)
     except BaseException:
         if created and node is not None:
             remove_node(node)

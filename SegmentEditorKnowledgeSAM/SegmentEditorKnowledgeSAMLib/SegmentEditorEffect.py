@@ -5,7 +5,9 @@ or a few slices with Paint/Draw, then fill the rest) or a chosen reference volum
 segment (another patient); an optional ROI box says where to look. The result is previewed in a temporary
 segmentation, then applied through ``modifySelectedSegmentByLabelmap`` so that masking (editable area,
 intensity range), overwrite mode and undo behave as for every other effect. Inference runs in the
-extension's inference process (never starved by Slicer's main thread).
+extension's inference process (never starved by Slicer's main thread). The annotator's loop: after correcting
+slices of the result, *Update* recomputes only the slab around them (one undo step, your slices kept as drawn);
+*Structure absent here*, the per-slice list (confidence, your slices, absent ones) and *Next slice to check*.
 
 This file is Qt wiring only: what the effect does is ``KnowledgeSAMSlicer.editoreffect.EffectPresenter``,
 tested headless on slicer-core's ``vtkSlicerSegmentEditorLogic``. Opening a Segment Editor imports nothing
@@ -49,6 +51,14 @@ class ScriptedEffectAccess:
         self.scriptedEffect.modifySelectedSegmentByLabelmap(
             modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
 
+    def removeFromSelectedSegment(self, modifier, extent):
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(
+            modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove, list(extent))
+
+    def addToSelectedSegment(self, modifier, extent):
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(
+            modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd, list(extent))
+
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     """Preview, then Apply (one undo step). ``engine`` may be set to a stand-in for tests (a module-level
@@ -81,7 +91,13 @@ press <i>Preview</i>: the other slices (or the slice range) are filled. <b>Anoth
 volume and one of its segments say what to find. <b>ROI</b> (optional): a box around the structure, where the
 model looks. <i>Apply</i> writes the preview into the selected segment, honouring the editable area, intensity
 mask and overwrite settings; <i>Undo</i> reverts it. The computation runs in a separate process (the first run
-starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed; not for clinical use.</html>""")
+starts it and loads the model); <i>Cancel</i> stops it.<p>
+<b>Annotation loop</b>: correct any slice of the result (Paint, Erase...), then press <i>Update</i>: only the slices
+between your neighbouring slices are recomputed, every slice you touched is kept exactly as drawn, and it is one
+undo step (with nothing changed, Update takes the slice in view as checked and yours). <i>Structure absent here</i>
+marks the slice in view as empty for this segment (propagation stops there); erasing a slice does the same.
+<i>Next slice to check</i> shows the slice the model was least sure of. Results must be reviewed; not for clinical
+use.</html>""")
 
     # ------------------------------------------------------------------ options
 
@@ -145,12 +161,15 @@ starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed
         self._addButtonsAndStatus()
         self._fillDevices()
 
+        self._addLoop()
+
         from KnowledgeSAM import KnowledgeSAMLogic
-        from KnowledgeSAMSlicer import editoreffect, worker
+        from KnowledgeSAMSlicer import editoreffect, views, worker
 
         monitor = worker.JobMonitor(self.progressBar, self._onJobFinished)
         self.presenter = editoreffect.EffectPresenter(ScriptedEffectAccess(self.scriptedEffect), monitor, self,
-                                                      KnowledgeSAMLogic)
+                                                      KnowledgeSAMLogic, sliceInView=views.currentSliceIndex,
+                                                      jumpToSlice=views.jumpToSlice)
 
     def _addButtonsAndStatus(self):
         self.previewButton = self._button("Preview", _("Preview"), _("Compute the result and show it without "
@@ -169,6 +188,40 @@ starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed
         self.statusLabel = qt.QLabel("")
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+    def _addLoop(self):
+        """The annotator's loop: Update, absent slices, the per-slice list and the slice to check next."""
+        self.updateButton = self._button("Update", _("Update"), _(
+            "Recompute only the slices around the ones you changed since the last result (your slices are kept as "
+            "drawn); with nothing changed, around the slice in view. One undo step."), self.onUpdate)
+        self.absentButton = self._button("Absent", _("Structure absent here"), _(
+            "Mark the slice in view as empty for this segment: it stays empty and propagation stops there."),
+            self.onMarkAbsent)
+        self.clearAbsentButton = self._button("ClearAbsent", _("Clear absent"), _(
+            "Forget this segment's 'structure absent' slices."), self.onClearAbsent)
+        self.nextSliceButton = self._button("NextSlice", _("Next slice to check"), _(
+            "Show the slice of the last result the model was least sure of (not yours, not absent)."), self.onNextSlice)
+        loopButtons = qt.QGridLayout()
+        loopButtons.addWidget(self.updateButton, 0, 0)
+        loopButtons.addWidget(self.nextSliceButton, 0, 1)
+        loopButtons.addWidget(self.absentButton, 1, 0)
+        loopButtons.addWidget(self.clearAbsentButton, 1, 1)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Annotation loop:"), loopButtons)
+        self.sliceList = qt.QListWidget()
+        self.sliceList.setToolTip(_("Per slice of the last result: its confidence, 'yours' (kept as drawn) or "
+                                    "'absent'. Click a row to show that slice."))
+        self.sliceList.setMaximumHeight(120)
+        self.sliceList.connect("itemClicked(QListWidgetItem*)", self.onSliceRowClicked)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slices:"), self.sliceList)
+
+    def _fillSliceList(self):
+        self.sliceList.clear()
+        if self.presenter is None:
+            return
+        for index, text in self.presenter.sliceRows(self.axisComboBox.currentText):
+            item = qt.QListWidgetItem(text)
+            item.setData(qt.Qt.UserRole, index)
+            self.sliceList.addItem(item)
 
     def _addSliceRange(self):
         self.rangeCheckBox = qt.QCheckBox(_("only slices"))
@@ -238,6 +291,7 @@ starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed
                                         if parameterSetNode else None)
         self.roiSelector.blockSignals(wasBlocked)
         self._updateEnabledState()
+        self._fillSliceList()  # the selected segment may have changed
 
     def _device(self):
         return self.deviceComboBox.currentData or self._choices().DEFAULT_DEVICE
@@ -267,6 +321,8 @@ starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed
         self.rangeStartSpinBox.enabled = self.rangeCheckBox.checked
         self.rangeStopSpinBox.enabled = self.rangeCheckBox.checked
         self.previewButton.enabled = not busy
+        for button in (self.updateButton, self.absentButton, self.clearAbsentButton, self.nextSliceButton):
+            button.enabled = presenter is not None and not busy
         self.applyButton.enabled = presenter is not None and presenter.canApply
         self.cancelButton.enabled = busy or (presenter is not None and presenter.previewMask is not None)
 
@@ -278,6 +334,7 @@ starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed
 
     def refresh(self):
         self._updateEnabledState()
+        self._fillSliceList()
 
     # ------------------------------------------------------------------ actions
 
@@ -294,14 +351,37 @@ starts it and loads the model); <i>Cancel</i> stops it. Results must be reviewed
             referenceSegmentId=self.referenceSegmentSelector.currentSegmentID(), roiNode=self.roiSelector.currentNode(),
             engine=self.engine)
 
-    def onPreview(self):
+    def _libraryReady(self):
         from KnowledgeSAMSlicer import environment
 
         reason = environment.libraryUnavailableReason()
         if reason:
             self.setStatus(reason, error=True)
-            return
-        self.presenter.preview(self.options())
+        return not reason
+
+    def onPreview(self):
+        if self._libraryReady():
+            self.presenter.preview(self.options())
+
+    def onUpdate(self):
+        if self._libraryReady():
+            self.presenter.update(self.options())
+
+    def onMarkAbsent(self):
+        if self._libraryReady():
+            self.presenter.markAbsent(self.options())
+
+    def onClearAbsent(self):
+        if self._libraryReady():
+            self.presenter.clearAbsent(self.options())
+
+    def onNextSlice(self):
+        if self._libraryReady():
+            self.presenter.nextSliceToCheck(self.options())
+
+    def onSliceRowClicked(self, item):
+        if self._libraryReady():
+            self.presenter.showSlice(self.options(), int(item.data(qt.Qt.UserRole)))
 
     def onPoll(self):
         """Check the running job now (the monitor's timer does this every 150 ms)."""
