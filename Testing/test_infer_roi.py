@@ -147,3 +147,18 @@ def test_roi_none_keeps_whole_slices():
     result = segment(SegmentRequest(image, reference, ref_labels, roi="none", batch_size=4),
                      ThresholdModel(image_size=32))
     assert result.provenance["roi"]["used"] == "whole slices"
+
+
+def test_an_oversized_coarse_region_is_narrowed_to_where_every_structure_was_found():
+    """The coarse pass's false positives (here a large blob of one structure, as bone labelled cortex) join the
+    true structures into one region; the window of the reference's size goes where all structures are."""
+    from KnowledgeSAMLib.infer.focus import _best_windows
+
+    votes = np.zeros((3, 200, 200), dtype=np.int32)
+    votes[0, 10:120, 10:120] = 5  # one structure only, found often over a large area
+    votes[:, 140:170, 140:170] = 2  # every structure, where the kidney is
+    windows = _best_windows(votes, (0, 200, 0, 200), (40, 40), count=1)
+    assert len(windows) == 1
+    r0, r1, c0, c1 = windows[0]
+    assert (r1 - r0, c1 - c0) == (40, 40) and r0 <= 140 and r1 >= 170 and c0 <= 140 and c1 >= 170
+    assert _best_windows(np.zeros((2, 50, 50), dtype=np.int32), (0, 50, 0, 50), (10, 10), count=2) == []

