@@ -32,10 +32,8 @@ SHAPE = (10, 20, 20)
 
 
 @pytest.fixture(scope="module")
-def worker():
-    process = mrml.WorkerProcess(env={"KNOWLEDGESAM_WORKER_THREADS": "1"})
-    yield process
-    process.stop()
+def worker(slicer_worker):
+    return slicer_worker
 
 
 def square(k: int, rows: slice, cols: slice) -> np.ndarray:

@@ -24,10 +24,8 @@ SAMPLE = ROOT / "KnowledgeSAM" / "Resources" / "SampleData"
 
 
 @pytest.fixture(scope="module")
-def worker():
-    process = mrml.WorkerProcess(env={"KNOWLEDGESAM_WORKER_THREADS": "1"})
-    yield process
-    process.stop()
+def worker(slicer_worker):
+    return slicer_worker
 
 
 @pytest.fixture()
