@@ -25,24 +25,18 @@ from ..data.limits import format_bytes
 from ..data.locks import OutputLock
 from ..errors import InputError
 from .output import sidecar_path
-from .paths import refuse_existing_outputs
+from .paths import nearest_existing, refuse_existing_outputs
 
 __all__ = ["OutputClaims", "check_free_space", "SIDECAR_ALLOWANCE"]
 
 SIDECAR_ALLOWANCE = 1 << 20  # bytes reserved per output for its sidecar and file-system slack
 
 
-def _nearest_existing(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
 def check_free_space(outputs: Sequence[Path], expected_bytes: Sequence[int]) -> None:
     """Refuse (InputError) when a file system lacks room for the outputs planned on it."""
     need: dict[int, list] = {}
     for path, size in zip(outputs, expected_bytes):
-        folder = _nearest_existing(Path(path).absolute().parent)
+        folder = nearest_existing(Path(path).absolute().parent)
         entry = need.setdefault(os.stat(folder).st_dev, [folder, 0])
         entry[1] += int(size) + SIDECAR_ALLOWANCE
     for folder, total in need.values():
@@ -68,11 +62,9 @@ class OutputClaims:
         self._created: list[Path] = []
 
     def _make_folder(self, folder: Path) -> None:
-        missing = []
-        probe = folder.absolute()
-        while not probe.exists() and probe != probe.parent:
-            missing.append(probe)
-            probe = probe.parent
+        absolute = folder.absolute()
+        depth = len(nearest_existing(absolute).parts)
+        missing = [p for p in (absolute, *absolute.parents) if len(p.parts) > depth]  # deepest first
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:

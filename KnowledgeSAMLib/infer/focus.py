@@ -78,9 +78,7 @@ def _merge(runs: list[RunContext]) -> RunContext:
                 first.confidence[name] = np.fmax(first.confidence[name], run.confidence[name])
             else:
                 first.confidence[name] = run.confidence[name]
-        first.notes.extend(n for n in run.notes if n not in first.notes)
-        first.heads_run += run.heads_run
-    return first
+    return first  # heads and notes are counted over every run by the provenance, not here
 
 
 def _complete(ctx: RunContext, segments, shape, slices: Sequence[int]) -> RunContext:
@@ -199,10 +197,10 @@ def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride
     masks = [p > threshold for p in coarse.probabilities.values()]
     if not masks:
         return []
-    plane = union_plane(masks, view, slices=coarse_slices)
     votes = np.zeros((len(masks),) + tuple(view.slice_shape), dtype=np.int32)
     for k in coarse_slices:  # per structure: on how many coarse slices each pixel was found
         votes += np.stack([view.get(m, int(k)) for m in masks])
+    plane = votes.any(axis=0)  # the in-plane union of what the coarse pass found
     side = _expected_side(runner, ref_regions)
     crops = []
     for crop in region_crops(plane, view, DEFAULT_MARGIN):

@@ -115,7 +115,8 @@ def _refuse_inputs(paths: Sequence[Path], inputs: Sequence[str | os.PathLike], s
                                      "(choose another --output)")
 
 
-def _nearest_existing(folder: Path) -> Path:
+def nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists (where a new output folder would be created)."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
@@ -125,7 +126,7 @@ def check_writable(path: Path) -> None:
     """The output's folder exists and is writable, or can be created (InputError otherwise)."""
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a file name")
-    existing = _nearest_existing(path.parent.absolute())
+    existing = nearest_existing(path.parent.absolute())
     if not existing.is_dir():
         raise InputError(f"{path}: cannot create the folder {path.parent}: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):

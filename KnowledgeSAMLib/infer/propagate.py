@@ -164,7 +164,4 @@ def run_propagate(ctx: RunContext) -> None:
         ctx.targets.keep_only(keep)
     _fuse(ctx, walkers)
     ctx.progress.advance(max(0, total - reported))  # walks that stopped early leave nothing more to do
-    for seg in ctx.segments:
-        for k in _absent(ctx, seg):
-            if k in set(ctx.slices):
-                ctx.clear(seg, k, 1.0)
+    # absent slices are cleared by the engine after every mode (engine._clear_absent)
