@@ -29,17 +29,13 @@ TRUTH = (0, 230, 0)
 ROI = (0, 200, 255)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-    return mask & ~inner
-
-
 def _panel(grey: np.ndarray, masks: dict[str, np.ndarray], colours: dict[str, tuple], boxes=(),
            title: str = "") -> PILImage.Image:
+    from KnowledgeSAMLib.evaluation.metrics import surface
+
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     for name, mask in masks.items():
-        rgb[_outline(mask)] = colours[name]
+        rgb[surface(mask)] = colours[name]
     image = PILImage.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     for x0, y0, x1, y1 in boxes:
@@ -97,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     for panel in panels:
         figure.paste(panel, (x, 0))
         x += panel.width + 4
+    from KnowledgeSAMLib.evaluation.overlay import save_overlay
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp.png")
-    figure.save(tmp)
-    tmp.replace(args.out)
+    save_overlay(figure, args.out, overwrite=True)  # atomic
     print(f"wrote {args.out}")
     return 0
 

@@ -134,11 +134,15 @@ class KSAM(nn.Module):
     # --- optional inference runtimes (e.g. OpenVINO on the CPU) for the encoder and for the heads ---------
     def _stamp(self, part: str) -> tuple:
         """Storage pointers and version counters of the tensors a runtime was built from: they change when the
-        weights do (training steps, loading, in-place edits)."""
-        state = self.state_dict()
-        heads = part == "heads"
-        return tuple((t.data_ptr(), int(getattr(t, "_version", 0))) for k, t in state.items()
-                     if k.startswith("image_encoder.") != heads)
+        weights do (training steps, loading, in-place edits). Read from the part's own tensors: this runs on
+        every encode/decode, where building the whole state dict cost about a millisecond."""
+        if part == "heads":
+            modules = [m for name, m in self.named_children() if name != "image_encoder"]
+            own = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+        else:
+            modules, own = [self.image_encoder], []
+        tensors = own + [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        return tuple((t.data_ptr(), int(getattr(t, "_version", 0))) for t in tensors)
 
     def _get_runtime(self, part: str):
         entry = self._runtimes.get(part)
