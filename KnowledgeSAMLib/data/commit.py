@@ -29,27 +29,19 @@ from typing import Callable, Iterator, Sequence
 
 from .._test_hooks import pause_point
 from ..errors import InputError
+from .header import file_extension
 
 __all__ = ["staged_files", "commit_renames", "recover", "temporary_path", "journal_path", "is_hidden",
            "leftovers_of", "PARTIAL", "JOURNAL_SUFFIX"]
 
 PARTIAL = ".partial"
 JOURNAL_SUFFIX = ".ksam-commit"
-_COMPOUND = (".seg.nrrd", ".nii.gz")
-
-
-def _extension(name: str) -> str:
-    lower = name.lower()
-    for ext in _COMPOUND:
-        if lower.endswith(ext):
-            return ext
-    return Path(lower).suffix
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
     """A fresh hidden temporary beside ``path`` carrying its full name and its extension."""
     path = Path(path)
-    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{PARTIAL}{_extension(path.name)}"
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{PARTIAL}{file_extension(path)}"
 
 
 def journal_path(path: str | os.PathLike) -> Path:
@@ -65,7 +57,7 @@ def is_hidden(path: str | os.PathLike) -> bool:
 def leftovers_of(path: str | os.PathLike) -> list[Path]:
     """Temporaries an interrupted write of exactly ``path`` left behind (not those of ``path``'s siblings)."""
     path = Path(path)
-    ext = _extension(path.name)
+    ext = file_extension(path)
     stem = path.name[: len(path.name) - len(ext)] if ext else path.name
     hexes, partial = r"\.[0-9a-f]{12}", re.escape(PARTIAL)
     patterns = [re.compile(rf"^\.{re.escape(path.name)}{hexes}{partial}(\.[^/]*)?$"),

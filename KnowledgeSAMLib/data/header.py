@@ -68,8 +68,9 @@ class ImageHeader:
         return f"{' x '.join(str(s) for s in self.size)} voxels{channels} of {self.type_name}"
 
 
-def file_extension(path: Path) -> str:
-    name = path.name.lower()
+def file_extension(path: str | os.PathLike) -> str:
+    """Lower-case extension including compound ones (``.nii.gz``, ``.seg.nrrd``)."""
+    name = Path(path).name.lower()
     for ext in (".seg.nrrd", ".nii.gz"):
         if name.endswith(ext):
             return ext

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError
 from .commit import staged_files
-from .header import HEADER_BYTES, check_image_file, check_nifti_complete as _check_nifti_complete
+from .header import HEADER_BYTES, check_image_file, check_nifti_complete as _check_nifti_complete, file_extension
 from .header import locale_preserved as _locale_preserved, one_line as _one_line
 from .limits import ImageSizeLimit
 from .volume import Geometry, Image, Labels, Segment
@@ -48,7 +48,6 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-_COMPOUND_EXTENSIONS = (".seg.nrrd", ".nii.gz")
 _PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 _SITK_WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha")
 _NDIM_FIELD = "KnowledgeSAM_ndim"  # custom .seg.nrrd field: 2 for label sets of 2D images
@@ -69,15 +68,6 @@ class _Formats:
 
 
 FORMATS = _Formats()
-
-
-def file_extension(path: PathLike) -> str:
-    """Lower-case extension including compound ones (``.nii.gz``, ``.seg.nrrd``)."""
-    name = Path(path).name.lower()
-    for ext in _COMPOUND_EXTENSIONS:
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
 
 
 # --------------------------------------------------------------------------------------- writing
