@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -118,7 +117,6 @@ def attach_embeddings(sources: list[Source], model: torch.nn.Module, cache_dir: 
                 done = _read_done(sidecar) if path.is_file() else 0
                 store = np.memmap(path, dtype=np.float16, mode="r+" if path.is_file() else "w+", shape=shape)
                 images = np.concatenate([case.images for case in cases]) if done < rows else None
-                started = time.perf_counter()
                 while done < rows:
                     if cancel is not None:
                         cancel()
@@ -133,7 +131,6 @@ def attach_embeddings(sources: list[Source], model: torch.nn.Module, cache_dir: 
                 del store
                 if progress is not None and images is not None:
                     progress(source.name, rows, rows)
-                _ = started
             elif _read_done(sidecar) < rows:
                 raise InputError(f"{path}: embeddings are not complete ({_read_done(sidecar)}/{rows} rows)")
             view = np.memmap(path, dtype=np.float16, mode="r", shape=shape)

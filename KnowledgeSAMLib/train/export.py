@@ -167,21 +167,21 @@ def licence_text(data: dict, model_config: dict) -> str:
     return "\n".join(lines)
 
 
-def _record(run_dir: Path, name: str) -> tuple[dict, str]:
-    """training.json's content and the model card, from the run's files."""
-    model_dir = run_dir / "model"
+def _require_model_files(run_dir: Path) -> None:
     for filename in _MODEL_FILES:
-        if not (model_dir / filename).is_file():
-            raise InputError(f"{model_dir / filename}: missing; is {run_dir} a finished training run?")
+        if not (run_dir / "model" / filename).is_file():
+            raise InputError(f"{run_dir / 'model' / filename}: missing; is {run_dir} a finished training run?")
+
+
+def _record(run_dir: Path, name: str, model) -> tuple[dict, str]:
+    """training.json's content and the model card, from the run's files and its loaded ``model``."""
+    model_dir = run_dir / "model"
     train_config = _read_json(run_dir / "config.json")
     data = _read_json(run_dir / "data.json")
     summary = _read_json(run_dir / "summary.json")
     model_config = _read_json(model_dir / "config.json")
     held_out = _read_json(run_dir / HELD_OUT_FILE) if (run_dir / HELD_OUT_FILE).is_file() else None
 
-    from ..model.weights import WEIGHTS_FILE, file_sha256, load_model, write_config
-
-    model = load_model(model_dir)  # verifies the run's weights (hash, fit, finite) before anything is copied
     parameters = {"total": sum(p.numel() for p in model.parameters()),
                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     record = {"name": name, "train_config": train_config, "data": data, "summary": summary,
@@ -199,14 +199,15 @@ def _write_into(run_dir: Path, folder: Path, name: str, standalone: bool = False
     from ..model.weights import WEIGHTS_FILE, load_model, save_model, write_config
     from ..model.sam_checkpoint import file_sha256
 
-    record, card = _record(run_dir, name)
+    _require_model_files(run_dir)
+    model = load_model(run_dir / "model")  # verifies the run's weights (hash, fit, finite) before anything is copied
+    record, card = _record(run_dir, name, model)
     if standalone:
         import torch
 
-        save_model(load_model(run_dir / "model"), folder, overwrite=True, include_base=True, dtype=torch.float16)
+        save_model(model, folder, overwrite=True, include_base=True, dtype=torch.float16)
     else:
         shutil.copy2(run_dir / "model" / WEIGHTS_FILE, folder / WEIGHTS_FILE)
-        model = load_model(run_dir / "model")
         write_config(folder, model.config, file_sha256(folder / WEIGHTS_FILE))  # the hash of exactly what ships
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     (folder / "MODEL_CARD.md").write_text(card, encoding="utf-8")
