@@ -472,23 +472,6 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
 
     add("atlas", None, atlas_masks)
 
-    if box_model is not None:  # LiteMedSAM itself: the pretrained peer of KSAM-lite (no training)
-        from bench.baselines.litemedsam_box import run_box_from_reference, run_box_per_slice
-
-        size = box_model.image_size
-        lite_src = {}
-
-        def lite_views():
-            if not lite_src:
-                t_src, r_src = slice_source(pair.target, spec.preset, size), slice_source(pair.reference, spec.preset,
-                                                                                          size)
-                lite_src["views"] = (t_src, r_src, {n: truth_on_model(t_src, pair.truth, n) for n in structures})
-            return lite_src["views"]
-
-        add("litemedsam_box", None, lambda: run_box_per_slice(box_model, lite_views()[0], lite_views()[2], device))
-        add("litemedsam_reference_box", None, lambda: run_box_from_reference(
-            box_model, lite_views()[0], lite_views()[1], pair.reference_labels, structures, device))
-
     # the slice-wise baselines' shared preparation (intensity mapping, square fit, the user's truth at
     # model size for the clicks), timed once and charged to each of them
     views: dict[int, tuple] = {}
@@ -501,6 +484,15 @@ def evaluate_pair(args, pair, spec, seed_models: dict[int, Trained], default_mod
                 return t_src, r_src, {name: truth_on_model(t_src, pair.truth, name) for name in structures}
             views[size] = _timed(build)
         return views[size]
+
+    if box_model is not None:  # LiteMedSAM itself: the pretrained peer of KSAM-lite (no training)
+        from bench.baselines.litemedsam_box import run_box_from_reference, run_box_per_slice
+
+        (lite_t, lite_r, lite_truth), lite_prep_s = view(box_model.image_size)
+        add("litemedsam_box", None, lambda: run_box_per_slice(box_model, lite_t, lite_truth, device),
+            extra_s=lite_prep_s)
+        add("litemedsam_reference_box", None, lambda: run_box_from_reference(
+            box_model, lite_t, lite_r, pair.reference_labels, structures, device), extra_s=lite_prep_s)
 
     for seed, trained in seed_models.items():
         models = trained.models

@@ -92,20 +92,22 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
 
     view = axis_view(image.shape, image.geometry, "axial")
     row: dict = {"case": name, "ksam": {}, "fill": {}, "annotator": {}, "update_s": []}
+    first = None  # the one-slice run, where the simulated annotator also starts
     for n in COUNTS:
         ks = chosen_slices(truth, view, n)
         drawn = only_slices(truth, view, ks)
         started = time.perf_counter()
-        result = segmenter.segment(SegmentRequest(image, image, drawn, mode="propagate", **request_kwargs))
+        request = SegmentRequest(image, image, drawn, mode="propagate", **request_kwargs)
+        result = segmenter.segment(request)
+        if n == 1:
+            first = (ks, request, result)
         row["ksam"][n] = {"dice": dice_of(result.labels, truth), "seconds": time.perf_counter() - started,
                           "slices": ks}
         filled = fill_between(truth, drawn) if n >= 2 else None
         if filled is not None:
             row["fill"][n] = {"dice": dice_of(filled, truth)}
     # the simulated annotator: one slice, then always the least confident one
-    labelled = chosen_slices(truth, view, 1)
-    request = SegmentRequest(image, image, only_slices(truth, view, labelled), mode="propagate", **request_kwargs)
-    result = segmenter.segment(request)
+    labelled, request, result = first  # COUNTS starts at 1
     row["annotator"][1] = {"dice": dice_of(result.labels, truth), "slices": list(labelled)}
     while len(labelled) < max(COUNTS):
         confidence = np.nanmin(np.stack([result.confidence[s.name] for s in truth.segments]), axis=0)

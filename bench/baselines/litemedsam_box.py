@@ -22,25 +22,17 @@ from KnowledgeSAMLib.data.volume import Labels
 from KnowledgeSAMLib.infer.reference import SliceSource
 from KnowledgeSAMLib.model.box_prompt import BoxPromptedSAM
 
-from .slicewise import paste
+from .prompts import box_prompt as box_of  # the truth's bounding box, no jitter
+from .slicewise import encode_slices, paste
 
-__all__ = ["box_of", "run_box_per_slice", "run_box_from_reference"]
-
-
-def box_of(mask: np.ndarray) -> np.ndarray:
-    """``(x0, y0, x1, y1)`` of a model-size mask (float32)."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+__all__ = ["run_box_per_slice", "run_box_from_reference"]
 
 
 @torch.no_grad()
 def _segment(model: BoxPromptedSAM, src: SliceSource, boxes: dict[int, np.ndarray], device: torch.device,
              batch: int, cache: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
     ks = sorted(boxes)
-    missing = [k for k in ks if k not in cache]
-    for start in range(0, len(missing), batch):  # each slice encoded once for every structure
-        chunk = missing[start:start + batch]
-        cache.update(zip(chunk, model.encode(src.images(chunk).to(device))))
+    cache.update(encode_slices(model, src, [k for k in ks if k not in cache], device, batch))  # once per slice
     out: dict[int, np.ndarray] = {}
     for start in range(0, len(ks), batch):
         chunk = ks[start:start + batch]
@@ -80,8 +72,11 @@ def run_box_from_reference(model: BoxPromptedSAM, target: SliceSource, reference
         present = np.flatnonzero(reference.view.slice_has(reference_labels.layers[segment.layer] == segment.label_value))
         middle = int(present[len(present) // 2])
         box = box_of(reference.model_mask(reference_labels, segment, middle) > 0.5)
+        if box is None:
+            raise ValueError(f"the reference's {name} vanishes at the model's size on slice {middle}")
         if target.n > 1 and reference.n > 1:
-            low, high = _relative(reference.view, present).min(), _relative(reference.view, present).max()
+            extent = _relative(reference.view, present)
+            low, high = extent.min(), extent.max()
             u = _relative(target.view, np.arange(target.n))
             ks = [int(k) for k in np.flatnonzero((u >= low) & (u <= high))]
         else:
