@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from KnowledgeSAMSlicer import environment
-from KnowledgeSAMSlicer.panel import REFERENCE_SLICE_MODES, SLICE_ALL, sameNode
+from KnowledgeSAMSlicer.panel import REFERENCE_SLICE_MODES, SLICE_ALL
 from KnowledgeSAMSlicer.selftest import ModuleTestCases, runTests
 
 environment.ensureLibraryImportable(__file__)
@@ -173,7 +173,7 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._monitor = worker.JobMonitor(self.ui.progressBar, self._onJobFinished)
         self.presenter = panel.PanelPresenter(self.logic, self._monitor, self, lambda: self._parameterNode,
                                               self._checkedSegmentIds, views.currentSliceIndex,
-                                              self._segmentEditorUndoHook, views.jumpToSlice)
+                                              views.segmentEditorUndoHook, views.jumpToSlice)
         self._fillDevices(devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto")))
         self._fillModels()  # the user's model folders are listed when 'Model and device' opens (torch)
         self.initializeParameterNode()
@@ -250,17 +250,21 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- devices, dependencies, model
 
-    def _fillDevices(self, choices):
-        saved = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
-        combo = self.ui.deviceComboBox
+    @staticmethod
+    def _fillCombo(combo, options, current):
+        """Replace a combo's items (label, value, tooltip) without emitting change signals; select ``current``."""
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for index, choice in enumerate(choices):
+        for index, choice in enumerate(options):
             combo.addItem(choice.label, choice.value)
             combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
-        found = combo.findData(saved)
-        combo.setCurrentIndex(found if found >= 0 else 0)
+        combo.setCurrentIndex(current(options) or 0)
         combo.blockSignals(wasBlocked)
+
+    def _fillDevices(self, options):
+        saved = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
+        self._fillCombo(self.ui.deviceComboBox, options,
+                        lambda options: next((i for i, choice in enumerate(options) if choice.value == saved), 0))
 
     def onModelSectionCollapsed(self, collapsed):
         if not collapsed and not self._gpusListed:
@@ -282,16 +286,8 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from KnowledgeSAMSlicer import models
 
         saved = self._savedModelChoice()
-        options = models.modelChoices(userModels, remembered=saved)
-        combo = self.ui.modelComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for index, choice in enumerate(options):
-            combo.addItem(choice.label, choice.value)
-            combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
-        found = models.choiceIndex(options, saved)
-        combo.setCurrentIndex(found if found is not None else 0)
-        combo.blockSignals(wasBlocked)
+        self._fillCombo(self.ui.modelComboBox, models.modelChoices(userModels, remembered=saved),
+                        lambda options: models.choiceIndex(options, saved))
         self._updateModelPathEnabled()
 
     def listUserModels(self):
@@ -369,13 +365,10 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.failed:
             slicer.util.errorDisplay(outcome.message, detailedText=outcome.details)
         self.updateDependencyStatus()
-        self._fillDevices(self._deviceChoicesAfterInstall())
-        self.updateGUIState()
-
-    def _deviceChoicesAfterInstall(self):
         from KnowledgeSAMSlicer import devices
 
-        return devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto"))
+        self._fillDevices(devices.defaultDevices(slicer.util.settingsValue(SETTINGS_DEVICE, "auto")))
+        self.updateGUIState()
 
     def _modelArguments(self):
         from KnowledgeSAMSlicer import models
@@ -441,11 +434,7 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- apply / cancel / undo
 
     def onApplyButton(self):
-        if self._busy():
-            return
-        reason = environment.libraryUnavailableReason()
-        if reason:
-            slicer.util.errorDisplay(reason)
+        if not self._readyToRun():
             return
         if not self.updateDependencyStatus():
             slicer.util.warningDisplay(_("Some dependencies are missing. Open 'Model and device' and press "
@@ -488,18 +477,6 @@ class KnowledgeSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onJobFinished(self, job):
         self.presenter.onJobFinished(job)
-
-    @staticmethod
-    def _segmentEditorUndoHook(prepared):
-        """The Segment Editor's saveStateForUndo when it edits the output node (so Ctrl+Z undoes the run)."""
-        output = prepared.output_segmentation_node if prepared is not None else None
-        editorWidget = getattr(slicer.modules, "SegmentEditorWidget", None)
-        editor = getattr(editorWidget, "editor", None)
-        if output is None or editor is None:
-            return None
-        if not sameNode(editor.segmentationNode(), output):
-            return None
-        return editor.saveStateForUndo
 
     def onUndoButton(self):
         with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):

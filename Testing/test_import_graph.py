@@ -247,3 +247,19 @@ def test_functions_of_the_engine_and_the_front_ends_stay_short():
                 if length > FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, f"split these functions (at most {FUNCTION_LINES} lines):\n" + "\n".join(long)
+
+
+FILE_LINES = {"KnowledgeSAM/KnowledgeSAM.py": 600, "KnowledgeSAMLib/mrml/": 450}
+
+
+def test_the_module_file_and_the_mrml_bridge_stay_small():
+    """Issue 18's targets: the module file ≤ 600 lines, each file of the MRML bridge ≤ 450."""
+    large = []
+    for where, limit in FILE_LINES.items():
+        paths = sorted((ROOT / where).glob("*.py")) if where.endswith("/") else [ROOT / where]
+        assert paths, where
+        for path in paths:
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > limit:
+                large.append(f"{path.relative_to(ROOT)}: {lines} lines (at most {limit})")
+    assert not large, "\n".join(large)

@@ -77,3 +77,26 @@ def test_sample_data_registration_hands_over_checked_local_files(monkeypatch):
             assert path.is_file() and path.name == fileName
             assert checksum == "SHA256:" + sampledata.sha256(path)
         assert sorted(source["loadFileTypes"]) == ["SegmentationFile", "VolumeFile"]
+
+
+def test_the_segment_editor_undo_hook_is_offered_only_when_the_editor_edits_the_output(monkeypatch):
+    """Ctrl+Z in the Segment Editor undoes a run only when the editor shows the run's output node."""
+    scene = mrml.headless_scene()
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other")
+    saved = []
+    editor = types.SimpleNamespace(segmentationNode=lambda: shown[0], saveStateForUndo=lambda: saved.append(1))
+    shown = [output]
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(SegmentEditorWidget=types.SimpleNamespace(
+        editor=editor)), raising=False)
+    prepared = types.SimpleNamespace(output_segmentation_node=output)
+    hook = views.segmentEditorUndoHook(prepared)
+    assert hook is not None
+    hook()
+    assert saved == [1]
+    shown[0] = other
+    assert views.segmentEditorUndoHook(prepared) is None
+    assert views.segmentEditorUndoHook(types.SimpleNamespace(output_segmentation_node=None)) is None
+    assert views.segmentEditorUndoHook(None) is None
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+    assert views.segmentEditorUndoHook(prepared) is None

@@ -9,7 +9,8 @@ with a message instead of silently picking a wrong slice.
 
 import numpy as np
 
-__all__ = ["AXIS_VIEW", "sliceNodeForAxis", "axisOfSliceNode", "currentSliceIndex", "jumpToSlice", "ObliqueViewError"]
+__all__ = ["AXIS_VIEW", "sliceNodeForAxis", "axisOfSliceNode", "currentSliceIndex", "jumpToSlice", "ObliqueViewError",
+           "segmentEditorUndoHook"]
 
 AXIS_VIEW = {"axial": "Red", "sagittal": "Yellow", "coronal": "Green"}  # Slicer's default layout
 _AXIS_NORMAL_RAS = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -88,3 +89,17 @@ def jumpToSlice(volumeNode, axis, index, sliceNode=None):
     if sliceNode is None:
         raise ObliqueViewError(f"No slice view shows the {axis} plane; set one to {axis} to go to slice {index}.")
     sliceNode.JumpSliceByOffsetting(*slice_centre_ras(volumeNode, index, axis))
+
+
+def segmentEditorUndoHook(prepared):
+    """The Segment Editor's ``saveStateForUndo`` when it edits the run's output node, else None: then Ctrl+Z in
+    the Segment Editor undoes the run like any other edit."""
+    import slicer
+
+    from KnowledgeSAMSlicer.panel import sameNode
+
+    output = prepared.output_segmentation_node if prepared is not None else None
+    editor = getattr(getattr(slicer.modules, "SegmentEditorWidget", None), "editor", None)
+    if output is None or editor is None or not sameNode(editor.segmentationNode(), output):
+        return None
+    return editor.saveStateForUndo
