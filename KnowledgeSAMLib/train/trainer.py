@@ -160,6 +160,48 @@ class _CsvLog:
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+@dataclass
+class _Job:
+    """What one fit() builds once and every loop helper uses (one object instead of a dozen arguments)."""
+
+    sources: list[Source]
+    spe: int  # steps per epoch
+    total: int  # planned steps
+    sampler: PairSampler
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    loss_fn: BceDiceLoss
+    net: nn.Module  # _PairForward, DDP-wrapped when distributed
+    fingerprint: str  # frozen weights' fingerprint, checked on resume
+    labels: list[str]  # "source/structure" columns of val_log.csv
+    train_log: _CsvLog | None = None  # rank 0 only
+    val_log: _CsvLog | None = None
+
+
+@dataclass
+class _LoopState:
+    """The training loop's mutable state; step, best, stale and nonfinite travel in checkpoints."""
+
+    step: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    stale: int = 0  # validations without improvement
+    nonfinite: int = 0  # steps with a non-finite loss, all ranks
+    skipped: int = 0  # steps where the optimiser did not step (this rank)
+    logged: list[float] = field(default_factory=list)  # mean loss of every logged interval
+    train_time: float = 0.0  # seconds spent in training steps
+    t_start: float = 0.0
+    t_interval: float = 0.0  # start of the current log interval
+    # per-interval sums: loss, bce, dice, iou, negatives, finite count, steps
+    interval: torch.Tensor = field(default_factory=lambda: torch.zeros(7, dtype=torch.float64))
+    grad_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    last_val: dict[str, float] = field(default_factory=dict)
+    warned: bool = False  # the non-finite warning was given
+    stopped: bool = False  # early stopping ended the run
+
+
 class Trainer:
     """Runs one training job described by a :class:`TrainConfig`.
 
@@ -298,10 +340,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ run
     def fit(self) -> TrainResult:
-        cfg, ctx, model = self.cfg, self.ctx, self.model
-        device = ctx.device
+        """Run the job: set up (or resume), train to the planned steps or an early stop, save the model."""
         resume_from = self._prepare_out_dir()
-        barrier(ctx)
+        barrier(self.ctx)
+        job = self._build_job()
+        state = self._restore(job, resume_from)
+        self._open_logs(job, state.step if resume_from is not None else None)
+        state.t_interval = state.t_start = time.perf_counter()
+        self._run_loop(job, state)
+        return self._finish(job, state)
+
+    def _build_job(self) -> _Job:
+        """Data, sampler, optimiser, schedule, AMP scaler, loss and forward, built in this fixed order on every
+        rank: the random streams a resumed run restores depend on it."""
+        cfg, ctx, model = self.cfg, self.ctx, self.model
         sources = self._build_sources()
         spe = self._steps_per_epoch(sources)
         total = self._total = cfg.optim.epochs * spe
@@ -317,177 +369,233 @@ class Trainer:
                                      weight_decay=cfg.optim.weight_decay)
         scheduler = warmup_poly_scheduler(optimizer, total, cfg.optim.warmup_steps, cfg.optim.poly_power,
                                           cfg.optim.min_lr_ratio)
-        amp_dtype = _amp_dtype(cfg.run.amp, device)
+        amp_dtype = _amp_dtype(cfg.run.amp, ctx.device)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        loss_fn = BceDiceLoss(cfg.loss.dice_weight, cfg.loss.pos_weight, cfg.loss.dice_smooth).to(device)
-        with_iou = cfg.loss.iou_weight > 0 and hasattr(model, "predict")
+        loss_fn = BceDiceLoss(cfg.loss.dice_weight, cfg.loss.pos_weight, cfg.loss.dice_smooth).to(ctx.device)
+        net = self._build_net()
+        return _Job(sources=sources, spe=spe, total=total, sampler=sampler, params=params, optimizer=optimizer,
+                    scheduler=scheduler, amp_dtype=amp_dtype, scaler=scaler, loss_fn=loss_fn, net=net,
+                    fingerprint=frozen_fingerprint(model),
+                    labels=[f"{s.name}/{t}" for s in sources for t in s.tasks if s.val])
+
+    def _build_net(self) -> nn.Module:
+        """The forward that trains: logits (and IoU scores when loss.iou_weight asks), DDP-wrapped when
+        distributed so gradients are all-reduced."""
+        cfg, ctx, device = self.cfg, self.ctx, self.ctx.device
+        with_iou = cfg.loss.iou_weight > 0 and hasattr(self.model, "predict")
         if cfg.loss.iou_weight > 0 and not with_iou:
             raise InputError("loss.iou_weight > 0 needs a model with predict() returning (logits, iou)")
-        net: nn.Module = _PairForward(model, with_iou)
+        net: nn.Module = _PairForward(self.model, with_iou)
         if ctx.distributed:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)  # ablations and the IoU head leave parameters unused
-        fingerprint = frozen_fingerprint(model)
+        return net
 
-        step = 0
-        best: dict[str, float] = {}
-        stale = nonfinite = 0  # validations without improvement; non-finite losses (all ranks)
-        if resume_from is not None:
-            state, meta = load_checkpoint(resume_from, model, map_location=device)
-            if meta.get("frozen_fingerprint") != fingerprint:
-                raise KnowledgeSAMError(f"{resume_from}: the frozen weights differ from the checkpoint's "
-                                        f"(different model.name, sam_checkpoint or run.seed?)")
-            if meta.get("world_size") != ctx.world_size:
-                raise InputError(f"{resume_from}: saved by {meta.get('world_size')} processes, resumed with "
-                                 f"{ctx.world_size}; resume with the same number")
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            sampler.load_state_dict(meta["samplers"][ctx.rank])
-            torch.set_rng_state(state["torch_rng"][ctx.rank].cpu())
-            step = int(meta["step"])
-            best = meta.get("best_val", {})
-            stale, nonfinite = int(meta.get("stale", 0)), int(meta.get("nonfinite", 0))
+    def _restore(self, job: _Job, resume_from: Path | None) -> _LoopState:
+        """The loop's starting state: fresh, or the checkpoint's, with optimiser, schedule, scaler, sampler and
+        torch RNG restored so the resumed run draws exactly what the uninterrupted one would have."""
+        state = _LoopState()
+        if resume_from is None:
+            return state
+        ctx = self.ctx
+        saved, meta = load_checkpoint(resume_from, self.model, map_location=ctx.device)
+        if meta.get("frozen_fingerprint") != job.fingerprint:
+            raise KnowledgeSAMError(f"{resume_from}: the frozen weights differ from the checkpoint's "
+                                    f"(different model.name, sam_checkpoint or run.seed?)")
+        if meta.get("world_size") != ctx.world_size:
+            raise InputError(f"{resume_from}: saved by {meta.get('world_size')} processes, resumed with "
+                             f"{ctx.world_size}; resume with the same number")
+        job.optimizer.load_state_dict(saved["optimizer"])
+        job.scheduler.load_state_dict(saved["scheduler"])
+        job.scaler.load_state_dict(saved["scaler"])
+        job.sampler.load_state_dict(meta["samplers"][ctx.rank])
+        torch.set_rng_state(saved["torch_rng"][ctx.rank].cpu())
+        state.step = int(meta["step"])
+        state.best = meta.get("best_val", {})
+        state.stale, state.nonfinite = int(meta.get("stale", 0)), int(meta.get("nonfinite", 0))
+        return state
 
-        labels = [f"{s.name}/{t}" for s in sources for t in s.tasks if s.val]
-        train_log = val_log = None
-        if ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1), encoding="utf-8")
-            (self.out_dir / "data.json").write_text(json.dumps(sources_summary(sources), indent=1), encoding="utf-8")
-            splits = {s.name: s.split for s in sources if s.split is not None}
-            if splits:
-                (self.out_dir / "split.json").write_text(json.dumps(splits, indent=1), encoding="utf-8")
-            keep = step if resume_from is not None else None
-            train_log = _CsvLog(self.out_dir / "train_log.csv", _TRAIN_FIELDS, keep)
-            val_log = _CsvLog(self.out_dir / "val_log.csv", ["epoch", "step", "mean", *labels], keep)
+    def _open_logs(self, job: _Job, keep_until_step: int | None) -> None:
+        """Rank 0 records the run (config.json, data.json, split.json) and opens the CSV logs; a resume keeps
+        the rows up to its step so the logs read as one uninterrupted run."""
+        if not self.ctx.is_main:
+            return
+        sources = job.sources
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=1), encoding="utf-8")
+        (self.out_dir / "data.json").write_text(json.dumps(sources_summary(sources), indent=1), encoding="utf-8")
+        splits = {s.name: s.split for s in sources if s.split is not None}
+        if splits:
+            (self.out_dir / "split.json").write_text(json.dumps(splits, indent=1), encoding="utf-8")
+        job.train_log = _CsvLog(self.out_dir / "train_log.csv", _TRAIN_FIELDS, keep_until_step)
+        job.val_log = _CsvLog(self.out_dir / "val_log.csv", ["epoch", "step", "mean", *job.labels], keep_until_step)
 
-        interval = torch.zeros(7, dtype=torch.float64)  # loss, bce, dice, iou, negatives, finite count, steps
-        skipped = 0
-        logged: list[float] = []
-        train_time, t_interval, t_start = 0.0, time.perf_counter(), time.perf_counter()
-        last_val: dict[str, float] = {}
-        grad_norm = torch.zeros(())
-        warned = stopped = False
-        self._fit_state = {"stale": stale, "nonfinite": nonfinite}
-        net.train()
+    def _run_loop(self, job: _Job, state: _LoopState) -> None:
+        """Step until the planned total or an early stop; on cancel, checkpoint first so --resume continues."""
+        cfg = self.cfg
+        job.net.train()
         try:
-            while step < total:
-                if self._cancel_requested(step):
-                    raise CancelledError(f"training was cancelled at step {step}; a checkpoint was saved, "
+            while state.step < job.total:
+                if self._cancel_requested(state.step):
+                    raise CancelledError(f"training was cancelled at step {state.step}; a checkpoint was saved, "
                                          f"continue with --resume")
-                t0 = time.perf_counter()
-                batch = sampler.sample(cfg.optim.batch_size)
-                target, target_mask, ref_image, ref_mask = self._to_device(batch, device)
-                cached = self._embeddings_to_device(batch, device)
-                if cached is None:  # cached embeddings fix the pixels: views carry their own randomisation
-                    target, target_mask, ref_image, ref_mask = augment_pair_batch(
-                        target, target_mask, ref_image, ref_mask, sampler.rng, cfg.augment)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits, iou = net(target, ref_image, ref_mask, *(cached or ()))
-                parts = loss_fn(logits, target_mask)
-                loss = parts.total
-                iou_loss = torch.zeros((), device=device)
-                if iou is not None:
-                    with torch.no_grad():
-                        pred = logits.detach() > 0
-                        gt = target_mask > 0.5
-                        inter = (pred & gt).flatten(1).sum(1).float()
-                        union = (pred | gt).flatten(1).sum(1).float()
-                        true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-                    iou_loss = torch.mean((iou.float().reshape(-1) - true_iou) ** 2)
-                    loss = loss + cfg.loss.iou_weight * iou_loss
-                optimizer.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(loss))
-                stepped = False
-                if finite or ctx.distributed:  # every rank must join the gradient all-reduce
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    grad_norm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
-                    # the decision uses the all-reduced gradients, so all ranks agree; a non-finite loss on
-                    # any rank makes them non-finite everywhere. The fp16 scaler skips such steps itself.
-                    if scaler.is_enabled() or bool(torch.isfinite(grad_norm)):
-                        scaler.step(optimizer)
-                        stepped = bool(torch.isfinite(grad_norm))
-                    scaler.update()
-                if not stepped:
-                    skipped += 1
-                scheduler.step()
-                step += 1
-                train_time += time.perf_counter() - t0
-                interval += torch.tensor([float(loss.detach()) if finite else 0.0, float(parts.bce),
-                                          float(parts.dice), float(iou_loss.detach()), float(batch.negative.mean()),
-                                          1.0 if finite else 0.0, 1.0], dtype=torch.float64)
-                self.progress("step", step, total, {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]})
-
-                if step % cfg.run.log_every == 0 or step == total:
-                    summed = all_reduce_sum(interval, ctx)
-                    n = max(1.0, float(summed[5]))
-                    nonfinite += int(round(float(summed[6]) - float(summed[5])))
-                    self._fit_state["nonfinite"] = nonfinite
-                    warned = self._check_numerics(nonfinite, step, warned)
-                    now = time.perf_counter()
-                    mean_loss = float(summed[0]) / n
-                    logged.append(mean_loss)
-                    if train_log is not None:
-                        train_log.write({
-                            "step": step, "epoch": (step - 1) // spe + 1, "lr": scheduler.get_last_lr()[0],
-                            "loss": mean_loss, "bce": float(summed[1]) / n, "dice_loss": float(summed[2]) / n,
-                            "iou_loss": float(summed[3]) / n, "grad_norm": float(grad_norm),
-                            "negatives": float(summed[4]) / n, "skipped": skipped, "nonfinite": nonfinite,
-                            "steps_per_s": float(summed[5]) / ctx.world_size / max(1e-9, now - t_interval),
-                            "elapsed_s": now - t_start})
-                    interval.zero_()
-                    t_interval = now
-
-                if step % spe == 0 or step == total:
-                    epoch = (step - 1) // spe + 1
-                    if cfg.validation.enabled and labels:
-                        last_val = validation_dice(
-                            model, sources, device, cfg.validation.max_slices_per_case,
-                            cfg.validation.batch_size, cfg.validation.threshold, ctx, amp_dtype,
-                            cancel=None if ctx.distributed else self._check_cancel)
-                        if val_log is not None:
-                            val_log.write({"epoch": epoch, "step": step, **last_val})
-                        best, stale = self._after_validation(last_val, best, stale, step, model)
-                        self._fit_state["stale"] = stale
-                        self.progress("val", epoch, cfg.optim.epochs, last_val)
-                        stopped = bool(cfg.validation.patience) and stale >= cfg.validation.patience
-                    if epoch % cfg.run.checkpoint_every == 0 or step == total or stopped:
-                        self._save(step, epoch, model, optimizer, scheduler, scaler, sampler, fingerprint, best)
-                    t_interval = time.perf_counter()
-                    if stopped:
-                        self.progress("stopped", step, total, {"reason": (
-                            f"early stopping: no better mean validation Dice for {stale} validations (best "
-                            f"{best.get('mean', float('nan')):.3f} at step {best.get('step')})")})
-                        break
+                self._train_step(job, state)
+                if state.step % cfg.run.log_every == 0 or state.step == job.total:
+                    self._log_interval(job, state)
+                if (state.step % job.spe == 0 or state.step == job.total) and self._end_epoch(job, state):
+                    break
         except CancelledError:
-            epoch = (step - 1) // spe + 1 if step else 0
-            if step:  # keep what was learnt: resume continues from here
-                self._save(step, epoch, model, optimizer, scheduler, scaler, sampler, fingerprint, best)
+            epoch = (state.step - 1) // job.spe + 1 if state.step else 0
+            if state.step:  # keep what was learnt: resume continues from here
+                self._save(job, state, epoch)
             raise
 
-        model_dir = None
-        if ctx.is_main:
-            from ..model.weights import save_model
+    def _train_step(self, job: _Job, state: _LoopState) -> None:
+        """One optimiser step on one sampled batch, added to the log interval's sums."""
+        t0 = time.perf_counter()
+        batch = job.sampler.sample(self.cfg.optim.batch_size)
+        loss, parts, iou_loss = self._forward_loss(job, batch)
+        job.optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if not self._backward_step(job, state, loss, finite):
+            state.skipped += 1
+        job.scheduler.step()
+        state.step += 1
+        state.train_time += time.perf_counter() - t0
+        state.interval += torch.tensor([float(loss.detach()) if finite else 0.0, float(parts.bce),
+                                        float(parts.dice), float(iou_loss.detach()), float(batch.negative.mean()),
+                                        1.0 if finite else 0.0, 1.0], dtype=torch.float64)
+        self.progress("step", state.step, job.total,
+                      {"loss": float(loss.detach()), "lr": job.scheduler.get_last_lr()[0]})
 
-            model_dir = self.out_dir / "model"
-            saved = "best" if cfg.validation.keep_best and self._load_best(model) else "last"
-            restore_trainable(model, self._own_trainable)  # saved as the model it is, whatever trained here
-            save_model(model, model_dir, overwrite=True,
-                       metadata={"trained_steps": str(step), "train_config": json.dumps(config_to_dict(cfg)),
-                                 "weights": saved})
-            summary = {"steps": step, "planned_steps": total, "steps_per_epoch": spe, "stopped_early": stopped,
-                       "saved_weights": saved, "best_val": best, "last_val": last_val,
-                       "nonfinite_steps": nonfinite, "skipped_steps": skipped,
-                       "train_steps_per_s": (step / train_time) if train_time else 0.0,
-                       "world_size": ctx.world_size, "device": str(device)}
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        barrier(ctx)
-        return TrainResult(out_dir=self.out_dir, steps=step, first_loss=logged[0] if logged else math.nan,
-                           last_loss=logged[-1] if logged else math.nan, val=last_val, model_dir=model_dir,
-                           steps_per_s=(step / train_time) if train_time else 0.0)
+    def _forward_loss(self, job: _Job, batch: PairBatch) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """The batch's total loss (BCE + Dice, plus the weighted IoU-head loss), its parts and the IoU loss;
+        the loss is computed in float32 outside autocast."""
+        cfg, device = self.cfg, self.ctx.device
+        target, target_mask, ref_image, ref_mask = self._to_device(batch, device)
+        cached = self._embeddings_to_device(batch, device)
+        if cached is None:  # cached embeddings fix the pixels: views carry their own randomisation
+            target, target_mask, ref_image, ref_mask = augment_pair_batch(
+                target, target_mask, ref_image, ref_mask, job.sampler.rng, cfg.augment)
+        with torch.autocast(device.type, dtype=job.amp_dtype, enabled=job.amp_dtype is not None):
+            logits, iou = job.net(target, ref_image, ref_mask, *(cached or ()))
+        parts = job.loss_fn(logits, target_mask)
+        loss = parts.total
+        iou_loss = torch.zeros((), device=device)
+        if iou is not None:
+            iou_loss = self._iou_head_loss(logits, iou, target_mask)
+            loss = loss + cfg.loss.iou_weight * iou_loss
+        return loss, parts, iou_loss
+
+    @staticmethod
+    def _iou_head_loss(logits: torch.Tensor, iou: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the IoU head against the prediction's true IoU (an empty union counts as 1)."""
+        with torch.no_grad():
+            pred = logits.detach() > 0
+            gt = target_mask > 0.5
+            inter = (pred & gt).flatten(1).sum(1).float()
+            union = (pred | gt).flatten(1).sum(1).float()
+            true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        return torch.mean((iou.float().reshape(-1) - true_iou) ** 2)
+
+    def _backward_step(self, job: _Job, state: _LoopState, loss: torch.Tensor, finite: bool) -> bool:
+        """Backward, clip and step; True when the optimiser stepped (a non-finite step is skipped)."""
+        if not (finite or self.ctx.distributed):  # every rank must join the gradient all-reduce
+            return False
+        scaler = job.scaler
+        scaler.scale(loss).backward()
+        scaler.unscale_(job.optimizer)
+        state.grad_norm = nn.utils.clip_grad_norm_(job.params, self.cfg.optim.grad_clip or math.inf)
+        # the decision uses the all-reduced gradients, so all ranks agree; a non-finite loss on
+        # any rank makes them non-finite everywhere. The fp16 scaler skips such steps itself.
+        stepped = False
+        if scaler.is_enabled() or bool(torch.isfinite(state.grad_norm)):
+            scaler.step(job.optimizer)
+            stepped = bool(torch.isfinite(state.grad_norm))
+        scaler.update()
+        return stepped
+
+    def _log_interval(self, job: _Job, state: _LoopState) -> None:
+        """Every log_every steps (and at the end): sum the interval over ranks, count its non-finite steps,
+        and write train_log.csv's row (rank 0)."""
+        ctx = self.ctx
+        summed = all_reduce_sum(state.interval, ctx)
+        n = max(1.0, float(summed[5]))
+        state.nonfinite += int(round(float(summed[6]) - float(summed[5])))
+        state.warned = self._check_numerics(state.nonfinite, state.step, state.warned)
+        now = time.perf_counter()
+        mean_loss = float(summed[0]) / n
+        state.logged.append(mean_loss)
+        if job.train_log is not None:
+            job.train_log.write({
+                "step": state.step, "epoch": (state.step - 1) // job.spe + 1, "lr": job.scheduler.get_last_lr()[0],
+                "loss": mean_loss, "bce": float(summed[1]) / n, "dice_loss": float(summed[2]) / n,
+                "iou_loss": float(summed[3]) / n, "grad_norm": float(state.grad_norm),
+                "negatives": float(summed[4]) / n, "skipped": state.skipped, "nonfinite": state.nonfinite,
+                "steps_per_s": float(summed[5]) / ctx.world_size / max(1e-9, now - state.t_interval),
+                "elapsed_s": now - state.t_start})
+        state.interval.zero_()
+        state.t_interval = now
+
+    def _end_epoch(self, job: _Job, state: _LoopState) -> bool:
+        """At an epoch's end: validate, checkpoint, and say (True) when early stopping ends training."""
+        cfg = self.cfg
+        epoch = (state.step - 1) // job.spe + 1
+        if cfg.validation.enabled and job.labels:
+            self._validate(job, state, epoch)
+        if epoch % cfg.run.checkpoint_every == 0 or state.step == job.total or state.stopped:
+            self._save(job, state, epoch)
+        state.t_interval = time.perf_counter()  # validation and checkpointing do not count as training speed
+        if state.stopped:
+            best = state.best
+            self.progress("stopped", state.step, job.total, {"reason": (
+                f"early stopping: no better mean validation Dice for {state.stale} validations (best "
+                f"{best.get('mean', float('nan')):.3f} at step {best.get('step')})")})
+        return state.stopped
+
+    def _validate(self, job: _Job, state: _LoopState, epoch: int) -> None:
+        """Validation Dice per structure into val_log.csv; tracks the best epoch and decides early stopping."""
+        cfg, ctx = self.cfg, self.ctx
+        state.last_val = validation_dice(
+            self.model, job.sources, ctx.device, cfg.validation.max_slices_per_case,
+            cfg.validation.batch_size, cfg.validation.threshold, ctx, job.amp_dtype,
+            cancel=None if ctx.distributed else self._check_cancel)
+        if job.val_log is not None:
+            job.val_log.write({"epoch": epoch, "step": state.step, **state.last_val})
+        state.best, state.stale = self._after_validation(state.last_val, state.best, state.stale, state.step,
+                                                         self.model)
+        self.progress("val", epoch, cfg.optim.epochs, state.last_val)
+        state.stopped = bool(cfg.validation.patience) and state.stale >= cfg.validation.patience
+
+    def _finish(self, job: _Job, state: _LoopState) -> TrainResult:
+        """Rank 0 saves the model and summary.json; every rank waits for it and returns the result."""
+        model_dir = self._save_final(job, state) if self.ctx.is_main else None
+        barrier(self.ctx)
+        speed = (state.step / state.train_time) if state.train_time else 0.0
+        logged = state.logged
+        return TrainResult(out_dir=self.out_dir, steps=state.step, first_loss=logged[0] if logged else math.nan,
+                           last_loss=logged[-1] if logged else math.nan, val=state.last_val, model_dir=model_dir,
+                           steps_per_s=speed)
+
+    def _save_final(self, job: _Job, state: _LoopState) -> Path:
+        """Save ``model/`` (the best epoch's weights with keep_best, else the last) and summary.json."""
+        from ..model.weights import save_model
+
+        cfg, model = self.cfg, self.model
+        model_dir = self.out_dir / "model"
+        saved = "best" if cfg.validation.keep_best and self._load_best(model) else "last"
+        restore_trainable(model, self._own_trainable)  # saved as the model it is, whatever trained here
+        save_model(model, model_dir, overwrite=True,
+                   metadata={"trained_steps": str(state.step), "train_config": json.dumps(config_to_dict(cfg)),
+                             "weights": saved})
+        summary = {"steps": state.step, "planned_steps": job.total, "steps_per_epoch": job.spe,
+                   "stopped_early": state.stopped, "saved_weights": saved, "best_val": state.best,
+                   "last_val": state.last_val, "nonfinite_steps": state.nonfinite, "skipped_steps": state.skipped,
+                   "train_steps_per_s": (state.step / state.train_time) if state.train_time else 0.0,
+                   "world_size": self.ctx.world_size, "device": str(self.ctx.device)}
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        return model_dir
 
     # ------------------------------------------------------------------------------------------ helpers
     def _after_validation(self, val: dict[str, float], best: dict, stale: int, step: int,
@@ -520,18 +628,20 @@ class Trainer:
         return (torch.from_numpy(batch.target_embedding).to(device).float(),
                 torch.from_numpy(batch.ref_embedding).to(device).float())
 
-    def _save(self, step: int, epoch: int, model: nn.Module, optimizer, scheduler, scaler, sampler: PairSampler,
-              fingerprint: str, best: dict) -> None:
+    def _save(self, job: _Job, state: _LoopState, epoch: int) -> None:
+        """Checkpoint everything a bit-identical resume needs: trainable tensors, optimiser, schedule, scaler,
+        every rank's sampler and torch RNG state, and the loop's counters."""
         ctx = self.ctx
-        samplers = all_gather_objects(sampler.state_dict(), ctx)
+        samplers = all_gather_objects(job.sampler.state_dict(), ctx)
         rngs = all_gather_objects(torch.get_rng_state(), ctx)
         if ctx.is_main:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "torch_rng": rngs}
+            saved = {"optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
+                     "scaler": job.scaler.state_dict(), "torch_rng": rngs}
             meta = {"epoch": epoch, "world_size": ctx.world_size, "samplers": samplers,
-                    "frozen_fingerprint": fingerprint, "best_val": best,
-                    **getattr(self, "_fit_state", {}), "config": config_to_dict(self.cfg)}
-            path = save_checkpoint(self.out_dir, step, model, state, meta, keep=self.cfg.run.keep_checkpoints)
-            self.progress("checkpoint", step, self._total, {"path": str(path)})
+                    "frozen_fingerprint": job.fingerprint, "best_val": state.best,
+                    "stale": state.stale, "nonfinite": state.nonfinite, "config": config_to_dict(self.cfg)}
+            path = save_checkpoint(self.out_dir, state.step, self.model, saved, meta,
+                                   keep=self.cfg.run.keep_checkpoints)
+            self.progress("checkpoint", state.step, self._total, {"path": str(path)})
         barrier(ctx)
 
