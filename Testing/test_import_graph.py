@@ -262,3 +262,32 @@ def test_the_module_file_and_the_mrml_bridge_stay_small():
             if lines > limit:
                 large.append(f"{path.relative_to(ROOT)}: {lines} lines (at most {limit})")
     assert not large, "\n".join(large)
+
+
+def _private_library_imports(path: Path, root: Path = ROOT) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(LIBRARY):
+            parts = node.module.split(".") + [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            parts = [p for alias in node.names if alias.name.startswith(LIBRARY) for p in alias.name.split(".")]
+        else:
+            continue
+        if any(part.startswith("_") and not part.startswith("__") for part in parts):
+            found.append(f"{path.relative_to(root)}:{node.lineno} {'.'.join(parts)}")
+    return found
+
+
+def test_bench_uses_only_the_public_api():
+    """Issue 18: what bench/ needs from the library is public (no ``_name`` imported, no ``_module`` reached)."""
+    paths = sorted((ROOT / "bench").rglob("*.py"))
+    assert paths
+    private = [hit for path in paths for hit in _private_library_imports(path)]
+    assert not private, "bench/ imports private library names:\n" + "\n".join(private)
+
+
+def test_the_private_import_finder_finds_private_imports(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from KnowledgeSAMLib.cli.demo import _phantom\nimport KnowledgeSAMLib._files\n"
+                     "from KnowledgeSAMLib.infer import Segmenter\n", encoding="utf-8")
+    assert len(_private_library_imports(probe, tmp_path)) == 2

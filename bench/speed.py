@@ -186,10 +186,11 @@ def load_case(data: Path | None, size: int = 0) -> tuple[str, Image, Image, Labe
         target, truth = load_hippocampus(data, target_id)
         reference, labels = load_hippocampus(data, reference_id)
         return f"MSD hippocampus {target_id} <- {reference_id}", target, reference, labels, truth
-    from KnowledgeSAMLib.cli.demo import REFERENCE_SEED, TARGET_SEED, _phantom
+    from KnowledgeSAMLib.cli.demo import REFERENCE_SEED, TARGET_SEED
+    from KnowledgeSAMLib.data.phantoms import make_kidney_roi_phantom
 
-    reference, labels = _phantom(REFERENCE_SEED, None)
-    target, truth = _phantom(TARGET_SEED, None)
+    reference, labels = make_kidney_roi_phantom(REFERENCE_SEED)
+    target, truth = make_kidney_roi_phantom(TARGET_SEED)
     return "kidney ROI phantoms 5002 <- 5001 (the demo's)", target, reference, labels, truth
 
 
