@@ -54,17 +54,19 @@ def test_every_labelled_slice_is_returned_exactly(volume):
 def test_a_correction_changes_only_its_slab(volume):
     image, labels = volume
     drawn = _labels_on(labels, [3, 8, 12])
-    before = _run(image, drawn)
+    touched = [3, 8, 12]  # the annotator's slices, complete for every structure (the loop passes them)
+    before = _run(image, drawn, reference_slices=touched)
     corrected = drawn.layers.copy()
     corrected[0, 8][labels.layers[0, 8] == 3] = 1  # the annotator re-labels the dim structure as bright on slice 8
-    after = _run(image, Labels(corrected, drawn.geometry, drawn.segments, drawn.source))
+    after = _run(image, Labels(corrected, drawn.geometry, drawn.segments, drawn.source), reference_slices=touched)
     start, stop = affected_slab([3, 8, 12], 8, 16)
     assert (start, stop) == (4, 12)
     outside = [k for k in range(16) if not start <= k < stop]
     np.testing.assert_array_equal(after.labels.layers[0][outside], before.labels.layers[0][outside])
     assert not np.array_equal(after.labels.layers[0][start:stop], before.labels.layers[0][start:stop])
     # and an update of the slab alone, merged into the earlier result, gives the same labels
-    slab_only = _run(image, Labels(corrected, drawn.geometry, drawn.segments, drawn.source), slice_range=(start, stop))
+    slab_only = _run(image, Labels(corrected, drawn.geometry, drawn.segments, drawn.source), slice_range=(start, stop),
+                     reference_slices=touched)
     view = axis_view(image.shape, image.geometry, "axial")
     merged = merge_slab(before.labels, slab_only.labels, view, (start, stop))
     np.testing.assert_array_equal(merged.layers, after.labels.layers)
@@ -169,3 +171,25 @@ def test_update_slab_spans_several_corrections_and_stops_at_slices_absent_for_ev
                          reference_slices=[3, 8, 12], batch_size=4, absent_slices={"bright": [14]})
     update_slab(run, one, corrected=12)
     assert calls[-1] == (9, 16)  # the dim structure may still walk past slice 14
+
+
+def _per_structure(labels: Labels, picks: dict[str, list[int]]) -> Labels:
+    """Each structure drawn on its own slices only (an annotator labelling one structure at a time)."""
+    layers = np.zeros_like(labels.layers)
+    for seg in labels.segments:
+        for k in picks[seg.name]:
+            layers[seg.layer, k][labels.layers[seg.layer, k] == seg.label_value] = seg.label_value
+    return Labels(layers, labels.geometry, labels.segments, labels.source)
+
+
+def test_a_structure_drawn_on_other_slices_is_not_absent_where_another_was_drawn(volume):
+    """Bright drawn on slice 6 only, dim on slice 9 only: dim is still found on slice 6 (nothing was said about
+    it there); only when the caller declares slice 6 complete (``reference_slices``) is dim absent there."""
+    image, labels = volume
+    drawn = _per_structure(labels, {"bright": [6], "dim": [9]})
+    truth_dim_6 = labels.mask("dim")[6]
+    assert truth_dim_6.any()
+    free = _run(image, drawn)
+    assert dice(free.labels.mask("dim")[6], truth_dim_6) > 0.8
+    complete = _run(image, drawn, reference_slices=[6, 9])
+    assert not complete.labels.mask("dim")[6].any()

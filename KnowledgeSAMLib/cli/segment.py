@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slice-range", metavar="A:B", help="only segment target slices A..B-1 along --axis")
     parser.add_argument("--keep-slices", metavar="K,...",
                         help="the annotator's slices of --reference-labels (same as --slice): kept exactly as drawn "
-                             "and used as prompts; its other labelled slices are an earlier result (see --update)")
+                             "and used as prompts, complete (a structure not drawn on one of them is absent there); "
+                             "its other labelled slices are an earlier result (see --update)")
     parser.add_argument("--absent-slices", metavar="SPEC",
                         help="target slices where a structure is absent, kept empty and never propagated into: "
                              "'12,30' (every structure) or 'head=12,30;body=5'")

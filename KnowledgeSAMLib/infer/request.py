@@ -111,7 +111,9 @@ class SegmentRequest:
 
     ``segments`` are segments of ``reference_labels`` (an empty list means all of them).
     ``reference_slices`` restricts the reference labels to these slice indices along ``axis`` (e.g. the
-    one slice a user drew); ``slice_range`` = ``(start, stop)`` limits the target slices segmented; ``roi``
+    one slice a user drew; same volume: these slices are complete, so a structure of a layer not drawn on one of
+    them is absent there — without them each structure's labelled slices are its own and nothing is implied);
+    ``slice_range`` = ``(start, stop)`` limits the target slices segmented; ``roi``
     says where in the slices the model looks (see :mod:`.focus`).
     """
 
@@ -332,16 +334,24 @@ def prepare_request(request: SegmentRequest, slice_count_fn=None) -> PreparedReq
 
 def _with_drawn_absences(absent: dict[str, list[int]], labels: Labels, segments: Sequence[Segment],
                          request: SegmentRequest) -> dict[str, list[int]]:
-    """Same volume: a slice the annotator drew on one layer shows every structure of that layer as drawn — a
-    structure of the layer missing there is absent there (negative knowledge the annotator gave implicitly)."""
+    """Same volume, ``reference_slices`` given: those slices are complete — every structure of a layer drawn on
+    one of them is shown as it is, so a structure of the layer missing there is absent there (negative knowledge
+    the annotator gave implicitly; the annotator's loop passes the slices it touched).
+
+    Without ``reference_slices`` nothing is implied: each structure's labelled slices are its own. An annotator
+    who draws the head on slice 9 and the body on slice 16 has said nothing about the body on slice 9 (reading
+    it as absent there cut holes into held-out hippocampi: bench/interactive.py); "absent" is then explicit
+    (``absent_slices``)."""
     from .slicing import axis_view
 
+    if request.reference_slices is None:
+        return absent
     view = axis_view(labels.shape, request.reference.geometry, request.axis)
-    allowed = None if request.reference_slices is None else {int(k) for k in request.reference_slices}
+    allowed = {int(k) for k in request.reference_slices}
     drawn_per_layer: dict[int, set[int]] = {}
     for layer in {seg.layer for seg in segments}:
         drawn = {int(k) for k in np.flatnonzero(view.slice_has(labels.layers[layer] > 0))}
-        drawn_per_layer[layer] = drawn if allowed is None else drawn & allowed
+        drawn_per_layer[layer] = drawn & allowed
     out = {name: list(ks) for name, ks in absent.items()}
     for seg in segments:
         own = {int(k) for k in np.flatnonzero(view.slice_has(labels.layers[seg.layer] == seg.label_value))}
