@@ -171,7 +171,8 @@ def summarise(rows: list[dict]) -> dict:
 def markdown(summary: dict, header: str) -> str:
     names = {"ksam": "KnowledgeSAM propagate (default model)", "fill": "Fill between slices (ITK morphological "
              "contour interpolation)", "annotator": "KnowledgeSAM, annotator labels the least confident slice next"}
-    lines = [header, "", "| labelled slices of the target | " + " | ".join(str(n) for n in COUNTS) + " |",
+    lines = [header, "", "| labelled slices per structure (annotator: start + corrections) | "
+             + " | ".join(str(n) for n in COUNTS) + " |",
              "|---|" + "---|" * len(COUNTS)]
     for method, title in names.items():
         cells = [f"{summary[method][n]['mean']:.3f}" if n in summary[method] else "—" for n in COUNTS]
@@ -198,7 +199,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.plot(ns, [summary[method][n]["mean"] for n in ns], style, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(COUNTS, [str(n) for n in COUNTS])
-    ax.set_xlabel("labelled slices of the target")
+    ax.set_xlabel("labelled slices per structure (annotator: start + corrections)")
     ax.set_ylabel("mean Dice (held-out hippocampus)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
