@@ -60,6 +60,18 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
             effect.onPoll()
         self.assertFalse(effect.presenter.busy, "the effect's job did not finish")
 
+    @staticmethod
+    def _emptyScene():
+        """A 10×20×20 zero volume and an empty segmentation on its grid."""
+        import numpy as np
+
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
+        slicer.util.updateVolumeFromArray(volume, np.zeros((10, 20, 20), dtype=np.int16))
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        return volume, segmentationNode
+
     def _editor(self, volume, segmentationNode, segmentId):
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
@@ -76,11 +88,7 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
         from KnowledgeSAMSlicer import standins
 
         self.delayDisplay("Knowledge SAM effect: Update after correcting a slice")
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
-        slicer.util.updateVolumeFromArray(volume, np.zeros((10, 20, 20), dtype=np.int16))
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        volume, segmentationNode = self._emptyScene()
         kidneyId = segmentationNode.GetSegmentation().AddEmptySegment("", "kidney", [1, 0, 0])
         drawn = np.zeros((10, 20, 20), np.uint8)
         drawn[3, 5:15, 5:15] = 1
@@ -115,11 +123,7 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         self.delayDisplay("Knowledge SAM effect: fill from one labelled slice")
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
-        slicer.util.updateVolumeFromArray(volume, np.zeros((10, 20, 20), dtype=np.int16))
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        volume, segmentationNode = self._emptyScene()
         regionId = segmentationNode.GetSegmentation().AddEmptySegment("", "editable region", [0, 0, 1])
         targetId = segmentationNode.GetSegmentation().AddEmptySegment("", "kidney", [1, 0, 0])
         drawn = np.zeros((10, 20, 20), np.uint8)

@@ -160,14 +160,19 @@ class ModuleTestCases:
         self.assertEqual(self._segmentState(reference, volume), stateBefore)
         self.delayDisplay("Failure handling passed")
 
-    def test_widget_checklist_and_apply_state(self):
-        self.delayDisplay("Panel: checklist and Apply state")
+    def _panelWithPhantom(self):
+        """The module's panel with a phantom target and its reference segmentation chosen."""
         volume, masks = self._phantom()
         reference, ids = self._segmentation(volume, masks)
         widget = slicer.modules.knowledgesam.widgetRepresentation().self()
         parameterNode = widget.logic.getParameterNode()
         parameterNode.targetVolume = volume
         parameterNode.referenceSegmentation = reference
+        return widget, parameterNode, ids
+
+    def test_widget_checklist_and_apply_state(self):
+        self.delayDisplay("Panel: checklist and Apply state")
+        widget, parameterNode, ids = self._panelWithPhantom()
         widget.setParameterNode(parameterNode)
         listWidget = widget.ui.segmentsListWidget
         self.assertEqual(listWidget.count, 2)
@@ -187,12 +192,7 @@ class ModuleTestCases:
         from KnowledgeSAMSlicer import standins
 
         self.delayDisplay("Panel: a run in the inference process")
-        volume, masks = self._phantom()
-        reference, ids = self._segmentation(volume, masks)
-        widget = slicer.modules.knowledgesam.widgetRepresentation().self()
-        parameterNode = widget.logic.getParameterNode()
-        parameterNode.targetVolume = volume
-        parameterNode.referenceSegmentation = reference
+        widget, parameterNode, ids = self._panelWithPhantom()
         parameterNode.outputSegmentation = None
         widget.setParameterNode(parameterNode)
         self.assertTrue(widget.presenter.apply("cpu", engine=standins.copyEngine), widget.ui.statusLabel.text)
