@@ -133,13 +133,7 @@ class SegmentEditorKnowledgeSAMTest(ScriptedLoadableModuleTest):
         slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, segmentationNode, targetId, volume)
         slicer.util.updateSegmentBinaryLabelmapFromArray(region, segmentationNode, regionId, volume)
 
-        editorWidget = slicer.qMRMLSegmentEditorWidget()
-        editorWidget.setMRMLScene(slicer.mrmlScene)
-        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-        editorWidget.setMRMLSegmentEditorNode(editorNode)
-        editorWidget.setSegmentationNode(segmentationNode)
-        editorWidget.setSourceVolumeNode(volume)
-        editorWidget.setCurrentSegmentID(targetId)
+        editorWidget, editorNode = self._editor(volume, segmentationNode, targetId)
         # editable area: inside 'editable region' only (slices 0-6); other segments are never overwritten
         editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
         editorNode.SetMaskSegmentID(regionId)
