@@ -291,3 +291,28 @@ def test_the_private_import_finder_finds_private_imports(tmp_path):
     probe.write_text("from KnowledgeSAMLib.cli.demo import _phantom\nimport KnowledgeSAMLib._files\n"
                      "from KnowledgeSAMLib.infer import Segmenter\n", encoding="utf-8")
     assert len(_private_library_imports(probe, tmp_path)) == 2
+
+
+def test_model_constructors_are_keyword_only_with_an_arguments_block():
+    """Issue 18: ``model/`` reads like segment-anything's ``modeling/``: every constructor takes keyword-only
+    arguments after ``self`` and describes them in an "Arguments:" block (its own docstring or its class's)."""
+    paths = sorted((ROOT / LIBRARY / "model").rglob("*.py"))
+    assert paths
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for init in node.body:
+                if not (isinstance(init, (ast.FunctionDef, ast.AsyncFunctionDef)) and init.name == "__init__"):
+                    continue
+                where = f"{path.relative_to(ROOT)}:{init.lineno} {node.name}"
+                positional = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
+                if init.args.vararg is not None:
+                    positional.append(f"*{init.args.vararg.arg}")
+                if positional:
+                    found.append(f"{where}: positional parameters {', '.join(positional)}")
+                docs = (ast.get_docstring(init) or "") + (ast.get_docstring(node) or "")
+                if "Arguments:" not in docs:
+                    found.append(f"{where}: no 'Arguments:' block")
+    assert not found, "model constructors that break the keyword-only / Arguments rule:\n" + "\n".join(found)

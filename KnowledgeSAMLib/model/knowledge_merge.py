@@ -45,6 +45,10 @@ class BranchPair(nn.Module):
     """The same layer shape applied separately to the target and knowledge branches."""
 
     def __init__(self, *, target: nn.Module, knowledge: nn.Module) -> None:
+        """Arguments:
+          target: the layer applied to the target (image embedding) branch.
+          knowledge: a layer of the same shape, with its own weights, applied to the knowledge branch.
+        """
         super().__init__()
         self.target = target
         self.knowledge = knowledge

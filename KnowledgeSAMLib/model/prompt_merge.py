@@ -64,6 +64,10 @@ class FeedForward(nn.Module):
     """Linear → GELU → Linear."""
 
     def __init__(self, *, dim: int, hidden: int) -> None:
+        """Arguments:
+          dim: token width (input and output).
+          hidden: width of the hidden layer.
+        """
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 

@@ -31,10 +31,11 @@ from torch.nn import functional as F
 class ConvBN(nn.Sequential):
     """Conv2d without bias followed by BatchNorm (children ``c`` and ``bn``, as in the checkpoint)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 1, stride: int = 1,
+    def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  groups: int = 1) -> None:
         """Arguments:
-          in_channels, out_channels: channel counts.
+          in_channels: channels of the input map.
+          out_channels: channels of the output map.
           kernel_size: square kernel; padding keeps the size ("same") for odd kernels.
           stride: convolution stride.
           groups: ``in_channels`` for a depthwise convolution.
@@ -48,7 +49,11 @@ class ConvBN(nn.Sequential):
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of a B×C×H×W map (SAM's neck normalisation)."""
 
-    def __init__(self, channels: int, *, eps: float = 1e-6) -> None:
+    def __init__(self, *, channels: int, eps: float = 1e-6) -> None:
+        """Arguments:
+          channels: channels of the map (the size of the learnt scale and shift).
+          eps: added to the variance before the square root.
+        """
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -64,8 +69,13 @@ class PatchEmbed(nn.Module):
     """Two pointwise conv+BN layers with a GELU between: LiteMedSAM keeps the full input resolution here."""
 
     def __init__(self, *, in_channels: int, embed_dim: int) -> None:
+        """Arguments:
+          in_channels: image channels.
+          embed_dim: channels of the output map (the first stage's width; the hidden layer has half).
+        """
         super().__init__()
-        self.seq = nn.Sequential(ConvBN(in_channels, embed_dim // 2), nn.GELU(), ConvBN(embed_dim // 2, embed_dim))
+        self.seq = nn.Sequential(ConvBN(in_channels=in_channels, out_channels=embed_dim // 2), nn.GELU(),
+                                 ConvBN(in_channels=embed_dim // 2, out_channels=embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
@@ -75,11 +85,15 @@ class MBConv(nn.Module):
     """Inverted residual: pointwise expand → depthwise 3×3 → pointwise project, residual, GELU after the sum."""
 
     def __init__(self, *, channels: int, expand_ratio: float) -> None:
+        """Arguments:
+          channels: channels of the input and output map.
+          expand_ratio: hidden channels of the depthwise convolution relative to ``channels``.
+        """
         super().__init__()
         hidden = int(channels * expand_ratio)
-        self.conv1 = ConvBN(channels, hidden)
-        self.conv2 = ConvBN(hidden, hidden, kernel_size=3, groups=hidden)
-        self.conv3 = ConvBN(hidden, channels)
+        self.conv1 = ConvBN(in_channels=channels, out_channels=hidden)
+        self.conv2 = ConvBN(in_channels=hidden, out_channels=hidden, kernel_size=3, groups=hidden)
+        self.conv3 = ConvBN(in_channels=hidden, out_channels=channels)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,10 +109,15 @@ class PatchMerging(nn.Module):
     """
 
     def __init__(self, *, in_dim: int, out_dim: int, stride: int) -> None:
+        """Arguments:
+          in_dim: channels of the input.
+          out_dim: channels of the output tokens.
+          stride: stride of the depthwise 3×3 convolution (2 halves the grid, 1 keeps it).
+        """
         super().__init__()
-        self.conv1 = ConvBN(in_dim, out_dim)
-        self.conv2 = ConvBN(out_dim, out_dim, kernel_size=3, stride=stride, groups=out_dim)
-        self.conv3 = ConvBN(out_dim, out_dim)
+        self.conv1 = ConvBN(in_channels=in_dim, out_channels=out_dim)
+        self.conv2 = ConvBN(in_channels=out_dim, out_channels=out_dim, kernel_size=3, stride=stride, groups=out_dim)
+        self.conv3 = ConvBN(in_channels=out_dim, out_channels=out_dim)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -118,6 +137,11 @@ class WindowAttention(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, window: int) -> None:
+        """Arguments:
+          dim: token width.
+          num_heads: attention heads (must divide dim).
+          window: side of the square attention window, in tokens.
+        """
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -145,6 +169,10 @@ class MLP(nn.Module):
     """LayerNorm → Linear → GELU → Linear (the norm lives inside, as in TinyViT)."""
 
     def __init__(self, *, dim: int, hidden: int) -> None:
+        """Arguments:
+          dim: token width (input and output).
+          hidden: width of the hidden layer.
+        """
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
@@ -159,10 +187,17 @@ class TinyViTBlock(nn.Module):
     """Window attention (residual) → depthwise 3×3 conv+BN on the grid → MLP (residual)."""
 
     def __init__(self, *, dim: int, num_heads: int, window: int, mlp_ratio: float, local_conv: int) -> None:
+        """Arguments:
+          dim: token width.
+          num_heads: attention heads.
+          window: side of the square attention window; the grid is zero-padded to a multiple of it.
+          mlp_ratio: hidden width of the MLP relative to ``dim``.
+          local_conv: kernel of the depthwise convolution between attention and MLP.
+        """
         super().__init__()
         self.window = window
         self.attn = WindowAttention(dim=dim, num_heads=num_heads, window=window)
-        self.local_conv = ConvBN(dim, dim, kernel_size=local_conv, groups=dim)
+        self.local_conv = ConvBN(in_channels=dim, out_channels=dim, kernel_size=local_conv, groups=dim)
         self.mlp = MLP(dim=dim, hidden=int(dim * mlp_ratio))
 
     def _windows(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -190,6 +225,13 @@ class ConvStage(nn.Module):
     """The first stage: MBConv blocks on the full-resolution map, then a merge."""
 
     def __init__(self, *, dim: int, depth: int, expand_ratio: float, out_dim: int, stride: int) -> None:
+        """Arguments:
+          dim: channels of the stage.
+          depth: number of :class:`MBConv` blocks.
+          expand_ratio: expansion of each MBConv block.
+          out_dim: channels after the merge (the next stage's width).
+          stride: stride of the merge.
+        """
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(channels=dim, expand_ratio=expand_ratio) for _ in range(depth))
         self.downsample = PatchMerging(in_dim=dim, out_dim=out_dim, stride=stride)
@@ -207,6 +249,13 @@ class AttentionStage(nn.Module):
 
     def __init__(self, *, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float, local_conv: int,
                  out_dim: int | None, stride: int) -> None:
+        """Arguments:
+          dim: token width of the stage.
+          depth: number of :class:`TinyViTBlock` s.
+          num_heads, window, mlp_ratio, local_conv: of each block (see :class:`TinyViTBlock`).
+          out_dim: channels after the merge (the next stage's width); None: no merge (the last stage).
+          stride: stride of the merge (unused without one).
+        """
         super().__init__()
         self.blocks = nn.ModuleList(
             TinyViTBlock(dim=dim, num_heads=num_heads, window=window, mlp_ratio=mlp_ratio, local_conv=local_conv)
@@ -257,9 +306,9 @@ class TinyViT(nn.Module):
         self.layers = nn.ModuleList(stages)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
+            LayerNorm2d(channels=out_chans),
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
+            LayerNorm2d(channels=out_chans),
         )
         self._init_weights()
 
