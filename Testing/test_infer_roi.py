@@ -141,18 +141,6 @@ def test_auto_on_the_same_volume_uses_the_labelled_structure_region():
     np.testing.assert_array_equal(result.labels.layers[0][6] == 1, truth[6])  # the labelled slice kept as drawn
 
 
-def test_auto_keeps_whole_slices_when_they_fit_the_model_input():
-    """A crop adds no detail where the model already sees every pixel (small MR volumes): whole slices."""
-    image, labels = small_structure(shape=(12, 96, 120), centre=(30, 85))
-    fits = segment(SegmentRequest(image, image, labels, reference_slices=[6], batch_size=4),
-                   ThresholdModel(image_size=128))
-    assert fits.provenance["roi"]["used"] == "whole slices"
-    assert fits.provenance["roi"]["note"] == "whole slices fit the model's input"
-    larger = segment(SegmentRequest(image, image, labels, reference_slices=[6], batch_size=4),
-                     ThresholdModel(image_size=119))  # one pixel short of the slice's 120 columns
-    assert "regions" in larger.provenance["roi"]
-
-
 def test_roi_none_keeps_whole_slices():
     image, labels = small_structure()
     reference, ref_labels = small_structure(seed=1, centre=(40, 60))

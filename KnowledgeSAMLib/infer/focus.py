@@ -253,10 +253,6 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
         return _complete(ctx, prepared.segments, shape, roi.slices), record
     if not ref_regions:
         return whole("the reference's structures fill most of the slice")
-    if max(runner.tview.slice_shape) <= runner.size and max(runner.rview.slice_shape) <= runner.size:
-        # the model already sees every pixel of whole slices: a crop adds no detail, only a narrower view (on
-        # small MR volumes it cut a held-out hippocampus off from where the structure moves between slices)
-        return whole("whole slices fit the model's input")
     if runner.same:
         passes = [p for p in (_region_pass(runner, slices, crop, crop) for crop in ref_regions) if p is not None]
         if not passes:
