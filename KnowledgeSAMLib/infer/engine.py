@@ -20,6 +20,7 @@ import torch
 from ..data.intensity import get_preset
 from ..data.volume import Labels
 from ..data.resize import SquareFit
+from .between import blend_between_labelled
 from .cancel import CancelToken, Progress
 from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
@@ -29,7 +30,7 @@ from .modes import RUNNERS, RunContext, labelled_override, run_volume
 from .output import assemble_labels, labels_from_probabilities, postprocess
 from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
-from .request import EngineOptions, SegmentationResult, SegmentRequest, prepare_request
+from .request import EngineOptions, SegmentationResult, SegmentRequest, labelled_slices, prepare_request
 from .slicing import axis_view, slice_count
 
 __all__ = ["segment", "relabel", "model_fingerprint"]
@@ -180,6 +181,8 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     inference_s = time.perf_counter() - inference_started
     tracker.check()
 
+    if prepared.mode == "propagate" and request.options.between_weight > 0:
+        _blend_between(ctx, prepared, request, tview, slices)
     drawn = {}
     if prepared.same_volume and request.options.keep_reference_labels:
         drawn = labelled_override(ctx, prepared.reference_labels, request.reference_slices)
@@ -206,6 +209,18 @@ def _final_labels(ctx: RunContext, prepared, request: SegmentRequest, view, slic
         for k in prepared.absent.get(seg.name, []) + outside:
             view.put(masks[seg.name], k, empty)
     return assemble_labels(masks, prepared.segments, request.target.geometry, request.target.shape)
+
+
+def _blend_between(ctx: RunContext, prepared, request: SegmentRequest, view, slices: list[int]) -> None:
+    """Propagate mode: each structure's interpolated shape between two of its labelled slices joins the model's
+    probabilities there (:mod:`.between`)."""
+    labels = prepared.reference_labels
+    found = labelled_slices(labels, prepared.segments, view.slice_has, request.reference_slices)
+    for seg in prepared.segments:
+        drawn = {int(k): np.ascontiguousarray(view.get(labels.layers[seg.layer], int(k))) == seg.label_value
+                 for k in found[seg.name]}
+        blend_between_labelled(ctx.probabilities[seg.name], drawn, view, request.options.between_weight,
+                               absent=prepared.absent.get(seg.name, ()), slices=slices)
 
 
 def _clear_absent(ctx: RunContext, prepared, slices: list[int]) -> None:
