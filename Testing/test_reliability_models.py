@@ -188,3 +188,44 @@ def test_the_shipped_default_model_carries_its_hash():
     folder = ROOT / "Resources" / "Models" / "default"
     assert _config(folder).get("weights_sha256") == sha256(folder / "model.safetensors"), \
         "regenerate with `knowledgesam train --record-hash Resources/Models/default` (or export the model again)"
+
+
+def test_a_passed_fit_check_is_remembered_and_a_later_load_skips_the_meta_build(model_copy, monkeypatch,
+                                                                                  tmp_path):
+    """The meta-device build (1.5 s of a cold start) runs once per (config.json, weights hash): a second load
+    skips it but still compares the recorded size with the memory available now; a changed config is checked
+    again."""
+    monkeypatch.setenv("KNOWLEDGESAM_CACHE", str(tmp_path / "cache"))
+    builds = []
+    real_meta = config_checks.meta_model
+    monkeypatch.setattr(config_checks, "meta_model", lambda *a, **k: builds.append(1) or real_meta(*a, **k))
+    load_model(model_copy)
+    assert len(builds) == 1
+    load_model(model_copy)
+    assert len(builds) == 1  # remembered
+    monkeypatch.setattr(config_checks, "available_memory", lambda: 1 << 10)
+    with pytest.raises(WeightsError, match="more than 1/2 of the 1.0 KB of memory available"):
+        load_model(model_copy)  # the size is compared again with what is free now
+    monkeypatch.undo()
+    monkeypatch.setenv("KNOWLEDGESAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(config_checks, "meta_model", lambda *a, **k: builds.append(1) or real_meta(*a, **k))
+    _write_config(model_copy, {**_config(model_copy), "encoder_embed_dim": 8192, "encoder_num_heads": 8})
+    with pytest.raises(WeightsError):
+        load_model(model_copy)  # another config: checked again (and refused: the weights do not fit)
+    assert len(builds) == 2
+
+
+def test_a_damaged_fit_record_only_costs_the_check_again(model_copy, monkeypatch, tmp_path):
+    from KnowledgeSAMLib.model import weights
+
+    monkeypatch.setenv("KNOWLEDGESAM_CACHE", str(tmp_path / "cache"))
+    load_model(model_copy)
+    found, _ = weights.verify_weights(model_copy)
+    record = weights._fit_record(model_copy, found)
+    assert record.is_file()
+    record.write_text("{not json", encoding="utf-8")
+    builds = []
+    real_meta = config_checks.meta_model
+    monkeypatch.setattr(config_checks, "meta_model", lambda *a, **k: builds.append(1) or real_meta(*a, **k))
+    load_model(model_copy)
+    assert builds == [1] and json.loads(record.read_text(encoding="utf-8"))["parameters"] > 0

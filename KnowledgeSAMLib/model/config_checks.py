@@ -19,7 +19,7 @@ from ..data.limits import available_memory, format_bytes
 from ..errors import WeightsError
 from .config import KSAMConfig
 
-__all__ = ["check_config_fields", "check_model_size", "meta_model", "INT_RANGES", "MODEL_MEMORY_SHARE"]
+__all__ = ["check_config_fields", "check_model_size", "check_parameter_count", "meta_model", "INT_RANGES", "MODEL_MEMORY_SHARE"]
 
 MODEL_MEMORY_SHARE = 2  # a model's parameters may take at most 1/2 of the available memory
 DEFAULT_INT_RANGE = (0, 65536)
@@ -107,9 +107,16 @@ def meta_model(config: KSAMConfig, where: str):
         raise WeightsError(f"{where}: the model it describes cannot be built ({first})") from None
 
 
-def check_model_size(model, where: str, available: int | None = None) -> None:
-    """Refuse a (meta) model whose parameters alone would take more than half the available memory."""
+def check_model_size(model, where: str, available: int | None = None) -> int:
+    """Refuse a (meta) model whose parameters alone would take more than half the available memory; returns
+    its number of parameters."""
     count = sum(t.numel() for t in model.state_dict().values())
+    check_parameter_count(count, where, available)
+    return count
+
+
+def check_parameter_count(count: int, where: str, available: int | None = None) -> None:
+    """Refuse ``count`` float32 parameters when they would take more than half the available memory."""
     size = count * 4  # float32
     available = available_memory() if available is None else available
     if size > available // MODEL_MEMORY_SHARE:

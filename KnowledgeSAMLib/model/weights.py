@@ -17,6 +17,7 @@ unverified in the provenance of their results (``record_weights_hash`` adds the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -180,13 +181,13 @@ def _expected_shapes(meta: KSAM, include_base: bool) -> dict[str, tuple[int, ...
             if include_base or not _is_referenced_base_weight(meta, name, trainable)}
 
 
-def check_weights_fit(weights_path: Path, config: KSAMConfig, where: str) -> dict:
+def check_weights_fit(weights_path: Path, config: KSAMConfig, where: str) -> int:
     """Refuse (one line) weights whose tensors do not fit ``config``, before anything real is built;
-    returns the file's metadata."""
+    returns the model's number of parameters."""
     from .config_checks import check_model_size, meta_model
 
     meta = meta_model(config, where)
-    check_model_size(meta, where)
+    count = check_model_size(meta, where)
     found, metadata = _file_shapes(weights_path)
     expected = _expected_shapes(meta, metadata.get(INCLUDES_BASE) == "true" or config.sam_checkpoint_sha256 is None)
     missing = sorted(set(expected) - set(found))
@@ -198,7 +199,42 @@ def check_weights_fit(weights_path: Path, config: KSAMConfig, where: str) -> dic
                  f"{len(other)} of another shape (e.g. {other[0]}: {found[other[0]]} in the file, "
                  f"{expected[other[0]]} for the config)" if other else ""]
         raise WeightsError(f"{weights_path} does not fit {where}: tensors {'; '.join(p for p in parts if p)}")
-    return metadata
+    return count
+
+
+def _fit_record(directory: Path, weights_sha256: str) -> Path:
+    """Where the verdict of :func:`check_weights_fit` on exactly these bytes (config.json, the weights' hash,
+    torch's version) is kept in the user cache."""
+    from .user_cache import default_cache_dir
+
+    digest = hashlib.sha256((directory / CONFIG_FILE).read_bytes())
+    digest.update(f"{weights_sha256} torch {torch.__version__}".encode())
+    return default_cache_dir() / "checked-models" / f"{digest.hexdigest()[:32]}.json"
+
+
+def check_weights_fit_once(directory: Path, config: KSAMConfig, weights_sha256: str, where: str) -> None:
+    """:func:`check_weights_fit`, remembered: its meta-device build costs 1.5 s of every cold start (PyTorch's
+    meta kernels import torch._dynamo), and its verdict depends only on the config's and the weights' bytes, so a
+    passed check is recorded per (config.json, weights SHA256) and a later load only compares the recorded size
+    with the memory available now. Nothing is recorded for a failure, or when the cache cannot be written."""
+    from .config_checks import check_parameter_count
+
+    record = _fit_record(directory, weights_sha256)
+    try:
+        count = int(json.loads(record.read_text(encoding="utf-8"))["parameters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        count = None
+    if count is not None:
+        check_parameter_count(count, where)
+        return
+    count = check_weights_fit(directory / WEIGHTS_FILE, config, where)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        temporary = record.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"parameters": count}), encoding="utf-8")
+        os.replace(temporary, record)
+    except OSError:
+        pass  # a read-only cache only costs the next load the check again
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], weights_path: Path) -> None:
@@ -245,7 +281,7 @@ def load_model(directory: str | Path, sam_checkpoint: str | Path | None = None,
         warnings.warn(f"{directory}: {CONFIG_FILE} records no SHA256 of the weights (a model folder saved before "
                       "they were recorded), so they are not verified; `knowledgesam train --record-hash "
                       f"{directory}` adds it", stacklevel=2)
-    check_weights_fit(weights_path, config, str(directory / CONFIG_FILE))
+    check_weights_fit_once(directory, config, found, str(directory / CONFIG_FILE))
     tensors, metadata = _read_weights(weights_path, map_location)
     _check_finite(tensors, weights_path)
     needs_base = config.sam_checkpoint_sha256 is not None and metadata.get(INCLUDES_BASE) != "true"
