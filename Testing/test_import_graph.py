@@ -316,3 +316,21 @@ def test_model_constructors_are_keyword_only_with_an_arguments_block():
                 if "Arguments:" not in docs:
                     found.append(f"{where}: no 'Arguments:' block")
     assert not found, "model constructors that break the keyword-only / Arguments rule:\n" + "\n".join(found)
+
+
+def test_bench_imports_only_names_a_module_exports():
+    """Where a library module lists its public names (``__all__``), bench/ takes only those (or submodules)."""
+    import importlib.util
+
+    outside = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith(LIBRARY)):
+                continue
+            exported = getattr(importlib.import_module(node.module), "__all__", None)
+            for alias in node.names:
+                if exported is None or alias.name in exported:
+                    continue
+                if importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    outside.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
+    assert not outside, "bench/ imports names its module does not export:\n" + "\n".join(outside)

@@ -68,7 +68,8 @@ class EngineOptions:
     hybrid_slices: int = 2  # within this many slices of a labelled slice, average anchor and propagated
     # between two labelled slices, the shape interpolated from both is blended in with weight g / (g + gap);
     # this is g (0: the model alone; infer/between.py). Chosen on 12 *training* MSD hippocampus volumes, n slices
-    # per structure at n = 2/4/8: g = 0 0.880/0.904/0.944, 4 0.884/0.915/0.951, 8 0.885/0.916/0.949, 12 0.884/0.915/0.948
+    # per structure at n = 2/4/8: g = 0 0.880/0.904/0.944, 4 0.884/0.915/0.951, 8 0.885/0.916/0.949,
+    # 12 0.884/0.915/0.948
     between_weight: float = 4.0
     # post-processing (§5.12C)
     largest_component: bool = False

@@ -28,7 +28,8 @@ from .cases import SliceCase
 from .config import FOLDER_KINDS, SourceConfig
 
 __all__ = ["SliceCase", "Source", "volume_to_case", "build_source", "build_sources", "DEFAULT_TASKS",
-           "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET", "SLICING_VERSION"]
+           "DEFAULT_PRESETS", "HELD_OUT_PHANTOM_SEED", "VAL_PHANTOM_SEED_OFFSET", "SLICING_VERSION",
+           "TOTALSEG_CT_NAMES"]
 
 # TotalSegmentator example volumes (model labels, Apache-2.0; ../shared/data/totalsegmentator-example): training
 # prompts only, never accuracy claims. The CT's liver, aorta, IVC, kidneys and spleen are left out of the default
