@@ -1,12 +1,15 @@
-"""Cold start: segmenting with a model whose encoder has no LoRA never imports peft or transformers.
+"""Cold start: segmenting with a model whose encoder has no LoRA never imports peft or transformers, and a runtime
+whose graph is already cached imports neither ``onnx`` nor the runtime it does not use.
 
 Why: peft imports transformers, which costs seconds before the first slice; only a model with LoRA needs it.
+``import onnx`` alone takes 0.8 s, and it is only needed to export a graph.
 Each check runs in a fresh interpreter (``sys.modules`` of this one has seen everything).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +35,24 @@ segment(SegmentRequest(target, reference, labels, device="cpu"), model)
 print(json.dumps({name: name in sys.modules for name in ("peft", "transformers", "openvino", "onnxruntime")}))
 """
 
+_ACCELERATED = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+from KnowledgeSAMLib import build_model, load_model, save_model
+from KnowledgeSAMLib.cli.demo import _phantom
+from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment
+
+if sys.argv[2] == "save":
+    save_model(build_model("lite_tiny", pretrained=False), sys.argv[1])
+model = load_model(sys.argv[1])
+reference, labels = _phantom(5001, (4, 32, 32))
+target, _ = _phantom(5002, (4, 32, 32))
+result = segment(SegmentRequest(target, reference, labels, device="cpu",
+                                options=EngineOptions(cpu_runtime="openvino")), model)
+assert result.provenance["encoder_runtime"] == "openvino", result.provenance
+print(json.dumps({name: name in sys.modules for name in ("onnx", "onnxruntime", "openvino")}))
+"""
+
 _CLI = r"""
 import json, sys
 from KnowledgeSAMLib.cli import main
@@ -40,8 +61,9 @@ print(json.dumps({"code": code, **{name: name in sys.modules for name in ("peft"
 """
 
 
-def _imports(script: str, *args: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _imports(script: str, *args: str, env: dict | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -77,3 +99,15 @@ def test_segment_command_with_the_default_model_imports_neither(tmp_path):
                     "--reference-labels", str(tmp_path / "ref.seg.nrrd"), "--output", str(tmp_path / "out.seg.nrrd"),
                     "--quiet", "--device", "cpu")
     assert seen == {"code": 0, "peft": False, "transformers": False}
+
+
+def test_a_cached_openvino_graph_needs_neither_onnx_nor_onnxruntime(tmp_path):
+    from KnowledgeSAMLib.infer.cpu_runtime import available_runtimes
+
+    if "openvino" not in available_runtimes():
+        pytest.skip("openvino (with onnx) is not installed")
+    env = {**os.environ, "KNOWLEDGESAM_CACHE": str(tmp_path / "cache")}
+    first = _imports(_ACCELERATED, str(tmp_path / "model"), "save", env=env)
+    assert first["onnx"] and first["openvino"]  # the first process exports the graph: it does need onnx
+    again = _imports(_ACCELERATED, str(tmp_path / "model"), "load", env=env)
+    assert again == {"onnx": False, "onnxruntime": False, "openvino": True}

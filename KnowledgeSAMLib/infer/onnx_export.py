@@ -20,19 +20,30 @@ from pathlib import Path
 import torch
 
 __all__ = ["OPSET", "encoder_fingerprint", "export_encoder", "export_heads", "fingerprint", "heads_state",
-           "onnx_cache_dir", "exporter_available"]
+           "onnx_cache_dir", "exporter_available", "installed"]
 
 OPSET = 17
 _FORMAT = 2  # bump when the export recipe changes: old cached graphs are then ignored
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it (importing onnx alone takes 0.8 s, every
+    process: a cold start should not pay for it when the exported graph is already cached). A module blocked in
+    ``sys.modules`` (None) counts as missing; a broken install shows up where it is used, and falls back there."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def exporter_available() -> bool:
     """Whether torch can write ONNX files here (its exporter imports ``onnx``)."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return installed("onnx")
 
 
 def onnx_cache_dir() -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx_export import export_encoder, export_heads, onnx_cache_dir
+from .onnx_export import export_encoder, export_heads, installed, onnx_cache_dir
 
 __all__ = ["OnnxEncoder", "OnnxHeads", "onnx_cache_dir", "runtime_available"]
 
@@ -30,11 +30,7 @@ def _session(path: Path, threads: int):
 
 
 def runtime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return installed("onnxruntime")
 
 
 class OnnxEncoder:

@@ -24,17 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx_export import export_encoder, export_heads, onnx_cache_dir
+from .onnx_export import export_encoder, export_heads, installed, onnx_cache_dir
 
 __all__ = ["OpenVinoEncoder", "OpenVinoHeads", "runtime_available", "compile_properties"]
 
 
 def runtime_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return installed("openvino")
 
 
 def compile_properties(threads: int, cache_dir: Path | None, hint: str = "THROUGHPUT") -> dict[str, object]:
