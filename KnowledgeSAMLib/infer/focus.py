@@ -6,6 +6,8 @@
   and the right kidney are two), each grown by a margin (:func:`~.roi.region_crops`). A region covering most of
   the slice is no focus: the run then looks at whole slices, as without ROI;
 * the same volume (anchor, propagate): the target regions are the reference's;
+* another image of one slice (a photograph): a **window scan** (:mod:`.scan`) at the reference region's zoom finds
+  the structures, which a whole-slice look at the model's input size shows too small to find;
 * another volume: a **coarse pass** on whole slices (every second or third target slice) finds the structures
   in the target; its regions, grown by the same margin, are matched to the reference's by their position in
   the slice, and each pair gets a **fine pass** in which target and reference are cropped alike, over the
@@ -14,6 +16,9 @@
 
 A user's box (``roi=RoiBox``) is one target region over its slices; the reference's region is found as above.
 Results of the fine passes are pasted into the whole target grid (outside them: 0) and combined by maximum.
+
+Colour photographs get a wider margin and no 4 cm floor (:data:`PHOTO_MARGIN`): their millimetres are not the scale
+the model learnt them at, the structure's share of the crop is.
 """
 
 from __future__ import annotations
@@ -26,13 +31,18 @@ import numpy as np
 from ..data.volume import Image, Labels
 from ..errors import InputError
 from .modes import RunContext, average_runs, positions_in_reference
-from .roi import (DEFAULT_MARGIN, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, restrict_to_crop,
+from .roi import (DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, restrict_to_crop,
                   union_plane)
+from .scan import Look, image_scale, look, scan_regions, single_image
 from .slicing import AxisView
 
 __all__ = ["RoiChoice", "resolve_roi", "run_focused", "SAME_VOLUME_MARGIN"]
 
 SAME_VOLUME_MARGIN = 0.5  # the labelled slices show only part of the structures: look wider around them
+# colour photographs: a crop 3 x the structure, as the fundus crops the model trained on (PAPILA's disc-centred crops
+# are 3 disc diameters wide, data.datasets.PAPILA_CROP_FACTOR; the fundus phantoms' disc is about a quarter of the
+# image); their pixel spacing says nothing about that zoom, so no floor in millimetres
+PHOTO_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +110,17 @@ def _present_segments(prepared, labels: Labels, view: AxisView) -> list:
     return [seg for seg in prepared.segments if view.slice_has(labels.layers[seg.layer] == seg.label_value).any()]
 
 
-def _reference_regions(runner, margin: float) -> list[Crop]:
+def _reference_regions(runner, margin: float, min_side_mm: float = MIN_SIDE_MM) -> list[Crop]:
     prepared, request = runner.prepared, runner.request
     labels = prepared.reference_labels
     masks = [labels.layers[seg.layer] == seg.label_value for seg in prepared.segments]
     plane = union_plane(masks, runner.rview, slices=request.reference_slices)
-    return region_crops(plane, runner.rview, margin)
+    return region_crops(plane, runner.rview, margin, min_side_mm=min_side_mm)
+
+
+def _photographs(runner) -> bool:
+    """Colour photographs on both sides (fundus photographs), not CT or MR slices."""
+    return bool(runner.request.target.is_rgb and runner.request.reference.is_rgb)
 
 
 def _voxel_box(view: AxisView, crop: Crop, slices: Sequence[int]) -> list[int]:
@@ -120,25 +135,97 @@ def _voxel_box(view: AxisView, crop: Crop, slices: Sequence[int]) -> list[int]:
     return [x0, y0, z0, x1, y1, z1]
 
 
-def _region_pass(runner, slices: list[int], target_crop: Crop, reference_crop: Crop, **kwargs) -> RunContext | None:
-    """A fine pass over one region pair, with the reference labels outside its crop removed (the other kidney's
-    slices must not become prompts for this one); None when the region holds no requested structure."""
+def _region_prompt(runner, reference_crop: Crop) -> tuple[Labels, list] | None:
+    """The reference labels with everything outside ``reference_crop`` removed (the other kidney's slices must not
+    become prompts for this one), and the requested structures left in it; None when none is."""
     prepared = runner.prepared
     layers = restrict_to_crop(prepared.reference_labels.layers, runner.rview, reference_crop)
     labels = Labels(layers, prepared.reference_labels.geometry, prepared.reference_labels.segments,
                     prepared.reference_labels.source)
     segments = _present_segments(prepared, labels, runner.rview)
-    if not segments or not slices:
-        return None
-    if runner.request.reference_slices is not None:
+    if segments and runner.request.reference_slices is not None:
         allowed = set(int(k) for k in runner.request.reference_slices)
         segments = [s for s in segments
                     if any(int(k) in allowed for k in np.flatnonzero(
                         runner.rview.slice_has(labels.layers[s.layer] == s.label_value)))]
-        if not segments:
-            return None
+    return (labels, segments) if segments else None
+
+
+def _region_pass(runner, slices: list[int], target_crop: Crop, reference_crop: Crop, **kwargs) -> RunContext | None:
+    """A fine pass over one region pair; None when the region holds no requested structure."""
+    prompt = _region_prompt(runner, reference_crop)
+    if prompt is None or not slices:
+        return None
+    labels, segments = prompt
     return _pass(runner, slices, target_crop=target_crop, reference_crop=reference_crop, segments=segments,
                  labels=labels, **kwargs)
+
+
+def _reference_plane(runner, ref_regions: list[Crop]) -> tuple[int, np.ndarray]:
+    """The reference slice whose labels show the most of the requested structures, and its pixels."""
+    labels = runner.prepared.reference_labels
+    masks = [labels.layers[s.layer] == s.label_value for s in runner.prepared.segments]
+    counts = sum(runner.rview.slice_has(m).astype(int) for m in masks)
+    k = int(np.argmax(counts))
+    return k, runner.rview.get(runner.request.reference.array, k)
+
+
+def _reference_looks(runner, labels: Labels, segments, plane: tuple[int, np.ndarray]) -> dict[str, Look]:
+    """Each structure's :class:`~.scan.Look` on the reference slice, its area in target pixels."""
+    k, pixels = plane
+    (ref_r, ref_c), (tgt_r, tgt_c) = runner.rview.spacing_hw, runner.tview.spacing_hw
+    area_scale = (ref_r * ref_c) / (tgt_r * tgt_c)
+    scale = image_scale(pixels)
+    looks = {}
+    for seg in segments:
+        seen = look(pixels, runner.rview.get(labels.layers[seg.layer] == seg.label_value, k), scale, area_scale)
+        if seen is not None:
+            looks[seg.name] = seen
+    return looks
+
+
+def _overlap_any(a: Crop, b: Crop) -> bool:
+    return min(a[1], b[1]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[2], b[2])
+
+
+def _scanned(runner, slices: list[int], ref_regions: list[Crop]) -> tuple[RunContext, dict] | None:
+    """Fine passes where the window scan (:mod:`.scan`) finds each reference region's structures in the one target
+    image; None when it finds none."""
+    k = int(slices[0])
+    threshold = int(round(runner.opts.threshold * 255))
+    passes, used, chosen, windows = [], [], [], 0
+    plane_t = runner.tview.get(runner.request.target.array, k)
+    plane_r = _reference_plane(runner, ref_regions)
+    kept_key, runner.target_key = runner.target_key, None  # scan windows are not worth keeping in the cache
+    try:
+        for reference_crop in ref_regions:
+            prompt = _region_prompt(runner, reference_crop)
+            if prompt is None:
+                continue
+            labels, segments = prompt
+
+            def run_window(window: Crop, reference_crop=reference_crop, labels=labels, segments=segments):
+                nonlocal windows
+                windows += 1
+                return runner.run([k], target_crop=window, reference_crop=reference_crop, segments=segments,
+                                  labels=labels)
+
+            side = _expected_side(runner, [reference_crop])
+            wanted = _reference_looks(runner, labels, segments, plane_r)
+            found = [c for c in scan_regions(run_window, runner.tview, k, side, 1 + len(chosen), threshold,
+                                             runner.opts.propagate_min_pixels, plane_t, wanted)
+                     if not any(_overlap_any(c, other) for other in chosen)][:1]
+            for crop in found:
+                chosen.append(crop)
+                passes.append(_pass(runner, [k], target_crop=crop, reference_crop=reference_crop,
+                                    segments=segments, labels=labels))
+                used.append({"target": _voxel_box(runner.tview, crop, [k]), "reference": list(reference_crop)})
+    finally:
+        runner.target_key = kept_key
+    if not passes:
+        return None
+    record = {"mode": "auto", "scan_windows": windows, "regions": used}
+    return _complete(_merge(passes), runner.prepared.segments, runner.request.target.shape, slices), record
 
 
 def _coarse_slices(slices: list[int]) -> tuple[list[int], int]:
@@ -231,7 +318,8 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
     if roi.kind == "none":
         return whole("roi none")
     margin = SAME_VOLUME_MARGIN if runner.same else DEFAULT_MARGIN
-    ref_regions = _reference_regions(runner, margin)
+    photographs = _photographs(runner)
+    ref_regions = _reference_regions(runner, PHOTO_MARGIN, 0.0) if photographs else _reference_regions(runner, margin)
     if not all(is_focus(c, runner.rview) for c in ref_regions):
         ref_regions = []  # one region fills most of the slice: every structure is seen on whole slices
     if roi.kind == "box":
@@ -260,6 +348,12 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
         record = {"mode": "auto", "regions": [{"target": _voxel_box(runner.tview, c, slices), "reference": list(c)}
                                               for c in ref_regions]}
         return _complete(_merge(passes), prepared.segments, shape, slices), record
+    if single_image(slices):  # one image: windows at the reference's zoom find the regions in the target
+        scanned = _scanned(runner, slices, ref_regions)
+        if scanned is None:
+            ctx, record = whole("the window scan found no requested structure")
+            return ctx, record
+        return scanned
     # another volume: a coarse look at whole slices finds the regions in the target
     coarse_slices, stride = _coarse_slices(slices)
     coarse = runner.run(coarse_slices)

@@ -23,7 +23,7 @@ from ..errors import InputError
 from .slicing import AxisView
 
 __all__ = ["Crop", "RoiBox", "structure_box", "parse_roi", "is_focus", "union_plane", "region_crops", "crop_centre",
-           "restrict_to_crop", "DEFAULT_MARGIN", "FULL_SLICE_FRACTION"]
+           "restrict_to_crop", "DEFAULT_MARGIN", "FULL_SLICE_FRACTION", "MIN_SIDE_MM"]
 
 DEFAULT_MARGIN = 0.3  # box grows by this fraction of the structures' larger extent on each side (training: 0.15-0.5)
 # never look at less than 4 cm: tiny structures need context, and a tighter crop shows the model a zoom it never
@@ -167,7 +167,7 @@ def _components(plane: np.ndarray) -> list[np.ndarray]:
 
 
 def region_crops(plane: np.ndarray, view: AxisView, margin: float = DEFAULT_MARGIN,
-                 min_share: float = 0.15) -> list[Crop]:
+                 min_share: float = 0.15, min_side_mm: float = MIN_SIDE_MM) -> list[Crop]:
     """One crop per separate structure group of an in-plane union (e.g. the left and the right kidney), each
     grown by ``margin``; groups smaller than ``min_share`` of the largest are dropped (stray pixels of a coarse
     pass), crops that mostly overlap are merged (two kidneys whose arteries meet at the aorta stay two)."""
@@ -176,7 +176,7 @@ def region_crops(plane: np.ndarray, view: AxisView, margin: float = DEFAULT_MARG
         return []
     largest = max(int(c.sum()) for c in parts)
     parts = [c for c in parts if c.sum() >= min_share * largest]
-    crops = [structure_box([c[None]], _plane_view(view), margin) for c in parts]
+    crops = [structure_box([c[None]], _plane_view(view), margin, min_side_mm=min_side_mm) for c in parts]
     crops = [c for c in crops if c is not None]
     merged = True
     while merged and len(crops) > 1:
