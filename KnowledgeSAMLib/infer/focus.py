@@ -270,9 +270,27 @@ def _best_windows(votes: np.ndarray, crop: Crop, side: tuple[int, int], count: i
         if best <= 0 or (first is not None and best < keep * first):
             break
         first = best if first is None else first
-        out.append((r0 + int(y), r0 + int(y) + h, c0 + int(x), c0 + int(x) + w))
+        y, x = _centre_on_votes(sub, int(y), int(x), h, w)
+        out.append((r0 + y, r0 + y + h, c0 + x, c0 + x + w))
         sub[:, y:y + h, x:x + w] = 0
     return out
+
+
+def _centre_on_votes(votes: np.ndarray, y: int, x: int, h: int, w: int) -> tuple[int, int]:
+    """The corner of an ``h`` × ``w`` window at ``(y, x)`` moved so that the votes inside it are at its centre.
+
+    Why: every window holding the same votes scores the same, and the first of them (the top left one) has the
+    structures at its bottom right edge, where the fine pass sees them cut off."""
+    inside = votes[:, y:y + h, x:x + w].sum(0).astype(np.float64)
+    total = inside.sum()
+    if total <= 0:
+        return y, x
+    rows, cols = np.nonzero(inside)
+    centre_r = y + (rows.min() + rows.max() + 1) / 2.0
+    centre_c = x + (cols.min() + cols.max() + 1) / 2.0
+    new_y = int(round(min(max(centre_r - h / 2.0, 0), votes.shape[1] - h)))
+    new_x = int(round(min(max(centre_c - w / 2.0, 0), votes.shape[2] - w)))
+    return new_y, new_x
 
 
 def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride: int,
