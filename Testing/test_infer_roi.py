@@ -127,7 +127,27 @@ def test_auto_finds_an_off_centre_structure_in_another_scan_and_looks_only_there
     assert dice(focused.labels.layers[0] == 1, truth) >= dice(whole.labels.layers[0] == 1, truth) - 0.02
     assert dice(focused.labels.layers[0] == 1, truth) > 0.85
     counts = focused.provenance["counts"]
-    assert counts["target_slices_encoded"] <= 18 + 18 // 2 + 1  # coarse pass on every second slice, then the region
+    # coarse pass on every second slice, the scan's windows, then the region
+    assert 0 < record["scan_windows"] and counts["target_slices_encoded"] <= 18 // 2 + record["scan_windows"] + 18
+
+
+def test_auto_in_another_volume_takes_the_region_that_looks_like_the_reference_not_a_decoy():
+    """The coarse pass finds the structure and a large decoy of the same intensity (as bone taken for kidney);
+    windows at the reference's zoom, compared with the reference structure's contrast and area, pick the
+    structure, and the fine pass looks only there."""
+    image, labels = small_structure(shape=(14, 160, 200), centre=(120, 40))
+    image.array[3:11, 20:70, 120:185] = 200  # the decoy: the structure's intensity, several times its area
+    reference, ref_labels = small_structure(shape=(14, 160, 200), seed=1, centre=(40, 150))
+    model = ThresholdModel(image_size=32)
+    truth = labels.layers[0] == 1
+    whole = segment(SegmentRequest(image, reference, ref_labels, roi="none", batch_size=4), model)
+    focused = segment(SegmentRequest(image, reference, ref_labels, batch_size=4), model)
+    record = focused.provenance["roi"]
+    assert record["mode"] == "auto" and len(record["regions"]) == 1, record
+    x0, y0, _, x1, y1, _ = record["regions"][0]["target"]
+    assert x0 <= 31 and 49 <= x1 and y0 <= 113 and 127 <= y1 and x1 < 120  # the structure's window, not the decoy's
+    assert dice(whole.labels.layers[0] == 1, truth) < 0.5  # whole slices segment the decoy too
+    assert dice(focused.labels.layers[0] == 1, truth) > 0.85
 
 
 def test_auto_on_the_same_volume_uses_the_labelled_structure_region():

@@ -28,12 +28,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.volume import Image, Labels
+from ..data.volume import Image
 from ..errors import InputError
-from .modes import RunContext, average_runs, positions_in_reference
-from .roi import (DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, restrict_to_crop,
-                  union_plane)
-from .scan import Look, image_scale, look, scan_regions, single_image
+from .modes import RunContext, positions_in_reference
+from .focus_scan import scan_one_image, scan_volume_regions
+from .passes import complete_run, expected_side, merge_runs, region_pass, run_pass, voxel_box
+from .roi import DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, union_plane
+from .scan import single_image
 from .slicing import AxisView
 
 __all__ = ["RoiChoice", "resolve_roi", "run_focused", "SAME_VOLUME_MARGIN"]
@@ -74,42 +75,6 @@ def resolve_roi(roi, target: Image, view: AxisView, slices: Sequence[int]) -> Ro
     return RoiChoice(kind="box", crop=crop, slices=tuple(wanted), text=box.describe())
 
 
-def _merge(runs: list[RunContext]) -> RunContext:
-    """Combine passes over different regions: per voxel the highest probability, per slice the highest
-    confidence. The first pass carries the result."""
-    first = runs[0]
-    for run in runs[1:]:
-        for name, prob in run.probabilities.items():
-            if name in first.probabilities:
-                np.maximum(first.probabilities[name], prob, out=first.probabilities[name])
-            else:
-                first.probabilities[name] = prob
-            if name in first.confidence:
-                first.confidence[name] = np.fmax(first.confidence[name], run.confidence[name])
-            else:
-                first.confidence[name] = run.confidence[name]
-    return first  # heads and notes are counted over every run by the provenance, not here
-
-
-def _complete(ctx: RunContext, segments, shape, slices: Sequence[int]) -> RunContext:
-    """Every requested structure has a probability map and a confidence row (zeros / NaN where not run)."""
-    for seg in segments:
-        ctx.probabilities.setdefault(seg.name, np.zeros(shape, dtype=np.uint8))
-        ctx.confidence.setdefault(seg.name, np.full(ctx.target.n, np.nan, dtype=np.float32))
-    ctx.segments = list(segments)
-    ctx.slices = list(slices)
-    return ctx
-
-
-def _pass(runner, slices: list[int], **kwargs) -> RunContext:
-    """One pass per orientation (flip test-time augmentation), averaged."""
-    return average_runs([runner.run(slices, mirrored=m, **kwargs) for m in runner.orientations()])
-
-
-def _present_segments(prepared, labels: Labels, view: AxisView) -> list:
-    return [seg for seg in prepared.segments if view.slice_has(labels.layers[seg.layer] == seg.label_value).any()]
-
-
 def _reference_regions(runner, margin: float, min_side_mm: float = MIN_SIDE_MM) -> list[Crop]:
     prepared, request = runner.prepared, runner.request
     labels = prepared.reference_labels
@@ -123,125 +88,12 @@ def _photographs(runner) -> bool:
     return bool(runner.request.target.is_rgb and runner.request.reference.is_rgb)
 
 
-def _voxel_box(view: AxisView, crop: Crop, slices: Sequence[int]) -> list[int]:
-    """A canonical crop over slices as a voxel box ``[x0, y0, z0, x1, y1, z1]`` (inclusive), for provenance."""
-    mask = np.zeros(view.shape, dtype=bool)
-    plane = np.zeros(view.slice_shape, dtype=bool)
-    plane[crop[0]:crop[1], crop[2]:crop[3]] = True
-    for k in slices:
-        view.put(mask, int(k), plane)
-    zyx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    (z0, z1), (y0, y1), (x0, x1) = ((int(v[0]), int(v[-1])) for v in zyx)
-    return [x0, y0, z0, x1, y1, z1]
-
-
-def _region_prompt(runner, reference_crop: Crop) -> tuple[Labels, list] | None:
-    """The reference labels with everything outside ``reference_crop`` removed (the other kidney's slices must not
-    become prompts for this one), and the requested structures left in it; None when none is."""
-    prepared = runner.prepared
-    layers = restrict_to_crop(prepared.reference_labels.layers, runner.rview, reference_crop)
-    labels = Labels(layers, prepared.reference_labels.geometry, prepared.reference_labels.segments,
-                    prepared.reference_labels.source)
-    segments = _present_segments(prepared, labels, runner.rview)
-    if segments and runner.request.reference_slices is not None:
-        allowed = set(int(k) for k in runner.request.reference_slices)
-        segments = [s for s in segments
-                    if any(int(k) in allowed for k in np.flatnonzero(
-                        runner.rview.slice_has(labels.layers[s.layer] == s.label_value)))]
-    return (labels, segments) if segments else None
-
-
-def _region_pass(runner, slices: list[int], target_crop: Crop, reference_crop: Crop, **kwargs) -> RunContext | None:
-    """A fine pass over one region pair; None when the region holds no requested structure."""
-    prompt = _region_prompt(runner, reference_crop)
-    if prompt is None or not slices:
-        return None
-    labels, segments = prompt
-    return _pass(runner, slices, target_crop=target_crop, reference_crop=reference_crop, segments=segments,
-                 labels=labels, **kwargs)
-
-
-def _reference_plane(runner, ref_regions: list[Crop]) -> tuple[int, np.ndarray]:
-    """The reference slice whose labels show the most of the requested structures, and its pixels."""
-    labels = runner.prepared.reference_labels
-    masks = [labels.layers[s.layer] == s.label_value for s in runner.prepared.segments]
-    counts = sum(runner.rview.slice_has(m).astype(int) for m in masks)
-    k = int(np.argmax(counts))
-    return k, runner.rview.get(runner.request.reference.array, k)
-
-
-def _reference_looks(runner, labels: Labels, segments, plane: tuple[int, np.ndarray]) -> dict[str, Look]:
-    """Each structure's :class:`~.scan.Look` on the reference slice, its area in target pixels."""
-    k, pixels = plane
-    (ref_r, ref_c), (tgt_r, tgt_c) = runner.rview.spacing_hw, runner.tview.spacing_hw
-    area_scale = (ref_r * ref_c) / (tgt_r * tgt_c)
-    scale = image_scale(pixels)
-    looks = {}
-    for seg in segments:
-        seen = look(pixels, runner.rview.get(labels.layers[seg.layer] == seg.label_value, k), scale, area_scale)
-        if seen is not None:
-            looks[seg.name] = seen
-    return looks
-
-
-def _overlap_any(a: Crop, b: Crop) -> bool:
-    return min(a[1], b[1]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[2], b[2])
-
-
-def _scanned(runner, slices: list[int], ref_regions: list[Crop]) -> tuple[RunContext, dict] | None:
-    """Fine passes where the window scan (:mod:`.scan`) finds each reference region's structures in the one target
-    image; None when it finds none."""
-    k = int(slices[0])
-    threshold = int(round(runner.opts.threshold * 255))
-    passes, used, chosen, windows = [], [], [], 0
-    plane_t = runner.tview.get(runner.request.target.array, k)
-    plane_r = _reference_plane(runner, ref_regions)
-    kept_key, runner.target_key = runner.target_key, None  # scan windows are not worth keeping in the cache
-    try:
-        for reference_crop in ref_regions:
-            prompt = _region_prompt(runner, reference_crop)
-            if prompt is None:
-                continue
-            labels, segments = prompt
-
-            def run_window(window: Crop, reference_crop=reference_crop, labels=labels, segments=segments):
-                nonlocal windows
-                windows += 1
-                return runner.run([k], target_crop=window, reference_crop=reference_crop, segments=segments,
-                                  labels=labels)
-
-            side = _expected_side(runner, [reference_crop])
-            wanted = _reference_looks(runner, labels, segments, plane_r)
-            found = [c for c in scan_regions(run_window, runner.tview, k, side, 1 + len(chosen), threshold,
-                                             runner.opts.propagate_min_pixels, plane_t, wanted)
-                     if not any(_overlap_any(c, other) for other in chosen)][:1]
-            for crop in found:
-                chosen.append(crop)
-                passes.append(_pass(runner, [k], target_crop=crop, reference_crop=reference_crop,
-                                    segments=segments, labels=labels))
-                used.append({"target": _voxel_box(runner.tview, crop, [k]), "reference": list(reference_crop)})
-    finally:
-        runner.target_key = kept_key
-    if not passes:
-        return None
-    record = {"mode": "auto", "scan_windows": windows, "regions": used}
-    return _complete(_merge(passes), runner.prepared.segments, runner.request.target.shape, slices), record
-
-
 def _coarse_slices(slices: list[int]) -> tuple[list[int], int]:
     stride = 3 if len(slices) >= 36 else 2 if len(slices) >= 16 else 1
     return slices[::stride], stride
 
 
 OVERSIZE = 1.5  # a coarse region this much wider or taller than the reference's largest region is searched in
-
-
-def _expected_side(runner, ref_regions: list[Crop]) -> tuple[int, int]:
-    """The largest reference region's (rows, cols), in target pixels (millimetres carried over)."""
-    (ref_r, ref_c), (tgt_r, tgt_c) = runner.rview.spacing_hw, runner.tview.spacing_hw
-    rows = max(c[1] - c[0] for c in ref_regions) * ref_r / tgt_r
-    cols = max(c[3] - c[2] for c in ref_regions) * ref_c / tgt_c
-    return max(1, int(round(rows))), max(1, int(round(cols)))
 
 
 def _best_windows(votes: np.ndarray, crop: Crop, side: tuple[int, int], count: int,
@@ -306,7 +158,7 @@ def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride
     for k in coarse_slices:  # per structure: on how many coarse slices each pixel was found
         votes += np.stack([view.get(m, int(k)) for m in masks])
     plane = votes.any(axis=0)  # the in-plane union of what the coarse pass found
-    side = _expected_side(runner, ref_regions)
+    side = expected_side(runner, ref_regions)
     crops = []
     for crop in region_crops(plane, view, DEFAULT_MARGIN):
         if crop[1] - crop[0] > OVERSIZE * side[0] or crop[3] - crop[2] > OVERSIZE * side[1]:
@@ -331,7 +183,7 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
     shape = runner.request.target.shape
 
     def whole(note: str) -> tuple[RunContext, dict]:
-        return _pass(runner, slices), {"mode": roi.kind, "used": "whole slices", "note": note}
+        return run_pass(runner, slices), {"mode": roi.kind, "used": "whole slices", "note": note}
 
     if roi.kind == "none":
         return whole("roi none")
@@ -348,26 +200,26 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
         if prepared.mode == "volume" and len(roi.slices) > 1:
             ordered = np.asarray(runner.tview.ordered(np.asarray(roi.slices)), dtype=float)
             extent = (float(ordered.min()), float(ordered.max()))
-        ctx = (_region_pass(runner, list(roi.slices), roi.crop, reference_crop, extent=extent)
+        ctx = (region_pass(runner, list(roi.slices), roi.crop, reference_crop, extent=extent)
                if reference_crop is not None else
-               _pass(runner, list(roi.slices), target_crop=roi.crop, extent=extent))
+               run_pass(runner, list(roi.slices), target_crop=roi.crop, extent=extent))
         if ctx is None:
             raise InputError("the reference holds none of the requested structures near the given box")
         record = {"mode": "box", "box": roi.text, "regions": [{
-            "target": _voxel_box(runner.tview, roi.crop, roi.slices),
+            "target": voxel_box(runner.tview, roi.crop, roi.slices),
             "reference": None if reference_crop is None else list(reference_crop)}]}
-        return _complete(ctx, prepared.segments, shape, roi.slices), record
+        return complete_run(ctx, prepared.segments, shape, roi.slices), record
     if not ref_regions:
         return whole("the reference's structures fill most of the slice")
     if runner.same:
-        passes = [p for p in (_region_pass(runner, slices, crop, crop) for crop in ref_regions) if p is not None]
+        passes = [p for p in (region_pass(runner, slices, crop, crop) for crop in ref_regions) if p is not None]
         if not passes:
             return whole("no region holds a requested structure")
-        record = {"mode": "auto", "regions": [{"target": _voxel_box(runner.tview, c, slices), "reference": list(c)}
+        record = {"mode": "auto", "regions": [{"target": voxel_box(runner.tview, c, slices), "reference": list(c)}
                                               for c in ref_regions]}
-        return _complete(_merge(passes), prepared.segments, shape, slices), record
+        return complete_run(merge_runs(passes), prepared.segments, shape, slices), record
     if single_image(slices):  # one image: windows at the reference's zoom find the regions in the target
-        scanned = _scanned(runner, slices, ref_regions)
+        scanned = scan_one_image(runner, slices, ref_regions)
         if scanned is None:
             ctx, record = whole("the window scan found no requested structure")
             return ctx, record
@@ -375,8 +227,10 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
     # another volume: a coarse look at whole slices finds the regions in the target
     coarse_slices, stride = _coarse_slices(slices)
     coarse = runner.run(coarse_slices)
-    regions = _target_regions(coarse, runner, coarse_slices, stride, slices, ref_regions)
-    focused = [(crop, ks) for crop, ks in regions if is_focus(crop, runner.tview)]
+    regions, scan_windows = scan_volume_regions(runner, coarse, coarse_slices, stride, slices, ref_regions)
+    regions = regions or [(crop, ks, _match(crop, runner.tview, ref_regions, runner.rview))
+                          for crop, ks in _target_regions(coarse, runner, coarse_slices, stride, slices, ref_regions)]
+    focused = [region for region in regions if is_focus(region[0], runner.tview)]
     if not focused or len(focused) < len(regions):
         ctx, record = whole("the coarse pass found no focused region" if not focused else
                             "a region the coarse pass found fills most of the slice")
@@ -387,18 +241,17 @@ def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, 
         fit = coarse.alignment
         kwargs["target_pos_for"] = lambda ks: positions_in_reference(fit, runner.tview, runner.rview, ks)
     passes, used = [], []
-    for crop, ks in focused:
-        reference_crop = _match(crop, runner.tview, ref_regions, runner.rview)
+    for crop, ks, reference_crop in focused:
         extra = {"target_pos": kwargs["target_pos_for"](ks)} if kwargs else {}
-        ctx = _region_pass(runner, ks, crop, reference_crop, **extra)
+        ctx = region_pass(runner, ks, crop, reference_crop, **extra)
         if ctx is not None:
             passes.append(ctx)
-            used.append({"target": _voxel_box(runner.tview, crop, ks), "reference": list(reference_crop)})
+            used.append({"target": voxel_box(runner.tview, crop, ks), "reference": list(reference_crop)})
     if not passes:
         ctx, record = whole("no region pair holds a requested structure")
         return ctx, record
-    record = {"mode": "auto", "coarse_slices": len(coarse_slices), "regions": used}
-    return _complete(_merge(passes), prepared.segments, shape, slices), record
+    record = {"mode": "auto", "coarse_slices": len(coarse_slices), "scan_windows": scan_windows, "regions": used}
+    return complete_run(merge_runs(passes), prepared.segments, shape, slices), record
 
 
 def _match(crop: Crop, view: AxisView, candidates: list[Crop], other_view: AxisView) -> Crop:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .roi import Crop
 
-__all__ = ["window_grid", "scan_regions", "single_image", "Look", "look", "image_scale", "unlikeness", "SCAN_OVERLAP",
+__all__ = ["window_grid", "scan_regions", "single_image", "Look", "look", "window_cost", "image_scale", "unlikeness", "SCAN_OVERLAP",
            "MAX_WINDOWS"]
 
 SCAN_OVERLAP = 0.5  # neighbouring windows share half their side: a structure up to half a window wide is whole in one
@@ -51,7 +51,7 @@ def window_grid(shape: tuple[int, int], side: tuple[int, int], overlap: float = 
         rows, cols = min(h, int(rows * 1.25) + 1), min(w, int(cols * 1.25) + 1)
 
 
-def _centred(found: np.ndarray, window: Crop, side: tuple[int, int], shape: tuple[int, int]) -> Crop:
+def centred(found: np.ndarray, window: Crop, side: tuple[int, int], shape: tuple[int, int]) -> Crop:
     """A window of ``side`` centred on the pixels ``found`` inside ``window`` (the scan window, clipped to the
     slice): the structure may sit at the edge of the window that found it."""
     rows, cols = np.nonzero(found)
@@ -110,18 +110,25 @@ def unlikeness(found: Look, wanted: Look) -> float:
     return float(np.linalg.norm(found.contrast - wanted.contrast) + abs(np.log(found.area / wanted.area)))
 
 
-def _cost(ctx, k: int, window: Crop, view, threshold: int, min_pixels: int, plane: np.ndarray,
-          scale: np.ndarray, wanted: dict[str, Look]) -> tuple[float, np.ndarray | None]:
-    """Summed unlikeness over the requested structures (inf when one is not found), and the union of what was
-    found, in the window."""
+def window_cost(ctx, k: int, window: Crop, view, threshold: int, min_pixels: int, plane: np.ndarray,
+                scale: np.ndarray, wanted: dict[str, Look], missing: float) -> tuple[float, np.ndarray | None]:
+    """The summed :func:`unlikeness` of what the model found in ``window`` of slice ``k`` to the reference's
+    structures (``wanted``), and the union of what it found. A structure not found costs ``missing``: infinite
+    for one image (every structure must be there), finite for a slice of a volume (a slice may miss one structure
+    where the others are)."""
     cost, union = 0.0, None
-    for name, prob in ctx.probabilities.items():
+    for name, want in wanted.items():
+        prob = ctx.probabilities.get(name)
+        if prob is None:
+            cost += missing
+            continue
         found = view.get(prob, k)[window[0]:window[1], window[2]:window[3]] > threshold
         seen = look(plane[window[0]:window[1], window[2]:window[3]], found, scale) \
             if int(found.sum()) >= min_pixels else None
-        if seen is None or name not in wanted:
-            return float("inf"), None
-        cost += unlikeness(seen, wanted[name])
+        if seen is None:
+            cost += missing
+            continue
+        cost += min(missing, unlikeness(seen, want))
         union = found if union is None else union | found
     return cost, union
 
@@ -140,10 +147,10 @@ def scan_regions(run_window, view, k: int, side: tuple[int, int], count: int, th
     scored: list[tuple[float, Crop]] = []
     for window in window_grid(shape, side):
         ctx = run_window(window)
-        cost, union = _cost(ctx, k, window, view, threshold, min_pixels, plane, scale, wanted)
+        cost, union = window_cost(ctx, k, window, view, threshold, min_pixels, plane, scale, wanted, np.inf)
         ctx.probabilities = {}  # the run's counters stay for the provenance, its full-size maps go
-        if union is not None:
-            scored.append((cost, _centred(union, window, (window[1] - window[0], window[3] - window[2]), shape)))
+        if union is not None and np.isfinite(cost):
+            scored.append((cost, centred(union, window, (window[1] - window[0], window[3] - window[2]), shape)))
     scored.sort(key=lambda item: item[0])
     chosen: list[Crop] = []
     for _, crop in scored:
