@@ -88,6 +88,33 @@ def test_propagate_walks_out_and_stops_when_the_structure_ends(volume):
     assert result.provenance["mode"] == "propagate"
 
 
+def test_propagate_thresholds_at_its_own_threshold_and_another_scan_at_the_general_one(volume, other_patient):
+    """The model is surer of itself on the target's own slices; propagate mode thresholds at
+    ``propagate_threshold``, every other mode at ``threshold`` (``relabel`` likewise)."""
+    from KnowledgeSAMLib.infer import relabel
+
+    options = EngineOptions()
+    assert options.for_mode("propagate").threshold == options.propagate_threshold == 0.5
+    assert options.for_mode("volume") is options and options.threshold == 0.4
+    with pytest.raises(ValueError, match="propagate_threshold"):
+        EngineOptions(propagate_threshold=1.0)
+    image, labels = volume
+    model = ThresholdModel(image_size=64)
+    request = _same(image, labels, mode="propagate", keep_probabilities=True,
+                    options=EngineOptions(propagate_threshold=0.97, smooth_z=False, between_weight=0.0,
+                                          keep_reference_labels=False))
+    result = segment(request, model)
+    probability = result.probabilities["bright"]
+    assert ((probability > 0.4 * 255) & (probability <= 0.97 * 255)).any()  # pixels the two thresholds disagree on
+    assert np.array_equal(result.labels.mask("bright"), probability > round(0.97 * 255))
+    assert np.array_equal(relabel(request, result, request.options).mask("bright"), result.labels.mask("bright"))
+    target, _ = other_patient
+    across = segment(SegmentRequest(target, image, labels, batch_size=4, keep_probabilities=True,
+                                    options=EngineOptions(propagate_threshold=0.97, smooth_z=False,
+                                                          overlap="layers")), model)
+    assert np.array_equal(across.labels.mask("bright"), across.probabilities["bright"] > round(0.4 * 255))
+
+
 def test_propagate_into_a_slice_range_that_excludes_the_labelled_slice(volume):
     image, labels = volume
     reports = []

@@ -164,6 +164,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     tracker.check()
     prepared = prepare_request(request, slice_count)
     runner = _Runner(request, prepared, model, tracker, reference_cache)
+    runner.opts = request.options.for_mode(prepared.mode)  # e.g. propagate mode's own threshold
     tview = runner.tview
     slices = list(range(*request.slice_range)) if request.slice_range else list(range(tview.n))
     roi = resolve_roi(request.roi, request.target, tview, slices)
@@ -187,7 +188,7 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     if prepared.same_volume and request.options.keep_reference_labels:
         drawn = labelled_override(ctx, prepared.reference_labels, request.reference_slices)
     _clear_absent(ctx, prepared, slices)
-    labels = _final_labels(ctx, prepared, request, tview, slices, drawn)
+    labels = _final_labels(ctx, prepared, request, runner.opts, tview, slices, drawn)
     tracker.check()
     provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, labels, inference_s, started)
     provenance["encoder_runtime"] = encoder_runtime if runner.policy.device.type == "cpu" else "torch"
@@ -196,11 +197,11 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
                               probabilities=ctx.probabilities if request.keep_probabilities else None)
 
 
-def _final_labels(ctx: RunContext, prepared, request: SegmentRequest, view, slices: list[int],
-                  drawn: dict[str, dict[int, np.ndarray]]) -> Labels:
+def _final_labels(ctx: RunContext, prepared, request: SegmentRequest, options: EngineOptions, view,
+                  slices: list[int], drawn: dict[str, dict[int, np.ndarray]]) -> Labels:
     """Post-processed masks with the user's own slices imposed exactly (smoothing must not alter what was drawn)
     and nothing outside the requested slices."""
-    masks = postprocess(ctx.probabilities, prepared.segments, view, request.options)
+    masks = postprocess(ctx.probabilities, prepared.segments, view, options)
     outside = [k for k in range(view.n) if k not in set(slices)]
     empty = np.zeros(view.slice_shape, dtype=bool)
     for seg in prepared.segments:
@@ -251,4 +252,5 @@ def relabel(request: SegmentRequest, result: SegmentationResult, options: Engine
         raise ValueError("relabel needs a result computed with SegmentRequest(keep_probabilities=True)")
     prepared = prepare_request(request, slice_count)
     view = axis_view(request.target.shape, request.target.geometry, request.axis)
-    return labels_from_probabilities(result.probabilities, prepared.segments, view, options, request.target)
+    return labels_from_probabilities(result.probabilities, prepared.segments, view, options.for_mode(prepared.mode),
+                                     request.target)
