@@ -319,3 +319,21 @@ def test_no_training_or_tuning_file_names_the_unseen_family():
     offenders = [f"{p.relative_to(REPO)}: {word}" for p in files for word in FORBIDDEN
                  if word in p.read_text(encoding="utf-8", errors="replace")]
     assert not offenders, offenders
+
+
+def test_the_unseen_benchmark_writes_its_docs_page(tmp_path):
+    """``bench/unseen.py --markdown`` writes the page ``docs/unseen.md`` is: the command that made it and a table
+    per family with every pair (a tiny model and one small fundus pair keep this fast)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unseen.py"
+    spec = importlib.util.spec_from_file_location("bench_unseen_for_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = tmp_path / "unseen.md"
+    assert module.main(["--model", "tiny", "--family", "fundus-full", "--n", "1", "--threads", "1",
+                        "--markdown", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert f"--markdown {page}" in text and "do not edit by hand" in text
+    assert "| pair | disc | cup | mean | s/case |" in text and "| 0<-100 |" in text and "| **all** |" in text
