@@ -58,15 +58,6 @@ def available_runtimes() -> list[str]:
     return [name for name in RUNTIME_ORDER if _backend(name)[0]()]
 
 
-def _first_available(wanted: list[str]) -> list[str]:
-    """The first of ``wanted`` that is installed, as a list (empty: none is); later ones are not looked at."""
-    from .onnx_export import exporter_available
-
-    if not exporter_available():
-        return []
-    return next(([name] for name in wanted if _backend(name)[0]()), [])
-
-
 PAYS_FROM_SIZE = 128  # px: small (128), lite (256), vit_b (512); not the test configs tiny (64), lite_tiny (32)
 
 
@@ -117,7 +108,7 @@ def accelerate(model: Any, device: torch.device | str = "cpu", runtime: str = "a
     encoder_ok = _current(model.encoder_runtime, wanted, threads)
     if encoder_ok and (not has_heads or _current(model.heads_runtime, wanted, threads)):
         return model.encoder_runtime.name
-    usable = _first_available(wanted)
+    usable = [name for name in wanted if name in available_runtimes()]
     if not usable:
         _say(f"knowledgesam: {_missing(wanted[0])} is not installed: the image encoder runs in PyTorch on the CPU "
              f"(`{_INSTALL}` for about three times the speed)", quiet)

@@ -77,7 +77,7 @@ class _Runner:
     def __init__(self, request: SegmentRequest, prepared, model, tracker: Progress,
                  reference_cache: ReferenceCache | None) -> None:
         self.request, self.prepared, self.model, self.tracker = request, prepared, model, tracker
-        self.opts = request.options
+        self.opts = request.options.for_mode(prepared.mode)  # e.g. propagate mode's own threshold
         target, reference = request.target, request.reference
         self.same = prepared.same_volume
         self.size = int(model.config.image_size)
@@ -164,7 +164,6 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     tracker.check()
     prepared = prepare_request(request, slice_count)
     runner = _Runner(request, prepared, model, tracker, reference_cache)
-    runner.opts = request.options.for_mode(prepared.mode)  # e.g. propagate mode's own threshold
     tview = runner.tview
     slices = list(range(*request.slice_range)) if request.slice_range else list(range(tview.n))
     roi = resolve_roi(request.roi, request.target, tview, slices)

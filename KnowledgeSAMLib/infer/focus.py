@@ -32,7 +32,8 @@ from ..data.volume import Image
 from ..errors import InputError
 from .modes import RunContext, positions_in_reference
 from .focus_scan import scan_one_image, scan_volume_regions
-from .passes import complete_run, expected_side, merge_runs, region_pass, run_pass, voxel_box
+from .passes import (complete_run, expected_side, found_masks, merge_runs, region_pass, region_slices, run_pass,
+                     voxel_box)
 from .roi import DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, union_plane
 from .scan import single_image
 from .slicing import AxisView
@@ -150,8 +151,7 @@ def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride
     """Regions the coarse pass found in the target, each with the slices (of ``slices``) it spans; a region much
     larger than the reference's is narrowed to the windows of the reference's size where the votes are."""
     view = runner.tview
-    threshold = int(round(runner.opts.threshold * 255))
-    masks = [p > threshold for p in coarse.probabilities.values()]
+    masks = found_masks(runner, coarse)
     if not masks:
         return []
     votes = np.zeros((len(masks),) + tuple(view.slice_shape), dtype=np.int32)
@@ -165,15 +165,8 @@ def _target_regions(coarse: RunContext, runner, coarse_slices: list[int], stride
             crops += _best_windows(votes, crop, side, len(ref_regions))
         else:
             crops.append(crop)
-    regions = []
-    for crop in crops:
-        r0, r1, c0, c1 = crop
-        found = [k for k in coarse_slices if any(view.get(m, k)[r0:r1, c0:c1].any() for m in masks)]
-        if not found:
-            continue
-        low, high = min(found) - stride - 1, max(found) + stride + 1
-        regions.append((crop, [k for k in slices if low <= k <= high]))
-    return regions
+    spans = [(crop, region_slices(view, masks, crop, coarse_slices, stride, slices)) for crop in crops]
+    return [(crop, ks) for crop, ks in spans if ks is not None]
 
 
 def run_focused(runner, slices: list[int], roi: RoiChoice) -> tuple[RunContext, dict]:

@@ -15,10 +15,11 @@ import numpy as np
 
 from ..data.volume import Labels
 from .modes import RunContext, positions_in_reference
-from .passes import complete_run, expected_side, merge_runs, region_prompt, run_pass, voxel_box
+from .passes import (complete_run, expected_side, found_masks, merge_runs, region_prompt, region_slices, run_pass,
+                     voxel_box)
 from .reference import ReferenceCache
 from .roi import Crop
-from .scan import Look, centred, image_scale, look, scan_regions, window_cost, window_grid
+from .scan import Look, centred, image_scale, look, overlaps, scan_regions, window_cost, window_grid
 
 __all__ = ["scan_one_image", "scan_volume_regions", "SCAN_SLICES", "MISSING"]
 
@@ -69,10 +70,6 @@ def _holds_centre(outer: Crop, inner: Crop) -> bool:
     return outer[0] <= r < outer[1] and outer[2] <= c < outer[3]
 
 
-def _overlap_any(a: Crop, b: Crop) -> bool:
-    return min(a[1], b[1]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[2], b[2])
-
-
 def scan_one_image(runner, slices: list[int], ref_regions: list[Crop]) -> tuple[RunContext, dict] | None:
     """Fine passes where the window scan (:mod:`.scan`) finds each reference region's structures in the one target
     image; None when it finds none."""
@@ -98,7 +95,7 @@ def scan_one_image(runner, slices: list[int], ref_regions: list[Crop]) -> tuple[
             wanted = _reference_looks(runner, labels, segments, reference_k)
             found = [c for c in scan_regions(run_window, runner.tview, k, side, 1 + len(chosen), threshold,
                                              runner.opts.propagate_min_pixels, plane_t, wanted)
-                     if not any(_overlap_any(c, other) for other in chosen)][:1]
+                     if not any(overlaps(c, other) for other in chosen)][:1]
             for crop in found:
                 chosen.append(crop)
                 passes.append(run_pass(runner, [k], target_crop=crop, reference_crop=reference_crop,
@@ -152,31 +149,15 @@ def _slice_costs(runner, k: int, ref_k: int, reference_crop: Crop, prompt, grid:
     return costs, unions
 
 
-def _coarse_found(runner, coarse: RunContext) -> list[np.ndarray]:
-    """What the coarse pass found, per structure (whole target grid)."""
-    threshold = int(round(runner.opts.threshold * 255))
-    return [p > threshold for p in coarse.probabilities.values()]
-
-
-def _region_slices(runner, masks: list[np.ndarray], crop: Crop, coarse_slices: list[int], stride: int,
-                   slices: list[int]) -> list[int]:
-    """The slices of ``slices`` a region spans: where the coarse pass found anything in it, plus a stride."""
-    r0, r1, c0, c1 = crop
-    seen = [k for k in coarse_slices if any(runner.tview.get(m, k)[r0:r1, c0:c1].any() for m in masks)]
-    if not seen:
-        return list(slices)
-    low, high = min(seen) - stride - 1, max(seen) + stride + 1
-    return [k for k in slices if low <= k <= high]
-
-
 def scan_volume_regions(runner, coarse: RunContext, coarse_slices: list[int], stride: int, slices: list[int],
                         ref_regions: list[Crop]) -> tuple[list[tuple[Crop, list[int], Crop]], int]:
-    """Regions of the target, each with its slices and the reference region it was found with, found by windows at each reference region's zoom on a few
-    slices (those the alignment maps to where the reference's structures are largest), and the number of windows
-    run. A window's cost is how unlike the reference's structures its findings look, summed over those slices."""
+    """Regions of the target, each with its slices and the reference region it was found with, and the number of
+    windows run. Windows at each reference region's zoom run on a few slices (those the alignment maps to where the
+    reference's structures are largest); a window's cost is how unlike the reference's structures its findings
+    look, summed over those slices."""
     tview = runner.tview
     shape = tuple(int(v) for v in tview.slice_shape)
-    masks = _coarse_found(runner, coarse)
+    masks = found_masks(runner, coarse)
     found_plane = np.zeros(shape, dtype=bool)
     for mask in masks:
         for k in coarse_slices:
@@ -209,6 +190,6 @@ def scan_volume_regions(runner, coarse: RunContext, coarse_slices: list[int], st
                 crop = centred(np.any(np.stack(unions[best]), axis=0), window,
                                (window[1] - window[0], window[3] - window[2]), shape)
                 chosen.append(crop)
-                pairs_found.append((crop, _region_slices(runner, masks, crop, coarse_slices, stride, slices),
-                                    reference_crop))
+                ks = region_slices(tview, masks, crop, coarse_slices, stride, slices)
+                pairs_found.append((crop, list(slices) if ks is None else ks, reference_crop))
     return pairs_found, windows

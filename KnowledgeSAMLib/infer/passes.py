@@ -13,7 +13,7 @@ from .roi import Crop, restrict_to_crop
 from .slicing import AxisView
 
 __all__ = ["merge_runs", "complete_run", "run_pass", "present_segments", "voxel_box", "region_prompt", "region_pass",
-           "expected_side"]
+           "expected_side", "found_masks", "region_slices"]
 
 
 def merge_runs(runs: list[RunContext]) -> RunContext:
@@ -96,3 +96,21 @@ def expected_side(runner, ref_regions: list[Crop]) -> tuple[int, int]:
     rows = max(c[1] - c[0] for c in ref_regions) * ref_r / tgt_r
     cols = max(c[3] - c[2] for c in ref_regions) * ref_c / tgt_c
     return max(1, int(round(rows))), max(1, int(round(cols)))
+
+
+def found_masks(runner, ctx: RunContext) -> list[np.ndarray]:
+    """What a pass found, per structure (whole target grid), at the run's threshold."""
+    threshold = int(round(runner.opts.threshold * 255))
+    return [p > threshold for p in ctx.probabilities.values()]
+
+
+def region_slices(view: AxisView, masks: list[np.ndarray], crop: Crop, coarse_slices: Sequence[int], stride: int,
+                  slices: Sequence[int]) -> list[int] | None:
+    """The slices of ``slices`` a region spans: where the coarse pass found anything in it, widened by a stride;
+    None when it found nothing there."""
+    r0, r1, c0, c1 = crop
+    seen = [k for k in coarse_slices if any(view.get(m, k)[r0:r1, c0:c1].any() for m in masks)]
+    if not seen:
+        return None
+    low, high = min(seen) - stride - 1, max(seen) + stride + 1
+    return [k for k in slices if low <= k <= high]
