@@ -69,6 +69,43 @@ def test_roi_view_magnifies_the_structures_and_max_slices_keeps_negatives(phanto
     assert area(ViewSpec(roi=True, margin=0.3)) > 4 * area(ViewSpec())
 
 
+def test_region_view_crops_one_kidney_of_two(phantom):
+    """'region' views look at one separate structure group (as the engine's per-region windows do): either kidney,
+    each crop narrower than the box around both, and the kidney fills more of the view."""
+    from KnowledgeSAMLib.infer.roi import structure_box
+    from KnowledgeSAMLib.infer.slicing import axis_view
+    from KnowledgeSAMLib.train.views import _region_box
+
+    image, labels = phantom
+    tasks = ["artery", "medulla", "cortex"]
+    view = axis_view(image.shape, image.geometry, "axial")
+    masks = [labels.mask(t) for t in tasks]
+    both = structure_box(masks, view, 0.2)
+    spec = ViewSpec(roi=True, margin=0.2, per_region=True)
+    boxes = {_region_box(masks, view, spec, np.random.default_rng(seed)) for seed in range(8)}
+    assert len(boxes) == 2  # left and right kidney
+    for r0, r1, c0, c1 in boxes:
+        assert c1 - c0 < 0.8 * (both[3] - both[2])
+    union = volume_view("k", "s", image, labels, tasks, "ct-abdomen", 64, ViewSpec(roi=True, margin=0.2),
+                        np.random.default_rng(0))
+    region = volume_view("k", "s", image, labels, tasks, "ct-abdomen", 64, spec, np.random.default_rng(0))
+    assert region.masks.sum() > 1.5 * union.masks.sum() / 2  # per kidney, more pixels than in the union view
+
+
+def test_recolouring_shades_every_image_and_tints_only_colour_ones(phantom):
+    from KnowledgeSAMLib.train.views import _recolour
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.uniform(0.2, 0.8, (2, 16, 16, 1)).astype(np.float32), 3, axis=3)
+    shaded = _recolour(grey, ViewSpec(bias=0.3, colour=0.2), np.random.default_rng(1))
+    assert np.array_equal(shaded[..., 0], shaded[..., 2]) and not np.allclose(shaded, grey)
+    colour = rng.uniform(0.2, 0.8, (2, 16, 16, 3)).astype(np.float32)
+    tinted = _recolour(colour, ViewSpec(colour=0.2), np.random.default_rng(1))
+    gains = (tinted / colour).reshape(-1, 3)
+    assert np.allclose(gains, gains[0], rtol=1e-5) and np.ptp(gains[0]) > 0.01  # one gain per channel
+    assert np.array_equal(_recolour(colour, ViewSpec(), rng), colour)  # neutral spec: untouched
+
+
 def test_randomised_views_are_deterministic_per_seed_and_differ_across_seeds():
     a, b = draw_view(np.random.default_rng(5), roi=True, randomise=1.0), draw_view(np.random.default_rng(5), roi=True,
                                                                                    randomise=1.0)

@@ -124,7 +124,9 @@ class SourceConfig:
            "'negative' target slices (structure absent).", ge=0)
     view: str = _f(
         "full", "'full': whole slices; 'roi': the region around the union of the tasks (over all slices) plus a "
-                "random margin, as the engine's --roi auto shows the model (train/views.py).")
+                "random margin, as the engine's --roi auto shows the model (train/views.py); 'region': the same "
+                "around one separate structure group drawn at random (one of two kidneys), as the engine's "
+                "per-region windows do.")
     roi_margin: list[float] = _f(
         doc="'roi' views: range [low, high] of the margin added on each side, as a fraction of the structures' "
             "larger in-plane extent (drawn per view).", factory=lambda: [0.15, 0.5])
@@ -328,8 +330,8 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
                 re.compile(src.patients)
             except re.error as error:
                 fail(f"{key}.patients", f"not a valid regular expression: {error}")
-        if src.view not in ("full", "roi"):
-            fail(f"{key}.view", f"must be full or roi, got {src.view!r}")
+        if src.view not in ("full", "roi", "region"):
+            fail(f"{key}.view", f"must be full, roi or region, got {src.view!r}")
         if len(src.roi_margin) != 2 or not 0 <= src.roi_margin[0] <= src.roi_margin[1]:
             fail(f"{key}.roi_margin", f"must be [low, high] with 0 <= low <= high, got {src.roi_margin}")
         if src.kind == "kidney_phantom":

@@ -259,8 +259,8 @@ def _cases_of_volume(src: SourceConfig, name: str, source_name: str, image: Imag
     cases = []
     for copy in range(src.copies):
         rng = np.random.default_rng([src.seed, crc32(name.encode()), copy])
-        spec = draw_view(rng, roi=src.view == "roi", margin_range=tuple(src.roi_margin), shift=src.roi_shift,
-                         randomise=src.randomise)
+        spec = draw_view(rng, roi=src.view in ("roi", "region"), margin_range=tuple(src.roi_margin),
+                         shift=src.roi_shift, randomise=src.randomise, per_region=src.view == "region")
         label = name if src.copies == 1 else f"{name}#{copy}"
         case = volume_view(label, source_name, image, labels, tasks, preset, size, spec, rng, src.axis,
                            src.margin_slices, src.max_slices)

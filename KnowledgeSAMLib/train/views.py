@@ -36,14 +36,18 @@ class ViewSpec:
     noise: float = 0.0  # Gaussian noise sigma on the [0, 1] image
     blur: float = 0.0  # Gaussian blur sigma in original pixels
     downsample: float = 1.0  # resample by 1/downsample and back (loss of resolution)
+    per_region: bool = False  # ROI around one separate structure group (one kidney), as --roi auto's windows
+    bias: float = 0.0  # log-amplitude of a smooth multiplicative field (coil shading, uneven illumination)
+    colour: float = 0.0  # sd of log per-channel gains (colour photographs only: white balance, camera)
 
 
 def draw_view(rng: np.random.Generator, *, roi: bool, margin_range: tuple[float, float] = (0.15, 0.5),
-              shift: float = 0.1, randomise: float = 0.0) -> ViewSpec:
+              shift: float = 0.1, randomise: float = 0.0, per_region: bool = False) -> ViewSpec:
     """A random :class:`ViewSpec`; ``randomise`` in [0, 1] scales every intensity and degradation range."""
     r = float(randomise)
     return ViewSpec(
         roi=roi,
+        per_region=per_region and roi,
         margin=float(rng.uniform(*margin_range)),
         shift=(float(rng.uniform(-shift, shift)), float(rng.uniform(-shift, shift))) if roi else (0.0, 0.0),
         window_scale=float(np.exp(rng.uniform(-0.4, 0.4) * r)),
@@ -52,6 +56,8 @@ def draw_view(rng: np.random.Generator, *, roi: bool, margin_range: tuple[float,
         noise=float(rng.uniform(0.0, 0.04) * r),
         blur=float(rng.uniform(0.0, 1.2) * r) if rng.random() < 0.5 else 0.0,
         downsample=float(rng.uniform(1.0, 1.0 + 1.0 * r)) if rng.random() < 0.4 else 1.0,
+        bias=float(rng.uniform(0.0, 0.3) * r) if rng.random() < 0.5 else 0.0,
+        colour=float(rng.uniform(0.0, 0.12) * r),
     )
 
 
@@ -92,6 +98,42 @@ def _lower_resolution(planes: np.ndarray, factor: float) -> np.ndarray:
     h, w = t.shape[-2:]
     small = F.interpolate(t, size=(max(2, round(h / factor)), max(2, round(w / factor))), mode="area")
     return _from_nchw(F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), planes)
+
+
+def _bias_field(shape_hw: tuple[int, int], strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth positive field ``exp(strength * n)`` (``n`` a 4×4 normal grid, bilinearly upsampled): the slow
+    shading a coil, a lamp or vignetting adds, shared by every slice of the view."""
+    import torch
+    from torch.nn import functional as F
+
+    coarse = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, 4, 4)).astype(np.float32))
+    smooth = F.interpolate(coarse, size=shape_hw, mode="bilinear", align_corners=True)[0, 0].numpy()
+    return np.exp(strength * smooth).astype(np.float32)
+
+
+def _recolour(planes: np.ndarray, spec: ViewSpec, rng: np.random.Generator) -> np.ndarray:
+    """Shading (every image) and per-channel gains (only where the channels differ: a grey scan stays grey)."""
+    if spec.bias > 0:
+        planes = planes * _bias_field(planes.shape[1:3], spec.bias, rng)[None, :, :, None]
+    if spec.colour > 0 and not np.array_equal(planes[..., 0], planes[..., 1]):
+        planes = planes * np.exp(rng.normal(0.0, spec.colour, 3)).astype(np.float32)
+    return planes
+
+
+def _region_box(task_masks: list[np.ndarray], view, spec: ViewSpec, rng: np.random.Generator):
+    """The crop around one separate structure group (chosen at random; e.g. one of two kidneys), grown and shifted
+    as the spec says; None when the tasks are absent."""
+    from ..infer.roi import region_crops, union_plane
+
+    crops = region_crops(union_plane(task_masks, view), view, spec.margin)
+    if not crops:
+        return None
+    r0, r1, c0, c1 = crops[int(rng.integers(len(crops)))]
+    h, w = view.slice_shape
+    dr, dc = int(round(spec.shift[0] * (r1 - r0))), int(round(spec.shift[1] * (c1 - c0)))
+    r0, r1 = max(0, r0 + dr), min(h, r1 + dr)
+    c0, c1 = max(0, c0 + dc), min(w, c1 + dc)
+    return (r0, r1, c0, c1) if r1 - r0 >= 2 and c1 - c0 >= 2 else None
 
 
 def _intensity(image: Image, preset: str, spec: ViewSpec):
@@ -158,12 +200,15 @@ def volume_view(name: str, source: str, image: Image, labels: Labels, tasks: lis
     order = list(range(lo, hi))[::-1] if view.reverse_slices else list(range(lo, hi))  # canonical order
     if max_slices and len(order) > max_slices:
         order = _spread(order, set(int(k) for k in rows), max_slices)
-    box = structure_box(task_masks, view, spec.margin, spec.shift) if spec.roi else None
+    if spec.roi and spec.per_region:
+        box = _region_box(task_masks, view, spec, rng)
+    else:
+        box = structure_box(task_masks, view, spec.margin, spec.shift) if spec.roi else None
     r0, r1, c0, c1 = box if box is not None else (0, view.slice_shape[0], 0, view.slice_shape[1])
     fit = SquareFit((r1 - r0, c1 - c0), view.spacing_hw, size)
     mapping = _intensity(image, preset, spec)
     planes = np.stack([view.get(image.array, k)[r0:r1, c0:c1] for k in order])
-    planes = mapping.apply(planes)  # (n, h, w, 3) in [0, 1]
+    planes = _recolour(mapping.apply(planes), spec, rng)  # (n, h, w, 3), about [0, 1]
     if spec.blur > 0:
         planes = _gaussian_blur(planes, spec.blur)
     if spec.downsample > 1.0 and min(planes.shape[1:3]) > 16:
