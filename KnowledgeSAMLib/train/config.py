@@ -128,15 +128,15 @@ class SourceConfig:
                 "around one separate structure group drawn at random (one of two kidneys), as the engine's "
                 "per-region windows do.")
     roi_margin: list[float] = _f(
-        doc="'roi' views: range [low, high] of the margin added on each side, as a fraction of the structures' "
+        doc="'roi' and 'region' views: range [low, high] of the margin added on each side, as a fraction of the structures' "
             "larger in-plane extent (drawn per view).", factory=lambda: [0.15, 0.5])
-    roi_shift: float = _f(0.1, "'roi' views: largest off-centring of the crop, as a fraction of its side.", ge=0, le=0.5)
+    roi_shift: float = _f(0.1, "'roi' and 'region' views: largest off-centring of the crop, as a fraction of its side.", ge=0, le=0.5)
     max_slices: int = _f(
         0, "Volumes: keep at most this many slices per case, evenly spread over the kept range (0 = all); bounds "
            "the encoder work when embeddings are cached.", ge=0)
     randomise: float = _f(
-        0.0, "Domain randomisation strength in [0, 1]: intensity window/contrast, gamma, noise, blur and lost "
-             "resolution drawn per view (0 = none). Views are fixed per case, so with cached embeddings this is "
+        0.0, "Domain randomisation strength in [0, 1]: intensity window/contrast, gamma, noise, blur, lost "
+             "resolution, a smooth shading field and (colour images) per-channel gains, drawn per view (0 = none). Views are fixed per case, so with cached embeddings this is "
              "the only image augmentation.", ge=0, le=1)
     copies: int = _f(1, "Views drawn per volume (each its own case, with its own randomisation and crop).", ge=1)
     test_split: bool = _f(
