@@ -35,7 +35,7 @@ from .focus_scan import scan_one_image, scan_volume_regions
 from .passes import (complete_run, expected_side, found_masks, merge_runs, region_pass, region_slices, run_pass,
                      voxel_box)
 from .roi import DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, union_plane
-from .scan import single_image
+from .scan import centred, single_image
 from .slicing import AxisView
 
 __all__ = ["RoiChoice", "resolve_roi", "run_focused", "SAME_VOLUME_MARGIN"]
@@ -134,15 +134,10 @@ def _centre_on_votes(votes: np.ndarray, y: int, x: int, h: int, w: int) -> tuple
 
     Why: every window holding the same votes scores the same, and the first of them (the top left one) has the
     structures at its bottom right edge, where the fine pass sees them cut off."""
-    inside = votes[:, y:y + h, x:x + w].sum(0).astype(np.float64)
-    total = inside.sum()
-    if total <= 0:
+    inside = votes[:, y:y + h, x:x + w].sum(0) > 0
+    if not inside.any():
         return y, x
-    rows, cols = np.nonzero(inside)
-    centre_r = y + (rows.min() + rows.max() + 1) / 2.0
-    centre_c = x + (cols.min() + cols.max() + 1) / 2.0
-    new_y = int(round(min(max(centre_r - h / 2.0, 0), votes.shape[1] - h)))
-    new_x = int(round(min(max(centre_c - w / 2.0, 0), votes.shape[2] - w)))
+    new_y, _, new_x, _ = centred(inside, (y, y + h, x, x + w), (h, w), votes.shape[1:])
     return new_y, new_x
 
 

@@ -18,8 +18,8 @@ from .modes import RunContext, positions_in_reference
 from .passes import (complete_run, expected_side, found_masks, merge_runs, region_prompt, region_slices, run_pass,
                      voxel_box)
 from .reference import ReferenceCache
-from .roi import Crop
-from .scan import Look, centred, image_scale, look, overlaps, scan_regions, window_cost, window_grid
+from .roi import Crop, overlaps
+from .scan import Look, centred, image_scale, look, scan_regions, window_cost, window_grid
 
 __all__ = ["scan_one_image", "scan_volume_regions", "SCAN_SLICES", "MISSING"]
 
@@ -74,7 +74,7 @@ def scan_one_image(runner, slices: list[int], ref_regions: list[Crop]) -> tuple[
     """Fine passes where the window scan (:mod:`.scan`) finds each reference region's structures in the one target
     image; None when it finds none."""
     k = int(slices[0])
-    threshold = int(round(runner.opts.threshold * 255))
+    threshold = runner.opts.byte_threshold
     passes, used, chosen, windows = [], [], [], 0
     plane_t = runner.tview.get(runner.request.target.array, k)
     reference_k = _reference_slice(runner)
@@ -133,7 +133,7 @@ def _slice_costs(runner, k: int, ref_k: int, reference_crop: Crop, prompt, grid:
     """Per window of ``grid`` on target slice ``k``: how unlike reference slice ``ref_k``'s structures the model's
     findings look (infinite where a region already found is), and what it found there."""
     labels, segments = prompt
-    threshold = int(round(runner.opts.threshold * 255))
+    threshold = runner.opts.byte_threshold
     plane = runner.tview.get(runner.request.target.array, k)
     scale = image_scale(plane)
     wanted = _reference_looks(runner, labels, segments, ref_k)

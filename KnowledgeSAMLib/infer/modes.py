@@ -191,7 +191,7 @@ def run_volume(ctx: RunContext, target_pos: np.ndarray | None = None,
         _volume_pass(ctx, opts.first_pass_k, {}, {})
         priors: dict[str, str] = {}
         extents: dict[str, tuple[float, float]] = {}
-        threshold = int(round(opts.threshold * 255))
+        threshold = opts.byte_threshold
         for seg in ctx.segments:
             mask = largest_component(ctx.probabilities[seg.name] > threshold)
             present = np.flatnonzero(ctx.target.view.slice_has(mask))

@@ -44,7 +44,7 @@ def postprocess(probabilities: dict[str, np.ndarray], segments: Sequence[Segment
     """uint8 probabilities per structure → boolean masks (smoothing, threshold, component, overlaps)."""
     from .modes import largest_component
 
-    threshold = int(round(options.threshold * 255))
+    threshold = options.byte_threshold
     if options.smooth_z and view.n > 1:
         probabilities = {name: _smooth_across_slices(p, view) for name, p in probabilities.items()}
     masks = {}

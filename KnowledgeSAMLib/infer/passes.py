@@ -100,7 +100,7 @@ def expected_side(runner, ref_regions: list[Crop]) -> tuple[int, int]:
 
 def found_masks(runner, ctx: RunContext) -> list[np.ndarray]:
     """What a pass found, per structure (whole target grid), at the run's threshold."""
-    threshold = int(round(runner.opts.threshold * 255))
+    threshold = runner.opts.byte_threshold
     return [p > threshold for p in ctx.probabilities.values()]
 
 

@@ -99,6 +99,11 @@ class EngineOptions:
     embedding_dtype: str = "float16"
     prompt_cache_size: int = 64
 
+    @property
+    def byte_threshold(self) -> int:
+        """:attr:`threshold` on the uint8 probability maps (0-255) the engine keeps."""
+        return int(round(self.threshold * 255))
+
     def for_mode(self, mode: str) -> "EngineOptions":
         """The options a run in ``mode`` uses: propagate mode thresholds at :attr:`propagate_threshold`."""
         return replace(self, threshold=self.propagate_threshold) if mode == "propagate" else self

@@ -23,7 +23,7 @@ from ..errors import InputError
 from .slicing import AxisView
 
 __all__ = ["Crop", "RoiBox", "structure_box", "parse_roi", "is_focus", "union_plane", "region_crops", "crop_centre",
-           "restrict_to_crop", "DEFAULT_MARGIN", "FULL_SLICE_FRACTION", "MIN_SIDE_MM"]
+           "restrict_to_crop", "overlaps", "DEFAULT_MARGIN", "FULL_SLICE_FRACTION", "MIN_SIDE_MM"]
 
 DEFAULT_MARGIN = 0.3  # box grows by this fraction of the structures' larger extent on each side (training: 0.15-0.5)
 # never look at less than 4 cm: tiny structures need context, and a tighter crop shows the model a zoom it never
@@ -200,6 +200,11 @@ def _area(crop: Crop) -> int:
 
 def _overlap(a: Crop, b: Crop) -> int:
     return max(0, min(a[1], b[1]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[2], b[2]))
+
+
+def overlaps(a: Crop, b: Crop) -> bool:
+    """Whether two crops share any pixel."""
+    return _overlap(a, b) > 0
 
 
 def _plane_view(view: AxisView) -> AxisView:

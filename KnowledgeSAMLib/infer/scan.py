@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .roi import Crop
+from .roi import Crop, overlaps
 
 __all__ = ["window_grid", "scan_regions", "single_image", "Look", "look", "window_cost", "image_scale", "unlikeness",
-           "overlaps", "SCAN_OVERLAP", "MAX_WINDOWS"]
+           "SCAN_OVERLAP", "MAX_WINDOWS"]
 
 SCAN_OVERLAP = 0.5  # neighbouring windows share half their side: a structure up to half a window wide is whole in one
 MAX_WINDOWS = 400  # beyond this the windows grow (a reference region tiny against the target): the scan stays bounded
@@ -159,11 +159,6 @@ def scan_regions(run_window, view, k: int, side: tuple[int, int], count: int, th
         if all(not overlaps(crop, other) for other in chosen):
             chosen.append(crop)
     return chosen
-
-
-def overlaps(a: Crop, b: Crop) -> bool:
-    """Whether two crops share any pixel."""
-    return min(a[1], b[1]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[2], b[2])
 
 
 def single_image(slices: Sequence[int]) -> bool:
