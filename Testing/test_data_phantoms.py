@@ -161,3 +161,76 @@ def test_fundus_deterministic_and_varied(fundus_cases):
     areas = [d.sum() for d in discs]
     assert np.ptp(areas) > 0.3 * np.mean(areas)
     assert not np.array_equal(fundus_cases[0][0].array, fundus_cases[1][0].array)
+
+
+# ------------------------------------------------------------------------------------- kidney anatomy, phases
+
+ORGANS = ("kidney_right", "kidney_left", "liver", "spleen", "aorta", "inferior_vena_cava", "vertebra", "bowel")
+
+
+@pytest.fixture(scope="module")
+def anatomy_case():
+    return make_kidney_phantom(11, shape=(24, 96, 96), anatomy=True)
+
+
+def test_anatomy_labels_leave_the_default_phantom_unchanged(anatomy_case):
+    """The organ layer is opt-in and draws no random numbers: image and kidney labels are those of the plain
+    phantom (every cache and number built on the default phantoms stays valid)."""
+    image, labels = anatomy_case
+    plain_image, plain_labels = make_kidney_phantom(11, shape=(24, 96, 96))
+    assert np.array_equal(image.array, plain_image.array)
+    assert np.array_equal(labels.layers[0], plain_labels.layers[0])
+    assert [s.name for s in labels.segments] == ["artery", "medulla", "cortex", *ORGANS]
+    assert all(s.layer == 1 for s in labels.segments[3:])
+    again_image, again_labels = make_kidney_phantom(11, shape=(24, 96, 96), anatomy=True)
+    assert np.array_equal(again_labels.layers, labels.layers)
+
+
+def test_anatomy_organs_sit_where_they_belong(anatomy_case):
+    image, labels = anatomy_case
+    x = image.geometry.index_to_physical()  # LPS: +x = patient left, +y = posterior
+    zz, yy, xx = np.indices(image.shape)
+
+    def centre(name: str) -> np.ndarray:
+        idx = np.flatnonzero(labels.mask(name))
+        points = np.stack([xx.ravel()[idx], yy.ravel()[idx], zz.ravel()[idx], np.ones(idx.size)])
+        return (x @ points)[:3].mean(axis=1)
+
+    for name in ORGANS:
+        assert labels.mask(name).sum() > 50, f"{name} is drawn"
+    assert centre("kidney_right")[0] < 0 < centre("kidney_left")[0]
+    assert centre("liver")[0] < 0 < centre("spleen")[0]
+    assert abs(centre("vertebra")[0]) < 15 and centre("vertebra")[1] > centre("aorta")[1]
+    kidney = labels.mask("kidney_right") | labels.mask("kidney_left")
+    inner = labels.mask("medulla") | labels.mask("cortex")
+    assert (inner & kidney).sum() / inner.sum() > 0.99, "cortex and medulla lie inside the whole-kidney labels"
+    assert not (labels.mask("kidney_right") & labels.mask("kidney_left")).any()
+    hu = image.array
+    assert np.median(hu[labels.mask("vertebra")]) > np.median(hu[labels.mask("liver")])
+
+
+@pytest.mark.parametrize("phase", ["non-contrast", "portal"])
+def test_other_phases_drop_the_kidney_insides(phase):
+    """Outside the corticomedullary phase cortex and medulla look alike, so only the organs are labelled. The
+    phase draws from its own random stream: the anatomy is the corticomedullary case's, voxel for voxel."""
+    image, labels = make_kidney_phantom(12, shape=(24, 96, 96), anatomy=True, phase=phase)
+    assert [s.name for s in labels.segments] == list(ORGANS)
+    assert not labels.layers[0].any()
+    cm_image, cm_labels = make_kidney_phantom(12, shape=(24, 96, 96), anatomy=True)
+    assert np.array_equal(labels.layers[1], cm_labels.layers[1])
+    cortex, medulla = interior(cm_labels.mask("cortex")), interior(cm_labels.mask("medulla"))
+
+    def gap(hu: np.ndarray) -> float:
+        return float(np.median(hu[cortex]) - np.median(hu[medulla]))
+
+    assert gap(cm_image.array) > 40 and abs(gap(image.array)) < 20
+
+
+def test_random_phase_is_fixed_per_seed_and_varies():
+    from KnowledgeSAMLib.data.phantoms.kidney_anatomy import phase_of
+
+    phases = [phase_of(seed, "random") for seed in range(30)]
+    assert phases == [phase_of(seed, "random") for seed in range(30)]
+    assert set(phases) == {"corticomedullary", "non-contrast", "portal"}
+    with pytest.raises(ValueError, match="phase must be one of"):
+        make_kidney_phantom(0, shape=(8, 32, 32), phase="venous")

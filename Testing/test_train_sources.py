@@ -105,3 +105,18 @@ def test_reweighting_a_source_keeps_its_cache():
     heavy = SourceConfig(kind="kidney_roi_phantom", weight=2.0, train_cases=400)
     shifted = SourceConfig(kind="kidney_roi_phantom", weight=0.5, train_cases=400, seed=400)
     assert _cache_key(light, 128) == _cache_key(heavy, 128) != _cache_key(shifted, 128)
+
+
+def test_kidney_phantom_organs_as_tasks():
+    """anatomy: true makes every organ a task; a random-phase source has the organs only (cortex and medulla are no
+    task where they look alike), and its cases ask only for what they show."""
+    organs = ["kidney_right", "kidney_left", "liver", "spleen", "aorta", "inferior_vena_cava", "vertebra", "bowel"]
+    every, phases = build_sources([
+        SourceConfig(kind="kidney_phantom", anatomy=True, train_cases=1, val_cases=0, shape=[16, 64, 64]),
+        SourceConfig(kind="kidney_phantom", anatomy=True, phase="random", train_cases=3, val_cases=0, seed=1,
+                     shape=[16, 64, 64])], size=32)
+    assert every.tasks == ["artery", "medulla", "cortex", *organs]
+    assert phases.tasks == organs
+    case = every.train[0]
+    for task in ("cortex", "vertebra", "liver"):
+        assert case.present[:, case.task_index(task)].any(), task

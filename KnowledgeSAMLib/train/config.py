@@ -145,6 +145,14 @@ class SourceConfig:
     crop: bool = _f(True, "papila: disc-centred crops (true) or the whole photograph (false).")
     volumes: list[str] = _f(
         doc="totalsegmentator: which example volumes (ct, ct_sm, mr); empty = all three.", factory=list)
+    anatomy: bool = _f(
+        False, "kidney_phantom: also label the other organs (kidney_right, kidney_left, liver, spleen, aorta, "
+               "inferior_vena_cava, vertebra, bowel) as tasks beside artery, medulla and cortex "
+               "(data/phantoms/kidney_anatomy.py); name them in 'tasks' or leave 'tasks' empty for all.")
+    phase: str = _f(
+        "corticomedullary", "kidney_phantom: contrast phase: corticomedullary, non-contrast, portal or random (one "
+                            "of the three per seed). Outside the corticomedullary phase artery, medulla and cortex "
+                            "are not tasks of that case (they cannot be told apart).")
 
     @property
     def n_train(self) -> int:
@@ -337,6 +345,17 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
         if src.kind == "kidney_phantom":
             if len(src.shape) != 3 or min(src.shape) < 8:
                 fail(f"{key}.shape", f"must be 3 sizes (z, y, x) of at least 8, got {src.shape}")
+        from ..data.phantoms.kidney_anatomy import PHASES
+
+        if src.phase not in PHASES:
+            fail(f"{key}.phase", f"must be one of {', '.join(PHASES)}, got {src.phase!r}")
+        if (src.anatomy or src.phase != "corticomedullary") and src.kind != "kidney_phantom":
+            fail(f"{key}.anatomy" if src.anatomy else f"{key}.phase", f"is for kidney_phantom sources, not {src.kind}")
+        if src.phase != "corticomedullary" and {"artery", "medulla", "cortex"} & set(src.tasks):
+            fail(f"{key}.tasks", f"artery, medulla and cortex cannot be told apart in phase {src.phase!r} (only "
+                                 "in the corticomedullary phase): leave them out, or use a second source")
+        if src.phase != "corticomedullary" and not src.anatomy:
+            fail(f"{key}.phase", "a phase other than corticomedullary leaves no task without anatomy: true")
         if src.kind.endswith("_phantom") and src.n_train < 1:
             fail(f"{key}.train_cases", "a phantom source needs at least one training case")
         if len(set(src.tasks)) != len(src.tasks):

@@ -64,6 +64,7 @@ DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abd
                    "image_folder": "auto"}
 
 _FOLDER_ONLY = {"test_cases": 0, "labels": None, "patients": None, "split_file": None}
+_ADDED_LATER = {"anatomy": False, "phase": "corticomedullary"}  # absent from cache keys at their defaults
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
 _CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
@@ -99,6 +100,19 @@ def volume_to_case(name: str, source: str, image: Image, labels: Labels, tasks: 
                        axis, margin)
 
 
+def default_tasks(src: SourceConfig) -> list[str]:
+    """The tasks of a source that names none: its kind's structures; kidney phantoms with ``anatomy`` add the
+    organs, and outside the corticomedullary phase have only the organs (cortex and medulla look alike)."""
+    tasks = list(DEFAULT_TASKS[src.kind])
+    if src.kind == "kidney_phantom" and src.phase != "corticomedullary":
+        tasks = []
+    if src.kind == "kidney_phantom" and src.anatomy:
+        from ..data.phantoms.kidney_anatomy import ANATOMY
+
+        tasks += list(ANATOMY)
+    return tasks
+
+
 # ------------------------------------------------------------------------------------ per-kind loaders
 Volumes = Iterator[tuple[str, Image, Labels]]
 
@@ -109,7 +123,8 @@ def _kidney_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
     def gen(seeds: range) -> Volumes:
         for seed in seeds:
             try:
-                image, labels = make_kidney_phantom(seed, shape=tuple(src.shape))
+                image, labels = make_kidney_phantom(seed, shape=tuple(src.shape), anatomy=src.anatomy,
+                                                    phase=src.phase)
             except ValueError as error:
                 raise InputError(f"kidney_phantom source: {error}") from None
             yield f"kidney_phantom_{seed:04d}", image, labels
@@ -234,7 +249,7 @@ def _source_tasks(src: SourceConfig, labels: Labels, case_name: str) -> list[str
     if src.kind in FOLDER_KINDS:  # the folder reader kept exactly the run's structures this case shows
         return [seg.name for seg in labels.segments]
     if src.tasks or src.kind != "totalsegmentator":
-        return list(src.tasks) or list(DEFAULT_TASKS[src.kind])
+        return list(src.tasks) or default_tasks(src)
     held_out = () if case_name.endswith("_mr") else TOTALSEG_CT_HELD_OUT
     counts = {seg.name: int((labels.layers[0] == seg.label_value).sum()) for seg in labels.segments}
     return [name for name, count in counts.items() if name not in held_out and count >= 200]
@@ -279,7 +294,7 @@ def _cache_key(src: SourceConfig, size: int, content: str = "") -> str:
     source = asdict(src)
     source.pop("weight", None)
     source["train_cases"] = src.n_train  # null and its value give the same slices
-    for name, default in _FOLDER_ONLY.items():  # settings added for folders: absent at their defaults, so
+    for name, default in {**_FOLDER_ONLY, **_ADDED_LATER}.items():  # settings added later: absent at their defaults, so
         if source.get(name) == default:         # that caches of the built-in kinds keep their keys
             source.pop(name, None)
     for name in ("root", "labels", "split_file"):
@@ -346,7 +361,7 @@ def build_source(src: SourceConfig, size: int, name: str, cache_dir: str | Path 
 
     Folders (``volume_folder``, ``image_folder``) report each data problem through ``warn`` (one line) and leave
     the case out, or raise at the first one when ``strict``."""
-    tasks = list(src.tasks) or list(DEFAULT_TASKS[src.kind])
+    tasks = list(src.tasks) or default_tasks(src)
     preset = src.preset or DEFAULT_PRESETS[src.kind]
     folder = report = None
     content = ""

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..volume import Geometry, Image, Labels, Segment
 from ._fields import bezier, gaussian_blur, smooth_noise, tube_mask
+from .kidney_anatomy import ANATOMY, ANATOMY_SEGMENTS, apply_phase, phase_of
 
 __all__ = ["make_kidney_phantom", "kidney_phantom_case", "KidneyCase", "KIDNEY_SEGMENTS", "KidneyPhantomConfig"]
 
@@ -115,6 +116,7 @@ class _Canvas:
         self.z = ((np.arange(nz) - (nz - 1) / 2) * sz).astype(np.float32)
         self.hu = np.zeros(shape, dtype=np.float32)
         self.labels = np.zeros(shape, dtype=np.uint8)
+        self.anatomy = np.zeros(shape, dtype=np.uint8)  # the organ each voxel shows (kidney_anatomy.ANATOMY)
 
     @property
     def coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,23 +146,30 @@ class KidneyCase:
 def make_kidney_phantom(seed: int, shape: tuple[int, int, int] = KidneyPhantomConfig.shape,
                         spacing: tuple[float, float, float] = KidneyPhantomConfig.spacing,
                         damage_probability: float = KidneyPhantomConfig.damage_probability,
-                        ) -> tuple[Image, Labels]:
+                        anatomy: bool = False, phase: str = "corticomedullary") -> tuple[Image, Labels]:
     """One phantom case: an int16 HU :class:`Image` and :class:`Labels` with segments ``artery`` = 1,
-    ``medulla`` = 2, ``cortex`` = 3 on one layer. Deterministic for a given seed, shape and spacing."""
-    case = kidney_phantom_case(seed, shape, spacing, damage_probability)
+    ``medulla`` = 2, ``cortex`` = 3 on one layer. Deterministic for a given seed, shape and spacing.
+
+    ``anatomy``: a second layer with the other organs (:data:`.kidney_anatomy.ANATOMY_SEGMENTS`); ``phase``: the
+    contrast phase (:data:`.kidney_anatomy.PHASES`; outside the corticomedullary phase the artery, medulla and
+    cortex segments are left out, the layer stays)."""
+    case = kidney_phantom_case(seed, shape, spacing, damage_probability, anatomy, phase)
     return case.image, case.labels
 
 
 def kidney_phantom_case(seed: int, shape: tuple[int, int, int] = KidneyPhantomConfig.shape,
                         spacing: tuple[float, float, float] = KidneyPhantomConfig.spacing,
-                        damage_probability: float = KidneyPhantomConfig.damage_probability) -> KidneyCase:
+                        damage_probability: float = KidneyPhantomConfig.damage_probability,
+                        anatomy: bool = False, phase: str = "corticomedullary") -> KidneyCase:
     """:func:`make_kidney_phantom` plus the drawn damage and tissue HU values (for tests and demos)."""
+    drawn_phase = phase_of(seed, phase)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     if len(shape) != 3 or min(shape) < 1 or min(shape[1:]) < 16:
         raise ValueError(f"kidney phantom shape must be (z, y, x) with y, x >= 16; got {shape}")
     rng = np.random.default_rng(seed)
     canvas = _Canvas(shape, spacing)
     tissues = _Tissues.sample(rng)
+    kidney_labels_kept = apply_phase(tissues, seed, drawn_phase)  # its own random stream: rng is untouched
     scale = 0.5 * min(shape[2] * canvas.spacing[0], shape[1] * canvas.spacing[1])  # mm per anatomy unit
 
     body = _Body.sample(rng, scale)
@@ -176,9 +185,12 @@ def kidney_phantom_case(seed: int, shape: tuple[int, int, int] = KidneyPhantomCo
     geometry = Geometry(spacing=tuple(canvas.spacing),
                         origin=(float(canvas.x[0]), float(canvas.y[0]), float(canvas.z[0])))
     image = Image(array=hu, geometry=geometry, source=f"kidney phantom seed {seed}")
-    labels = Labels(layers=canvas.labels[None].copy(), geometry=geometry,
-                    segments=[Segment(s.name, s.label_value, s.layer, s.color) for s in KIDNEY_SEGMENTS],
-                    source=f"kidney phantom seed {seed}")
+    segments = [Segment(s.name, s.label_value, s.layer, s.color) for s in KIDNEY_SEGMENTS] if kidney_labels_kept else []
+    layers = canvas.labels[None].copy() if kidney_labels_kept else np.zeros_like(canvas.labels)[None]
+    if anatomy:
+        layers = np.concatenate([layers, canvas.anatomy[None]])
+        segments += [Segment(s.name, s.label_value, s.layer, s.color) for s in ANATOMY_SEGMENTS]
+    labels = Labels(layers=layers, geometry=geometry, segments=segments, source=f"kidney phantom seed {seed}")
     return KidneyCase(image, labels, drawn_damage, dict(vars(tissues)))
 
 
@@ -192,6 +204,10 @@ def _acquire(hu: np.ndarray, rng: np.random.Generator, canvas: _Canvas) -> np.nd
     noise = gaussian_blur(rng.standard_normal(hu.shape).astype(np.float32), (0.0, 0.6, 0.6))
     noise *= _uniform(rng, 6.0, 20.0) / max(float(noise.std()), 1e-6)
     return np.clip(np.rint(blurred + noise), -1024, 3071).astype(np.int16)
+
+
+def _kidney_side(anatomy: np.ndarray, side: int) -> np.ndarray:
+    return anatomy == ANATOMY["kidney_right" if side < 0 else "kidney_left"]
 
 
 def _ellipse(a: np.ndarray, b: np.ndarray, ra: float, rb: float) -> np.ndarray:
@@ -261,9 +277,10 @@ class _Body:
         hu[:, cavity < 1] = t.fat + 8.0  # visceral fat
         hu += (outline < 1) * texture * 6.0
 
-        def put(mask: np.ndarray, value: float, jitter: float = 0.0) -> None:
+        def put(mask: np.ndarray, value: float, jitter: float = 0.0, organ: str | None = None) -> None:
             mask = np.broadcast_to(mask, canvas.shape)
             hu[mask] = value + (texture[mask] * jitter if jitter else 0.0)
+            canvas.anatomy[mask] = ANATOMY[organ] if organ else 0  # what is painted over is no longer that organ
 
         # Liver (right, upper) and spleen (left, posterior, upper), textured.
         top = float(canvas.z[-1]) if canvas.z.size > 1 else 0.0
@@ -271,11 +288,11 @@ class _Body:
         liver = (_ellipse(bx + _uniform(rng, 0.35, 0.5) * k, by + _uniform(rng, 0.0, 0.15) * k,
                           _uniform(rng, 0.42, 0.55) * k, _uniform(rng, 0.45, 0.6) * k)
                  + ((z - liver_z) / (_uniform(rng, 0.55, 0.8) * k)) ** 2) < 1
-        put(liver & (cavity < 1), t.liver, 8.0)
+        put(liver & (cavity < 1), t.liver, 8.0, "liver")
         spleen = (_ellipse(bx - _uniform(rng, 0.55, 0.68) * k, by - _uniform(rng, 0.1, 0.3) * k,
                            _uniform(rng, 0.12, 0.17) * k, _uniform(rng, 0.2, 0.28) * k)
                   + ((z - top * _uniform(rng, 0.5, 1.2) - 0.1 * k) / (_uniform(rng, 0.3, 0.45) * k)) ** 2) < 1
-        put(spleen & (cavity < 1), t.spleen, 12.0)
+        put(spleen & (cavity < 1), t.spleen, 12.0, "spleen")
 
         # Bowel loops in front of the spine: enhancing wall, fluid content, sometimes gas on top.
         for _ in range(int(rng.integers(5, 10))):
@@ -285,10 +302,10 @@ class _Body:
             r = (((bx - centre[0]) / semi[0]) ** 2 + ((by - centre[1]) / semi[1]) ** 2
                  + ((z - centre[2]) / semi[2]) ** 2)
             inside = (r < 1) & (cavity < 1)
-            put(inside, t.bowel_wall, 6.0)
-            put(inside & (r < 0.7), _uniform(rng, -30.0, 40.0), 5.0)
+            put(inside, t.bowel_wall, 6.0, "bowel")
+            put(inside & (r < 0.7), _uniform(rng, -30.0, 40.0), 5.0, "bowel")
             if rng.random() < 0.35:
-                put(inside & (r < 0.7) & (by < centre[1] - 0.2 * semi[1]), _uniform(rng, -950.0, -700.0))
+                put(inside & (r < 0.7) & (by < centre[1] - 0.2 * semi[1]), _uniform(rng, -950.0, -700.0), organ="bowel")
 
         # Spine: vertebral bodies with discs, canal, posterior elements; psoas and back muscles.
         vr = self.vertebra_r
@@ -302,16 +319,17 @@ class _Body:
             put(_ellipse(bx - sign * 0.17 * k, by - self.spine_y - vr - 0.2 * k, 0.11 * k, 0.1 * k) < 1,
                 t.muscle, 5.0)
             put((_ellipse(bx - sign * 0.15 * k, by - self.spine_y - vr - 0.04 * k, 0.1 * k, 0.03 * k) < 1)
-                & ~is_disc, t.bone_cortex * 0.8)
-        put(body_r < 1, t.bone_cortex)
-        put((body_r < (1 - 0.18) ** 2) & ~is_disc, t.bone_marrow, 15.0)
-        put((body_r < 1) & is_disc, t.disc)
-        put(_ellipse(bx, by - self.spine_y - vr - 0.2 * k, 0.05 * k, 0.1 * k) < 1, t.bone_cortex * 0.85)
+                & ~is_disc, t.bone_cortex * 0.8, organ="vertebra")
+        put(body_r < 1, t.bone_cortex, organ="vertebra")
+        put((body_r < (1 - 0.18) ** 2) & ~is_disc, t.bone_marrow, 15.0, "vertebra")
+        put((body_r < 1) & is_disc, t.disc)  # intervertebral disc: not bone
+        put(_ellipse(bx, by - self.spine_y - vr - 0.2 * k, 0.05 * k, 0.1 * k) < 1, t.bone_cortex * 0.85,
+            organ="vertebra")
         put(_ellipse(bx, by - self.spine_y - vr - 0.07 * k, 0.055 * k, 0.05 * k) < 1, t.csf)
 
         # Great vessels: aorta (same HU as the renal arteries, not labelled) and IVC.
-        put(_ellipse(bx - self.aorta[0], by - self.aorta[1], self.aorta_r, self.aorta_r) < 1, t.artery, 4.0)
-        put(_ellipse(bx - self.ivc[0], by - self.ivc[1], *self.ivc_semi) < 1, t.vein, 4.0)
+        put(_ellipse(bx - self.aorta[0], by - self.aorta[1], self.aorta_r, self.aorta_r) < 1, t.artery, 4.0, "aorta")
+        put(_ellipse(bx - self.ivc[0], by - self.ivc[1], *self.ivc_semi) < 1, t.vein, 4.0, "inferior_vena_cava")
 
 
 @dataclass
@@ -433,6 +451,7 @@ class _Kidney:
         hu[medulla] = medulla_hu + 5.0 * texture[medulla]
         labels[cortex] = CORTEX
         labels[medulla] = MEDULLA
+        canvas.anatomy[box][kidney] = ANATOMY["kidney_right" if self.side < 0 else "kidney_left"]  # sinus included
         if self.damage == "cyst":
             hu[lesion] = t.urine + 3.0 * texture[lesion]
             labels[lesion] = 0
@@ -456,6 +475,7 @@ class _Kidney:
             path = bezier(start, 0.5 * (start + ivc), ivc, 6)
         mask = tube_mask(canvas.coords, canvas.spacing, path, _uniform(rng, 0.035, 0.05) * k)
         canvas.hu[mask] = t.vein
+        canvas.anatomy[mask] = 0  # the renal vein is not labelled (the kidney painted next claims its own part)
 
     def _paint_artery(self, canvas: _Canvas, t: _Tissues, body: _Body, rng: np.random.Generator) -> None:
         """Renal artery from the aorta wall (the aorta itself is not labelled) through the hilum into the
@@ -486,3 +506,4 @@ class _Kidney:
         mask &= ~np.broadcast_to(aorta, canvas.shape)
         canvas.hu[mask] = t.artery
         canvas.labels[mask] = ARTERY
+        canvas.anatomy[mask & ~_kidney_side(canvas.anatomy, self.side)] = 0  # outside the kidney: the renal artery
