@@ -64,3 +64,17 @@ def test_kidney_roi_cases_are_written(tmp_path):
     labels = read_labels(tmp_path / "case_000_labels.seg.nrrd")
     assert image.shape == labels.shape == (40, 96, 96)
     assert {s.name for s in labels.segments} == {"artery", "medulla", "cortex"}
+
+
+def test_kidney_organs_and_phase(tmp_path, capsys):
+    out = tmp_path / "organs"
+    assert main(["phantom", "kidney", "--out", str(out), "--shape", "12", "48", "48", "--organs",
+                 "--phase", "portal"]) == 0
+    labels = read_labels(out / "case_000_labels.seg.nrrd")
+    assert [s.name for s in labels.segments] == ["kidney_right", "kidney_left", "liver", "spleen", "aorta",
+                                                 "inferior_vena_cava", "vertebra", "bowel"]
+    assert labels.mask("vertebra").any() and labels.mask("liver").any()
+    assert main(["phantom", "kidney", "--out", str(tmp_path / "x"), "--phase", "portal"]) == 2
+    assert "add --organs" in capsys.readouterr().err
+    assert main(["phantom", "fundus", "--out", str(tmp_path / "y"), "--organs"]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ..errors import InputError
 
+from ..data.phantoms.kidney_anatomy import PHASES
+
 KINDS = ("kidney", "kidney-roi", "fundus", "kidney-full", "fundus-full")
 UNSEEN_KINDS = ("kidney-full", "fundus-full")  # the evaluation-only generator family
 
@@ -45,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="kidney-full: in-plane pixels (default 512; the field of view stays as drawn)")
     parser.add_argument("--slices", type=int, default=None,
                         help="kidney-full: number of slices (default: drawn per case, 40-80)")
+    parser.add_argument("--organs", action="store_true",
+                        help="kidney: also label kidney_right, kidney_left, liver, spleen, aorta, inferior_vena_cava, "
+                             "vertebra and bowel (a second layer)")
+    parser.add_argument("--phase", default="corticomedullary", choices=PHASES,
+                        help="kidney: contrast phase (default corticomedullary; the others need --organs: cortex and "
+                             "medulla look alike there, so only the organs are labelled)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case files")
     parser.set_defaults(func=run)
 
@@ -69,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--spacing must be positive, got {' '.join(map(str, args.spacing))}")
     if args.kind in ("fundus", "fundus-full") and args.size is not None and args.size < 32:
         raise InputError(f"--size must be at least 32, got {args.size}")
+    if (args.organs or args.phase != "corticomedullary") and args.kind != "kidney":
+        raise InputError(f"--organs and --phase are for kidney phantoms, not {args.kind}")
+    if args.phase != "corticomedullary" and not args.organs:
+        raise InputError(f"--phase {args.phase} labels only the organs: add --organs")
     if args.kind == "kidney-full" and args.matrix < 32:
         raise InputError(f"--matrix must be at least 32, got {args.matrix}")
     if args.kind == "kidney-full" and args.slices is not None and args.slices < 4:
@@ -89,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if args.kind in UNSEEN_KINDS:
             image, labels = _unseen_case(args, seed)
         elif args.kind == "kidney":
-            image, labels = make_kidney_phantom(seed, shape=tuple(args.shape), spacing=tuple(args.spacing))
+            image, labels = make_kidney_phantom(seed, shape=tuple(args.shape), spacing=tuple(args.spacing),
+                                                anatomy=args.organs, phase=args.phase)
         elif args.kind == "kidney-roi":
             image, labels = make_kidney_roi_phantom(seed)
         else:
