@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from KnowledgeSAMLib.data.volume import Labels
 from KnowledgeSAMLib.errors import InputError
-from KnowledgeSAMLib.infer import SegmentRequest, segment
+from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment
 from KnowledgeSAMLib.infer.interactive import affected_slab, merge_slab, next_slice_to_check
 from KnowledgeSAMLib.infer.propagate import territories
 from KnowledgeSAMLib.infer.slicing import axis_view
@@ -193,3 +194,45 @@ def test_a_structure_drawn_on_other_slices_is_not_absent_where_another_was_drawn
     assert dice(free.labels.mask("dim")[6], truth_dim_6) > 0.8
     complete = _run(image, drawn, reference_slices=[6, 9])
     assert not complete.labels.mask("dim")[6].any()
+
+
+# ------------------------------------------------------------------------------------------ self-check
+
+class _AlwaysBright(ThresholdModel):
+    """Answers "bright" whatever the reference shows: a model that cannot follow the prompt for "dim"."""
+
+    def encode_reference(self, ref_images, ref_masks, embeddings=None):
+        prompt = super().encode_reference(ref_images, ref_masks, embeddings)
+        # the bright structure's grey (HU 200 in the abdominal window) and nothing darker, anywhere in the slice
+        return type(prompt)(torch.full_like(prompt.low, 0.8), torch.full_like(prompt.high, 2.0),
+                            torch.ones_like(prompt.region), prompt.embedding)
+
+
+def test_unreliable_slices_are_decided_per_labelled_slice():
+    from KnowledgeSAMLib.infer.self_check import unreliable_slices
+
+    good = {3: 0.9, 8: 0.9, 12: 0.9}
+    assert unreliable_slices(good, [], range(16), 0.3) == ([], [])
+    fill, clear = unreliable_slices({3: 0.9, 8: 0.1, 12: 0.9}, [14], range(16), 0.3)
+    assert fill == [4, 5, 6, 7, 9, 10, 11] and clear == []  # beyond 3, 12 and the absent 14: untouched
+    fill, clear = unreliable_slices({3: 0.1, 8: 0.9}, [6], range(12), 0.3)
+    assert fill == [] and clear == [0, 1, 2, 4, 5]  # the absent slice 6 cuts the gap: 3's side is its own walk
+
+
+def test_a_structure_the_model_cannot_reproduce_is_interpolated_between_its_labelled_slices(volume):
+    image, labels = volume
+    dim_slices = np.flatnonzero(labels.mask("dim").any(axis=(1, 2)))
+    first, last = int(dim_slices[0]) + 1, int(dim_slices[-1]) - 1
+    drawn = _labels_on(labels, [first, last])
+    model = _AlwaysBright(64)
+    result = segment(SegmentRequest(image, image, drawn, mode="propagate", batch_size=4), model)
+    checks = result.provenance["self_check"]
+    assert all(v < 0.3 for v in checks["dim"].values()) and all(v > 0.8 for v in checks["bright"].values())
+    assert len(result.provenance["warnings"]) == 1 and result.provenance["warnings"][0].startswith("dim: ")
+    dim, truth = result.labels.mask("dim"), labels.mask("dim")
+    assert dice(dim[first:last + 1], truth[first:last + 1]) > 0.8, "the drawn shapes, interpolated"
+    assert not dim[:first].any() and not dim[last + 1:].any(), "nothing beyond the labelled slices"
+    unchecked = segment(SegmentRequest(image, image, drawn, mode="propagate", batch_size=4,
+                                       options=EngineOptions(self_check_min=0.0)), model)
+    assert unchecked.provenance["warnings"] == []
+    assert dice(unchecked.labels.mask("dim")[first + 1:last], truth[first + 1:last]) < 0.5, "the model's own answer"

@@ -299,6 +299,8 @@ class EffectPresenter:
         return result
 
     def _showResult(self, job):
+        from KnowledgeSAMLib import mrml
+
         def show(result):
             self.previewMask = self._combine(result)
             self._run["confidence"] = self._confidence(result)
@@ -306,7 +308,8 @@ class EffectPresenter:
 
         result = self._outcome(job, show)
         if result is not None:
-            self.view.setStatus("Preview ready ({seconds:.1f} s on {device}). Apply writes it into the segment.".format(
+            self.view.setStatus(mrml.warning_text(result.provenance) +
+                                "Preview ready ({seconds:.1f} s on {device}). Apply writes it into the segment.".format(
                 seconds=job.elapsed_seconds, device=(result.provenance or {}).get("device", "?")))
 
     @staticmethod
@@ -357,13 +360,16 @@ class EffectPresenter:
     # ------------------------------------------------------------------ update: written when done
 
     def _finishUpdate(self, job):
+        from KnowledgeSAMLib import mrml
+
         result = self._outcome(job, self._writeUpdate)
         if result is None:
             return
         slab = result.provenance["update"]["slab"]
         corrected = self._run["update"]
         self.clear()
-        self.view.setStatus("Updated slices {start}..{last} around slice(s) {corrected} in {seconds:.1f} s; your "
+        self.view.setStatus(mrml.warning_text(result.provenance) +
+                            "Updated slices {start}..{last} around slice(s) {corrected} in {seconds:.1f} s; your "
                             "slices were kept as drawn. Undo reverts it.".format(
                                 start=slab[0], last=slab[1] - 1, corrected=", ".join(map(str, corrected)),
                                 seconds=job.elapsed_seconds))

@@ -202,6 +202,8 @@ class PanelPresenter:
                              loop["previous"])
 
     def _written(self, write, result, job):
+        from KnowledgeSAMLib import mrml
+
         self.lastWrite = write
         output = write.segmentation_node
         p = self._parameterNode()
@@ -209,13 +211,14 @@ class PanelPresenter:
             p.outputSegmentation = output
         output.CreateDefaultDisplayNodes()
         update = (result.provenance or {}).get("update")
+        warned = mrml.warning_text(result.provenance)
         if update:
-            self.view.setStatus("Updated slices {start}..{last} of {count} segment(s) in '{output}' in "
+            self.view.setStatus(warned + "Updated slices {start}..{last} of {count} segment(s) in '{output}' in "
                                 "{seconds:.1f} s; your slices were kept as drawn. 'Undo last run' reverts it.".format(
                                     start=update["slab"][0], last=update["slab"][1] - 1, count=len(write.segment_ids),
                                     output=output.GetName(), seconds=job.elapsed_seconds))
             return
-        self.view.setStatus(
+        self.view.setStatus(warned +
             "Done: {count} segment(s) in '{output}' in {seconds:.1f} s on {device}. They are marked 'in progress': "
             "review them before use.".format(count=len(write.segment_ids), output=output.GetName(),
                                              seconds=job.elapsed_seconds,
@@ -429,3 +432,4 @@ class PanelPresenter:
         self.view.setStatus("The last run was undone.")
         self.view.refresh()
         return True
+

@@ -364,6 +364,8 @@ def _segment_one(run: _Run, target_path: Path, output_path: Path, written: list[
         bar.close()
     written_files = write_result(result, output_path, overwrite=args.overwrite,
                                  on_commit=lambda: written.append(output_path))
+    for warning in result.provenance.get("warnings", []):
+        _say("warning", warning)
     summary = ", ".join(f"{s.name}={int(result.labels.mask(s).sum())} voxels" for s in result.labels.segments)
     print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "
           f"in {result.provenance['timings']['total_s']:.1f} s ({summary}); provenance in {written_files[-1].name}")

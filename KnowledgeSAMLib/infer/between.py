@@ -17,7 +17,7 @@ import numpy as np
 
 from .slicing import AxisView
 
-__all__ = ["blend_between_labelled"]
+__all__ = ["blend_between_labelled", "fill_between_labelled"]
 
 
 def _signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
@@ -71,11 +71,23 @@ def blend_between_labelled(probabilities: np.ndarray, drawn: Mapping[int, np.nda
     Returns how many slices were blended."""
     if weight <= 0:
         return 0
+    return _between(probabilities, drawn, view, lambda gap: weight / (weight + gap), absent, slices)
+
+
+def fill_between_labelled(probabilities: np.ndarray, drawn: Mapping[int, np.ndarray], view: AxisView,
+                          absent: Sequence[int] = (), slices: Sequence[int] | None = None) -> int:
+    """The interpolated shape alone (what Slicer's "Fill between slices" does), in place, on the same slices as
+    :func:`blend_between_labelled`; returns how many slices were written."""
+    return _between(probabilities, drawn, view, lambda gap: 1.0, absent, slices)
+
+
+def _between(probabilities: np.ndarray, drawn: Mapping[int, np.ndarray], view: AxisView, share_for,
+             absent: Sequence[int], slices: Sequence[int] | None) -> int:
     wanted = None if slices is None else set(int(k) for k in slices)
     barriers = set(int(k) for k in absent)
     labelled = sorted(k for k, plane in drawn.items() if plane.any())
     outlines: dict[int, _Outline] = {}
-    blended = 0
+    written = 0
     for low, high in zip(labelled[:-1], labelled[1:]):
         gap = high - low
         inside = [k for k in range(low + 1, high) if wanted is None or k in wanted]
@@ -84,11 +96,11 @@ def blend_between_labelled(probabilities: np.ndarray, drawn: Mapping[int, np.nda
         for k in (low, high):
             if k not in outlines:
                 outlines[k] = _Outline(drawn[k], view.spacing_hw)
-        share = weight / (weight + gap)
+        share = share_for(gap)
         for k in inside:
             shape = interpolated_shape(outlines[low], outlines[high], (k - low) / gap)
             model = view.get(probabilities, k).astype(np.float32) / 255.0
             mixed = (1.0 - share) * model + share * shape
             view.put(probabilities, k, np.clip(np.rint(mixed * 255.0), 0, 255).astype(np.uint8))
-            blended += 1
-    return blended
+            written += 1
+    return written

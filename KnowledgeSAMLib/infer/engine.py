@@ -20,7 +20,7 @@ import torch
 from ..data.intensity import get_preset
 from ..data.volume import Labels
 from ..data.resize import SquareFit
-from .between import blend_between_labelled
+from .between import blend_between_labelled, fill_between_labelled
 from .cancel import CancelToken, Progress
 from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
@@ -31,6 +31,7 @@ from .output import assemble_labels, labels_from_probabilities, postprocess
 from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import EngineOptions, SegmentationResult, SegmentRequest, labelled_slices, prepare_request
+from .self_check import agreement_per_slice, unreliable_slices, warning_for
 from .slicing import axis_view, slice_count
 
 __all__ = ["segment", "relabel", "model_fingerprint"]
@@ -181,8 +182,10 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     inference_s = time.perf_counter() - inference_started
     tracker.check()
 
-    if prepared.mode == "propagate" and request.options.between_weight > 0:
-        _blend_between(ctx, prepared, request, tview, slices)
+    checks: dict[str, dict[str, float]] = {}
+    warnings: list[str] = []
+    if prepared.mode == "propagate":
+        checks, warnings = _between_labelled(ctx, prepared, request, runner.opts, tview, slices)
     drawn = {}
     if prepared.same_volume and request.options.keep_reference_labels:
         drawn = labelled_override(ctx, prepared.reference_labels, request.reference_slices)
@@ -191,6 +194,9 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     tracker.check()
     provenance = _provenance(request, prepared, runner, ctx, slices, roi_record, labels, inference_s, started)
     provenance["encoder_runtime"] = encoder_runtime if runner.policy.device.type == "cpu" else "torch"
+    if prepared.mode == "propagate":
+        provenance["self_check"] = checks  # per structure: labelled slice -> Dice of the model's own prediction
+    provenance["warnings"] = warnings
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
     return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
                               probabilities=ctx.probabilities if request.keep_probabilities else None)
@@ -211,16 +217,38 @@ def _final_labels(ctx: RunContext, prepared, request: SegmentRequest, options: E
     return assemble_labels(masks, prepared.segments, request.target.geometry, request.target.shape)
 
 
-def _blend_between(ctx: RunContext, prepared, request: SegmentRequest, view, slices: list[int]) -> None:
-    """Propagate mode: each structure's interpolated shape between two of its labelled slices joins the model's
-    probabilities there (:mod:`.between`)."""
+def _between_labelled(ctx: RunContext, prepared, request: SegmentRequest, options: EngineOptions, view,
+                      slices: list[int]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Propagate mode, between each structure's labelled slices: the self-check (:mod:`.self_check`), then the
+    interpolated shape blended into the model's probabilities (:mod:`.between`) — or, next to a labelled slice the
+    model could not reproduce, the interpolated shape alone (and nothing beyond it). Returns the per-slice
+    agreements and the warnings."""
     labels = prepared.reference_labels
     found = labelled_slices(labels, prepared.segments, view.slice_has, request.reference_slices)
+    checks: dict[str, dict[str, float]] = {}
+    warnings: list[str] = []
     for seg in prepared.segments:
         drawn = {int(k): np.ascontiguousarray(view.get(labels.layers[seg.layer], int(k))) == seg.label_value
                  for k in found[seg.name]}
-        blend_between_labelled(ctx.probabilities[seg.name], drawn, view, request.options.between_weight,
-                               absent=prepared.absent.get(seg.name, ()), slices=slices)
+        absent = prepared.absent.get(seg.name, ())
+        probabilities = ctx.probabilities[seg.name]
+        agreement = agreement_per_slice(probabilities, drawn, view, options.byte_threshold)
+        if agreement:
+            checks[seg.name] = {str(k): round(v, 3) for k, v in agreement.items()}
+        fill, clear = unreliable_slices(agreement, absent, slices, request.options.self_check_min)
+        empty = np.zeros(view.slice_shape, dtype=np.uint8)
+        for k in fill + clear:  # walks that started from a prediction the model could not get right
+            view.put(probabilities, k, empty)
+        if fill:
+            fill_between_labelled(probabilities, drawn, view, absent=absent, slices=fill)
+        if request.options.between_weight > 0:
+            rest = [k for k in slices if k not in set(fill)]
+            blend_between_labelled(probabilities, drawn, view, request.options.between_weight, absent=absent,
+                                   slices=rest)
+        warning = warning_for(seg.name, agreement, request.options.self_check_min)
+        if warning:
+            warnings.append(warning)
+    return checks, warnings
 
 
 def _clear_absent(ctx: RunContext, prepared, slices: list[int]) -> None:

@@ -70,8 +70,9 @@ def _start(ctx: RunContext) -> list[_Walker]:
         seeds = sorted(int(k) for k in ctx.bank.labelled_slices(seg))
         probs, ious = ctx.decode_pairs(seg, seeds, seeds)
         for i, seed in enumerate(seeds):
-            if seed in wanted:
-                ctx.store(seg, seed, probs[i], float(ious[i]))
+            # every seed's own prediction, in the requested range or not: the self-check compares it with the
+            # drawing (engine._between_labelled), and an update of one slab must decide as the whole run does
+            ctx.store(seg, seed, probs[i], float(ious[i]) if seed in wanted else float("nan"))
         for seed, step, limit in territories(seeds, _absent(ctx, seg), min(lo, *seeds), max(hi, *seeds)):
             mask = ctx.bank.source.masks(ctx.bank.labels, seg, [seed]).to(ctx.policy.device)
             walkers.append(_Walker(seg, seed, step, limit, seed, mask))

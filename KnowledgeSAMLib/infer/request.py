@@ -77,6 +77,13 @@ class EngineOptions:
     # per structure at n = 2/4/8: g = 0 0.880/0.904/0.944, 4 0.884/0.915/0.951, 8 0.885/0.916/0.949,
     # 12 0.884/0.915/0.948
     between_weight: float = 4.0
+    # propagate mode: next to a labelled slice that the model reproduces with a Dice below this (its own prediction
+    # there, the slice its own reference), the structure is interpolated from the drawn slices alone and left
+    # empty beyond them, with a warning (infer/self_check.py); 0 = never. On 40 msd-hippocampus-more volumes at
+    # 1/2/4/8 labelled slices (560 labelled slices; 1st percentile 0.51, 2 below 0.3) the loop scores
+    # 0.858/0.878/0.918/0.959 with 0.3 and with 0; on the TotalSegmentator example CT (kidneys, liver, aorta, IVC)
+    # every labelled slice is below 0.07, and the loop goes from 0.047/0.095/0.263/0.644 to 0.047/0.480/0.751/0.872
+    self_check_min: float = 0.3
     # post-processing (§5.12C)
     largest_component: bool = False
     smooth_z: bool = True  # 1-2-1 smoothing of probabilities across slices before thresholding

@@ -35,6 +35,7 @@ from ..infer.paths import expand_targets, plan_outputs, target_name
 from ..infer.provenance import Sources
 from ..infer.request import SegmentationResult
 from ..infer.segmenter import ModelCache, Segmenter, shared_models
+from ..infer.self_check import warning_text
 from ..infer.worker_process import RemoteJob, WorkerError, WorkerProcess
 from .run import PreparedRun, prepare_inputs, run_engine, segment_volume_nodes, write_outputs
 from .files import load_segmentation, load_volume
@@ -70,7 +71,7 @@ __all__ = [
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
     "expand_targets", "plan_outputs", "target_name", "check_image_file", "OutputClaims",
-    "list_user_models", "user_models_dir",
+    "list_user_models", "user_models_dir", "warning_text",
     # inference in a separate process (never starved by Slicer's main thread)
     "WorkerProcess", "RemoteJob", "WorkerError",
 ]
