@@ -209,14 +209,16 @@ class _AlwaysBright(ThresholdModel):
 
 
 def test_unreliable_slices_are_decided_per_labelled_slice():
-    from KnowledgeSAMLib.infer.self_check import unreliable_slices
+    from KnowledgeSAMLib.infer.self_check import failed_slices, unreliable_slices
 
-    good = {3: 0.9, 8: 0.9, 12: 0.9}
-    assert unreliable_slices(good, [], range(16), 0.3) == ([], [])
-    fill, clear = unreliable_slices({3: 0.9, 8: 0.1, 12: 0.9}, [14], range(16), 0.3)
+    assert unreliable_slices({3: 0.9, 8: 0.9, 12: 0.9}, set(), [], range(16)) == ([], [])
+    fill, clear = unreliable_slices({3: 0.9, 8: 0.1, 12: 0.9}, {8}, [14], range(16))
     assert fill == [4, 5, 6, 7, 9, 10, 11] and clear == []  # beyond 3, 12 and the absent 14: untouched
-    fill, clear = unreliable_slices({3: 0.1, 8: 0.9}, [6], range(12), 0.3)
+    fill, clear = unreliable_slices({3: 0.1, 8: 0.9}, {3}, [6], range(12))
     assert fill == [] and clear == [0, 1, 2, 4, 5]  # the absent slice 6 cuts the gap: 3's side is its own walk
+    big, tiny = np.ones((10, 10), bool), np.zeros((10, 10), bool)
+    tiny[0, :2] = True  # a structure's thin end: its Dice is not judged
+    assert failed_slices({3: 0.1, 8: 0.1, 12: 0.9}, {3: big, 8: tiny, 12: big}, 0.3) == {3}
 
 
 def test_a_structure_the_model_cannot_reproduce_is_interpolated_between_its_labelled_slices(volume):

@@ -31,7 +31,7 @@ from .output import assemble_labels, labels_from_probabilities, postprocess
 from .provenance import engine_record
 from .reference import EmbeddingCache, ReferenceBank, ReferenceCache, SliceSource
 from .request import EngineOptions, SegmentationResult, SegmentRequest, labelled_slices, prepare_request
-from .self_check import agreement_per_slice, unreliable_slices, warning_for
+from .self_check import agreement_per_slice, failed_slices, unreliable_slices, warning_for
 from .slicing import axis_view, slice_count
 
 __all__ = ["segment", "relabel", "model_fingerprint"]
@@ -235,7 +235,8 @@ def _between_labelled(ctx: RunContext, prepared, request: SegmentRequest, option
         agreement = agreement_per_slice(probabilities, drawn, view, options.byte_threshold)
         if agreement:
             checks[seg.name] = {str(k): round(v, 3) for k, v in agreement.items()}
-        fill, clear = unreliable_slices(agreement, absent, slices, request.options.self_check_min)
+        failed = failed_slices(agreement, drawn, request.options.self_check_min)
+        fill, clear = unreliable_slices(agreement, failed, absent, slices)
         empty = np.zeros(view.slice_shape, dtype=np.uint8)
         for k in fill + clear:  # walks that started from a prediction the model could not get right
             view.put(probabilities, k, empty)
@@ -245,7 +246,7 @@ def _between_labelled(ctx: RunContext, prepared, request: SegmentRequest, option
             rest = [k for k in slices if k not in set(fill)]
             blend_between_labelled(probabilities, drawn, view, request.options.between_weight, absent=absent,
                                    slices=rest)
-        warning = warning_for(seg.name, agreement, request.options.self_check_min)
+        warning = warning_for(seg.name, agreement, failed)
         if warning:
             warnings.append(warning)
     return checks, warnings

@@ -81,8 +81,9 @@ class EngineOptions:
     # there, the slice its own reference), the structure is interpolated from the drawn slices alone and left
     # empty beyond them, with a warning (infer/self_check.py); 0 = never. On 40 msd-hippocampus-more volumes at
     # 1/2/4/8 labelled slices (560 labelled slices; 1st percentile 0.51, 2 below 0.3) the loop scores
-    # 0.858/0.878/0.918/0.959 with 0.3 and with 0; on the TotalSegmentator example CT (kidneys, liver, aorta, IVC)
-    # every labelled slice is below 0.07, and the loop goes from 0.047/0.095/0.263/0.644 to 0.047/0.480/0.751/0.872
+    # 0.858/0.878/0.918/0.959 with 0.3 and with 0 (drawn slices under a quarter of the largest are not judged:
+    # self_check.MIN_JUDGED_SHARE); on the TotalSegmentator example CT (kidneys, liver, aorta, IVC) every labelled
+    # slice is below 0.07, and the loop goes from 0.047/0.095/0.263/0.644 to 0.047/0.480/0.751/0.870
     self_check_min: float = 0.3
     # post-processing (§5.12C)
     largest_component: bool = False

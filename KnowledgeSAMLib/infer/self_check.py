@@ -18,7 +18,13 @@ import numpy as np
 
 from .slicing import AxisView
 
-__all__ = ["agreement_per_slice", "unreliable_slices", "warning_for", "warning_text"]
+__all__ = ["agreement_per_slice", "failed_slices", "unreliable_slices", "warning_for", "warning_text"]
+
+# a drawn slice smaller than this share of the structure's largest drawn slice is not judged: at a structure's
+# thin end the model's Dice is noisy even where it follows the reference (simulated annotator on 20
+# msd-hippocampus-more volumes, whose corrections land there: 2 slices 0.869 when every drawn slice was judged,
+# 0.875 without the self-check)
+MIN_JUDGED_SHARE = 0.25
 
 
 def agreement_per_slice(probabilities: np.ndarray, drawn: Mapping[int, np.ndarray], view: AxisView,
@@ -33,15 +39,23 @@ def agreement_per_slice(probabilities: np.ndarray, drawn: Mapping[int, np.ndarra
     return scores
 
 
-def unreliable_slices(agreement: Mapping[int, float], absent: Sequence[int], slices: Sequence[int],
-                      minimum: float) -> tuple[list[int], list[int]]:
-    """Which of ``slices`` came from a labelled slice the model could not reproduce (agreement below ``minimum``):
+def failed_slices(agreement: Mapping[int, float], drawn: Mapping[int, np.ndarray], minimum: float) -> set[int]:
+    """Drawn slices the model could not reproduce: agreement below ``minimum``, among the drawn slices big enough
+    to judge (:data:`MIN_JUDGED_SHARE` of the largest)."""
+    areas = {int(k): int(plane.sum()) for k, plane in drawn.items()}
+    largest = max(areas.values(), default=0)
+    return {k for k, value in agreement.items() if value < minimum and areas.get(k, 0) >= MIN_JUDGED_SHARE * largest}
+
+
+def unreliable_slices(agreement: Mapping[int, float], failed: set[int], absent: Sequence[int],
+                      slices: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Which of ``slices`` came from a labelled slice the model could not reproduce (``failed``, of the labelled
+    slices that are ``agreement``'s keys):
     ``(fill, clear)`` — slices between two labelled slices (no "absent" slice between) of which one failed, to be
     interpolated from the drawings alone, and slices reached from one failed labelled slice only, to be left empty.
 
     Decided per labelled slice, not per structure, so that a correction changes nothing beyond its own slab."""
     labelled = sorted(agreement)
-    failed = {k for k, value in agreement.items() if value < minimum}
     if not failed:
         return [], []
     barriers = {int(b) for b in absent}
@@ -62,12 +76,11 @@ def unreliable_slices(agreement: Mapping[int, float], absent: Sequence[int], sli
     return fill, clear
 
 
-def warning_for(name: str, agreement: Mapping[int, float], minimum: float) -> str | None:
+def warning_for(name: str, agreement: Mapping[int, float], failed: set[int]) -> str | None:
     """The one line a user reads when labelled slices of a structure could not be reproduced (None if all were)."""
-    failed = sorted(k for k, value in agreement.items() if value < minimum)
     if not failed:
         return None
-    which = ", ".join(f"{k} (Dice {agreement[k]:.2f})" for k in failed)
+    which = ", ".join(f"{k} (Dice {agreement[k]:.2f})" for k in sorted(failed))
     return (f"{name}: the model could not reproduce labelled slice(s) {which} with its own prediction; between "
             f"labelled slices next to them {name} is interpolated from the drawn shapes alone, and beyond them it "
             "is left empty" + ("" if len(agreement) > 1 else " (label a second slice to fill the slices between)"))
