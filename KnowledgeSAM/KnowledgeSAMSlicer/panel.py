@@ -432,4 +432,3 @@ class PanelPresenter:
         self.view.setStatus("The last run was undone.")
         self.view.refresh()
         return True
-

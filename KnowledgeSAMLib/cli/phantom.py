@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import InputError
-
 from ..data.phantoms.kidney_anatomy import PHASES
+from ..errors import InputError
 
 KINDS = ("kidney", "kidney-roi", "fundus", "kidney-full", "fundus-full")
 UNSEEN_KINDS = ("kidney-full", "fundus-full")  # the evaluation-only generator family

@@ -243,7 +243,8 @@ def _between_labelled(ctx: RunContext, prepared, request: SegmentRequest, option
         if fill:
             fill_between_labelled(probabilities, drawn, view, absent=absent, slices=fill)
         if request.options.between_weight > 0:
-            rest = [k for k in slices if k not in set(fill)]
+            filled = set(fill)
+            rest = [k for k in slices if k not in filled]
             blend_between_labelled(probabilities, drawn, view, request.options.between_weight, absent=absent,
                                    slices=rest)
         warning = warning_for(seg.name, agreement, failed)

@@ -55,11 +55,10 @@ def unreliable_slices(agreement: Mapping[int, float], failed: set[int], absent: 
     interpolated from the drawings alone, and slices reached from one failed labelled slice only, to be left empty.
 
     Decided per labelled slice, not per structure, so that a correction changes nothing beyond its own slab."""
-    labelled = sorted(agreement)
     if not failed:
         return [], []
     barriers = {int(b) for b in absent}
-    stops = sorted(set(labelled) | barriers)
+    stops = sorted(set(agreement) | barriers)
     fill, clear = [], []
     for k in slices:
         if k in agreement or k in barriers:  # drawn, or marked absent: kept as the annotator said

@@ -315,6 +315,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 def _semantic_checks(cfg: TrainConfig, where: str) -> None:
     """Cross-field rules that a type alone cannot express."""
+    from ..data.phantoms.kidney_anatomy import PHASES
 
     def fail(key: str, message: str) -> None:
         raise InputError(f"{where}: {key}: {message}")
@@ -345,8 +346,6 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
         if src.kind == "kidney_phantom":
             if len(src.shape) != 3 or min(src.shape) < 8:
                 fail(f"{key}.shape", f"must be 3 sizes (z, y, x) of at least 8, got {src.shape}")
-        from ..data.phantoms.kidney_anatomy import PHASES
-
         if src.phase not in PHASES:
             fail(f"{key}.phase", f"must be one of {', '.join(PHASES)}, got {src.phase!r}")
         if (src.anatomy or src.phase != "corticomedullary") and src.kind != "kidney_phantom":

@@ -294,8 +294,8 @@ def _cache_key(src: SourceConfig, size: int, content: str = "") -> str:
     source = asdict(src)
     source.pop("weight", None)
     source["train_cases"] = src.n_train  # null and its value give the same slices
-    for name, default in {**_FOLDER_ONLY, **_ADDED_LATER}.items():  # settings added later: absent at their defaults, so
-        if source.get(name) == default:         # that caches of the built-in kinds keep their keys
+    for name, default in {**_FOLDER_ONLY, **_ADDED_LATER}.items():  # settings added later: absent at their
+        if source.get(name) == default:         # defaults, so that caches of the built-in kinds keep their keys
             source.pop(name, None)
     for name in ("root", "labels", "split_file"):
         if source.get(name):

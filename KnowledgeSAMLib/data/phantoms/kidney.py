@@ -327,7 +327,7 @@ class _Body:
             organ="vertebra")
         put(_ellipse(bx, by - self.spine_y - vr - 0.07 * k, 0.055 * k, 0.05 * k) < 1, t.csf)
 
-        # Great vessels: aorta (same HU as the renal arteries, not labelled) and IVC.
+        # Great vessels: aorta (same HU as the renal arteries; no kidney label, an anatomy one) and IVC.
         put(_ellipse(bx - self.aorta[0], by - self.aorta[1], self.aorta_r, self.aorta_r) < 1, t.artery, 4.0, "aorta")
         put(_ellipse(bx - self.ivc[0], by - self.ivc[1], *self.ivc_semi) < 1, t.vein, 4.0, "inferior_vena_cava")
 

@@ -25,7 +25,8 @@ ANATOMY = {"kidney_right": 1, "kidney_left": 2, "liver": 3, "spleen": 4, "aorta"
 _COLOURS = {"kidney_right": (0.85, 0.55, 0.35), "kidney_left": (0.75, 0.45, 0.30), "liver": (0.60, 0.30, 0.20),
             "spleen": (0.55, 0.25, 0.55), "aorta": (0.90, 0.20, 0.20), "inferior_vena_cava": (0.25, 0.35, 0.85),
             "vertebra": (0.95, 0.95, 0.80), "bowel": (0.55, 0.75, 0.45)}
-ANATOMY_SEGMENTS: tuple[Segment, ...] = tuple(Segment(name, value, 1, _COLOURS[name]) for name, value in ANATOMY.items())
+ANATOMY_SEGMENTS: tuple[Segment, ...] = tuple(Segment(name, value, 1, _COLOURS[name])
+                                               for name, value in ANATOMY.items())
 
 # "corticomedullary" is the generator's own (artery > cortex > medulla); "random" draws one of the three per seed
 PHASES = ("corticomedullary", "non-contrast", "portal", "random")
