@@ -109,6 +109,19 @@ def test_a_box_outside_the_requested_slices_is_refused():
                 ThresholdModel(image_size=32))
 
 
+def test_a_box_that_misses_is_refused_by_the_check_before_any_compute():
+    """Front-ends call ``check`` before the model loads and before a progress bar appears."""
+    from KnowledgeSAMLib.infer.segmenter import check
+
+    image, labels = small_structure()
+    reference, ref_labels = small_structure(seed=1)
+    with pytest.raises(InputError, match="does not overlap"):
+        check(SegmentRequest(image, reference, ref_labels, roi=RoiBox((900, 900, 50), (950, 950, 60))))
+    with pytest.raises(InputError, match="no slice"):
+        check(SegmentRequest(image, reference, ref_labels, roi=RoiBox((0, 0, 0), (50, 50, 2)), slice_range=(5, 9)))
+    assert check(SegmentRequest(image, reference, ref_labels, roi=RoiBox((0, 0, 0), (50, 50, 9)))) is not None
+
+
 # ------------------------------------------------------------------------------------------- auto
 
 def test_auto_finds_an_off_centre_structure_in_another_scan_and_looks_only_there():

@@ -23,18 +23,15 @@ the model learnt them at, the structure's share of the crop is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 
-from ..data.volume import Image
 from ..errors import InputError
 from .modes import RunContext, positions_in_reference
 from .focus_scan import scan_one_image, scan_volume_regions
 from .passes import (complete_run, expected_side, found_masks, merge_runs, region_pass, region_slices, run_pass,
                      voxel_box)
-from .roi import DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiBox, crop_centre, is_focus, parse_roi, region_crops, union_plane
+from .roi import (DEFAULT_MARGIN, MIN_SIDE_MM, Crop, RoiChoice, crop_centre, is_focus, region_crops, resolve_roi,
+                  union_plane)
 from .scan import centred, single_image
 from .slicing import AxisView
 
@@ -45,35 +42,6 @@ SAME_VOLUME_MARGIN = 0.5  # the labelled slices show only part of the structures
 # are 3 disc diameters wide, data.datasets.PAPILA_CROP_FACTOR; the fundus phantoms' disc is about a quarter of the
 # image); their pixel spacing says nothing about that zoom, so no floor in millimetres
 PHOTO_MARGIN = 1.0
-
-
-@dataclass(frozen=True)
-class RoiChoice:
-    """``kind`` "none" (whole slices), "auto" or "box" (a user's box, with its slices along the axis)."""
-
-    kind: str
-    crop: Crop | None = None
-    slices: tuple[int, ...] = ()
-    text: str = ""
-
-
-def resolve_roi(roi, target: Image, view: AxisView, slices: Sequence[int]) -> RoiChoice:
-    """A request's ``roi`` (``"auto"``, ``"none"``, a :class:`RoiBox`, two RAS points or their text) checked against
-    the target; an ROI that misses the image or the requested slices is an :class:`InputError`."""
-    if roi is None or isinstance(roi, str) and not isinstance(roi, RoiBox):
-        roi = parse_roi(roi)
-    if roi == "auto" or roi == "none":
-        return RoiChoice(kind=str(roi))
-    if isinstance(roi, tuple) and len(roi) == 2 and not isinstance(roi, RoiBox):
-        roi = RoiBox.from_ras(roi[0], roi[1], target.geometry)
-    if not isinstance(roi, RoiBox):
-        raise InputError(f"roi must be 'auto', 'none' or a box, got {roi!r}")
-    box = roi.check(target.shape, target.source or "the target")
-    crop, box_slices = box.crop_and_slices(view)
-    wanted = [k for k in box_slices if k in set(slices)]
-    if not wanted:
-        raise InputError(f"--roi {box.describe()} covers no slice of the requested slice range")
-    return RoiChoice(kind="box", crop=crop, slices=tuple(wanted), text=box.describe())
 
 
 def _reference_regions(runner, margin: float, min_side_mm: float = MIN_SIDE_MM) -> list[Crop]:

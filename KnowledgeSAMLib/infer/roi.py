@@ -18,12 +18,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.volume import Geometry
+from ..data.volume import Geometry, Image
 from ..errors import InputError
 from .slicing import AxisView
 
 __all__ = ["Crop", "RoiBox", "structure_box", "parse_roi", "is_focus", "union_plane", "region_crops", "crop_centre",
-           "restrict_to_crop", "overlaps", "DEFAULT_MARGIN", "FULL_SLICE_FRACTION", "MIN_SIDE_MM"]
+           "restrict_to_crop", "overlaps", "RoiChoice", "resolve_roi", "DEFAULT_MARGIN", "FULL_SLICE_FRACTION",
+           "MIN_SIDE_MM"]
 
 DEFAULT_MARGIN = 0.3  # box grows by this fraction of the structures' larger extent on each side (training: 0.15-0.5)
 # never look at less than 4 cm: tiny structures need context, and a tighter crop shows the model a zoom it never
@@ -231,3 +232,32 @@ def restrict_to_crop(layers: np.ndarray, view: AxisView, crop: Crop) -> np.ndarr
     for k in range(view.n):
         view.put(keep, k, keep_plane)
     return np.where(keep[None], layers, 0).astype(layers.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class RoiChoice:
+    """``kind`` "none" (whole slices), "auto" or "box" (a user's box, with its slices along the axis)."""
+
+    kind: str
+    crop: Crop | None = None
+    slices: tuple[int, ...] = ()
+    text: str = ""
+
+
+def resolve_roi(roi, target: Image, view: AxisView, slices: Sequence[int]) -> RoiChoice:
+    """A request's ``roi`` (``"auto"``, ``"none"``, a :class:`RoiBox`, two RAS points or their text) checked against
+    the target; an ROI that misses the image or the requested slices is an :class:`InputError`."""
+    if roi is None or isinstance(roi, str) and not isinstance(roi, RoiBox):
+        roi = parse_roi(roi)
+    if roi == "auto" or roi == "none":
+        return RoiChoice(kind=str(roi))
+    if isinstance(roi, tuple) and len(roi) == 2 and not isinstance(roi, RoiBox):
+        roi = RoiBox.from_ras(roi[0], roi[1], target.geometry)
+    if not isinstance(roi, RoiBox):
+        raise InputError(f"roi must be 'auto', 'none' or a box, got {roi!r}")
+    box = roi.check(target.shape, target.source or "the target")
+    crop, box_slices = box.crop_and_slices(view)
+    wanted = [k for k in box_slices if k in set(slices)]
+    if not wanted:
+        raise InputError(f"--roi {box.describe()} covers no slice of the requested slice range")
+    return RoiChoice(kind="box", crop=crop, slices=tuple(wanted), text=box.describe())

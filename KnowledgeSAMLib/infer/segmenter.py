@@ -28,6 +28,7 @@ from ..choices import DEFAULT_MODEL
 from .cancel import CancelToken
 from .provenance import Sources, with_sources
 from .request import PreparedRequest, SegmentationResult, SegmentRequest, labelled_slices, prepare_request
+from .roi import resolve_roi
 from .slicing import axis_view, slice_count
 
 __all__ = ["Segmenter", "ModelCache", "Sources", "check", "shared_models", "Engine", "ProgressCallback"]
@@ -48,6 +49,10 @@ def check(request: SegmentRequest) -> PreparedRequest:
     view = axis_view(reference.shape, reference.geometry, request.axis)
     labelled_slices(prepared.reference_labels, prepared.segments, view.slice_has, request.reference_slices,
                     reference.source or "the reference")
+    target = request.target
+    tview = axis_view(target.shape, target.geometry, request.axis)
+    slices = range(*request.slice_range) if request.slice_range else range(tview.n)
+    resolve_roi(request.roi, target, tview, list(slices))  # a box that misses the image: refused before compute
     return prepared
 
 
