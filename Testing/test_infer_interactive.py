@@ -1,6 +1,6 @@
 """The annotator's loop (fake model, CPU): labelled slices kept exactly, a correction changes only its slab,
-"absent" slices stop propagation, both labelled neighbours meet in the middle, and the least confident slice is
-suggested next."""
+"absent" slices stop propagation, both labelled neighbours meet in the middle, the slice with the most voxels likely
+wrong is suggested next, and an update keeps the earlier confidence outside its slab."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from KnowledgeSAMLib.data.volume import Labels
 from KnowledgeSAMLib.errors import InputError
 from KnowledgeSAMLib.infer import EngineOptions, SegmentRequest, segment
-from KnowledgeSAMLib.infer.interactive import affected_slab, merge_slab, next_slice_to_check
+from KnowledgeSAMLib.infer.interactive import affected_slab, expected_errors, merge_slab, next_slice_to_check
 from KnowledgeSAMLib.infer.propagate import territories
 from KnowledgeSAMLib.infer.slicing import axis_view
 
@@ -99,12 +99,38 @@ def test_absent_slice_refusals(volume):
         _run(image, drawn, absent_slices={"liver": [2]})
 
 
-def test_next_slice_to_check_is_the_least_confident_predicted_unlabelled_slice():
+def test_next_slice_to_check_is_where_the_most_voxels_are_likely_wrong():
     confidence = np.array([np.nan, 0.9, 0.4, 0.95, 0.2, 0.8], dtype=np.float32)
-    predicted = np.array([False, True, True, True, True, False])
-    assert next_slice_to_check(confidence, predicted) == 4
-    assert next_slice_to_check(confidence, predicted, skip=[4]) == 2
-    assert next_slice_to_check(confidence, np.zeros(6, bool)) is None
+    area = np.array([50, 100, 100, 1000, 5, 0])
+    errors = expected_errors(confidence, area)
+    np.testing.assert_allclose(errors, [np.nan, 10, 60, 50, 4, 0], atol=1e-4)  # NaN: no confidence there
+    assert next_slice_to_check(errors) == 2  # not slice 4, the least confident: 5 voxels
+    assert next_slice_to_check(errors, skip=[2]) == 3  # a large, fairly sure slice before a small unsure one
+    assert next_slice_to_check(errors, skip=[1, 2, 3, 4]) is None
+    assert next_slice_to_check(np.zeros(6)) is None
+    assert next_slice_to_check(np.array([0.0, 7.0, 7.0])) == 1  # ties: the lowest slice
+    with pytest.raises(InputError, match="confidence for 6 slices but areas for 5"):
+        expected_errors(confidence, area[:5])
+
+
+def test_update_slab_keeps_the_earlier_confidence_outside_the_slab(volume):
+    from KnowledgeSAMLib.infer.interactive import update_slab
+
+    image, labels = volume
+    drawn = _labels_on(labels, [3, 8, 12])
+    earlier = _run(image, drawn)
+    request = SegmentRequest(image, image, earlier.labels, mode="propagate", reference_slices=[3, 8, 12],
+                             batch_size=4)
+    model = ThresholdModel(64)
+    alone = update_slab(lambda r: segment(r, model), request, 8)
+    merged = update_slab(lambda r: segment(r, model), request, 8, previous=earlier)
+    slab = merged.provenance["update"]["slab"]
+    name = labels.segments[0].name
+    outside = [k for k in range(len(earlier.confidence[name])) if not slab[0] <= k < slab[1]]
+    assert np.isnan(alone.confidence[name][outside]).all(), "an update alone computes the slab only"
+    np.testing.assert_array_equal(merged.confidence[name][outside], earlier.confidence[name][outside])
+    np.testing.assert_array_equal(merged.confidence[name][slab[0]:slab[1]], alone.confidence[name][slab[0]:slab[1]])
+    assert np.isfinite(merged.confidence[name][outside]).any()
 
 
 def test_update_slab_recomputes_only_the_slab_and_keeps_the_earlier_result_elsewhere(volume):

@@ -214,17 +214,38 @@ def test_a_preview_passes_the_absent_slices_too(loop):
     assert not mask[:2].any() and mask[2].any()
 
 
-def test_next_slice_to_check_jumps_to_the_least_confident_slice_that_is_not_yours_or_absent(loop):
+def test_next_slice_to_check_jumps_to_the_slice_most_likely_wrong_that_is_not_yours_or_absent(loop):
     loop.applied()
     confidence = mrml.read_record(loop.segmentation.GetSegmentation().GetSegment(loop.kidney)).confidence
     assert confidence[0] == pytest.approx(0.25) and confidence[3] == pytest.approx(1.0)  # distance 3 and 0
     assert loop.presenter.nextSliceToCheck(loop.options) == 0
     assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 0
     loop.presenter.markAbsent(loop.options, index=0)
-    assert loop.presenter.nextSliceToCheck(loop.options) == 1  # confidence 1/3, the lowest slice of the ties
+    assert loop.presenter.nextSliceToCheck(loop.options) == 1  # 100 voxels at confidence 1/3; the lowest of the ties
     assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 1
     rows = dict(loop.presenter.sliceRows("axial"))
     assert rows[1] == "slice 1: 0.33" and rows[3] == "slice 3: yours" and rows[0] == "slice 0: absent"
+
+
+def _state_of(name, areas, confidence, drawn=(), absent=()):
+    record = mrml.SliceRecord(axis="axial", grid="g", confidence=confidence, written=True, drawn=list(drawn),
+                              absent=list(absent))
+    return mrml.SegmentState(name, name, np.zeros(SHAPE, np.uint8), record, sorted(areas), list(drawn), list(absent),
+                             [], [], dict(areas))
+
+
+def test_slice_to_check_weighs_confidence_by_area_and_sums_the_segments():
+    # cortex: slice 2 is the least sure (0.2) but 5 voxels; slice 6 is surer (0.7) and 400 voxels: 4 vs 120
+    cortex = _state_of("cortex", {2: 5, 4: 300, 6: 400}, {2: 0.2, 4: 1.0, 6: 0.7}, drawn=[4])
+    assert mrml.slice_to_check([cortex]) == ("cortex", 6, pytest.approx(0.7))
+    medulla = _state_of("medulla", {2: 100, 6: 10}, {2: 0.1, 6: 0.9})
+    assert mrml.slice_to_check([cortex, medulla])[:2] == ("cortex", 6)  # 120 + 1 against 4 + 90
+    medulla = _state_of("medulla", {2: 200, 6: 10}, {2: 0.1, 6: 0.9})
+    assert mrml.slice_to_check([cortex, medulla]) == ("medulla", 2, pytest.approx(0.1))  # 4 + 180 against 121
+    # a slice that is one segment's own counts nothing for it, but still for the others
+    medulla = _state_of("medulla", {2: 200, 6: 10}, {2: 0.1, 6: 0.9}, drawn=[2])
+    assert mrml.slice_to_check([cortex, medulla])[:2] == ("cortex", 6)
+    assert mrml.slice_to_check([_state_of("x", {1: 9}, {1: 0.5}, absent=[1])]) is None
 
 
 def test_update_with_nothing_changed_takes_the_slice_in_view_as_checked(loop):
@@ -368,7 +389,7 @@ def test_panel_absent_marks_reach_apply_and_update_and_are_cleared(panel_loop):
     assert mrml.segment_states(loop.output, [loop.outputId()], loop.volume, "axial")[0].absent == []
 
 
-def test_panel_next_slice_to_check_jumps_to_the_least_confident_slice(panel_loop):
+def test_panel_next_slice_to_check_jumps_to_the_slice_most_likely_wrong(panel_loop):
     loop = panel_loop
     assert loop.presenter.nextSliceToCheck() is None and "Apply first" in loop.view.status
     loop.run(loop.presenter.apply)

@@ -10,8 +10,9 @@ spread over that structure's extent along the axial axis), the rest of the volum
 * **Fill between slices** — ITK's morphological contour interpolation, the filter behind Slicer's effect
   (``pip install itk-morphologicalcontourinterpolation``; the row is left out without it); needs ≥ 2 slices;
 * **a simulated annotator** — starts from one slice per structure and each round corrects (makes exact for every
-  structure) the slice KnowledgeSAM is least sure of (the IoU head,
-  :func:`~KnowledgeSAMLib.infer.interactive.next_slice_to_check`); n counts its start plus n − 1 corrections. Each
+  structure) the slice "Next slice to check" shows: the most voxels likely wrong, predicted area × (1 − IoU-head
+  confidence) summed over the structures (:func:`~KnowledgeSAMLib.infer.interactive.next_slice_to_check`); n counts
+  its start plus n − 1 corrections. Each
   round updates only the affected slab
   (:func:`~KnowledgeSAMLib.infer.interactive.update_slab`) through one Segmenter that keeps the volume's embeddings;
   its seconds per update are reported.
@@ -29,7 +30,6 @@ import json
 import platform
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
     from dataclasses import replace
 
     from KnowledgeSAMLib.infer import SegmentRequest
-    from KnowledgeSAMLib.infer.interactive import next_slice_to_check, update_slab
+    from KnowledgeSAMLib.infer.interactive import expected_errors, next_slice_to_check, update_slab
     from KnowledgeSAMLib.infer.output import assemble_labels
     from KnowledgeSAMLib.infer.slicing import axis_view
 
@@ -121,16 +121,14 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
         filled = fill_between(truth, drawn) if n >= 2 else None
         if filled is not None:
             row["fill"][n] = {"dice": dice_of(filled, truth)}
-    # the simulated annotator: one slice per structure, then each round it corrects the least confident slice
-    # (a slice it labelled or corrected is then exact for every structure)
+    # the simulated annotator: one slice per structure, then each round it corrects the slice "Next slice to check"
+    # shows (the most voxels likely wrong; a slice it labelled or corrected is then exact for every structure)
     labelled, request, result = first  # COUNTS starts at 1
     row["annotator"][1] = {"dice": dice_of(result.labels, truth), "slices": list(labelled)}
     for rounds in range(2, max(COUNTS) + 1):
-        with warnings.catch_warnings():  # slices with no confidence (none computed there) stay NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            confidence = np.nanmin(np.stack([result.confidence[s.name] for s in truth.segments]), axis=0)
-        predicted = view.slice_has(result.labels.layers.max(axis=0) > 0)
-        k = next_slice_to_check(confidence, predicted, skip=labelled)
+        errors = sum(expected_errors(result.confidence[s.name], view.slice_sizes(result.labels.mask(s.name)))
+                     for s in truth.segments)
+        k = next_slice_to_check(errors, skip=labelled)
         if k is None:  # nothing predicted outside the labelled slices: label the largest unlabelled truth slice
             sizes = [(int(view.get(truth.layers.max(axis=0), j).astype(bool).sum()), j) for j in range(view.n)
                      if j not in labelled]
@@ -143,7 +141,7 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
         current = assemble_labels(masks, truth.segments, truth.geometry, truth.shape)
         started = time.perf_counter()
         result = update_slab(segmenter.segment, replace(request, reference_labels=current, reference_slices=labelled),
-                             k)
+                             k, previous=result)
         row["update_s"].append(time.perf_counter() - started)
         if rounds in COUNTS:
             row["annotator"][rounds] = {"dice": dice_of(result.labels, truth), "slices": list(labelled)}
@@ -170,7 +168,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def markdown(summary: dict, header: str) -> str:
     names = {"ksam": "KnowledgeSAM propagate (default model)", "fill": "Fill between slices (ITK morphological "
-             "contour interpolation)", "annotator": "KnowledgeSAM, annotator labels the least confident slice next"}
+             "contour interpolation)", "annotator": "KnowledgeSAM, annotator corrects the \"next slice to check\" (most voxels likely "
+             "wrong)"}
     lines = [header, "", "| labelled slices per structure (annotator: start + corrections) | "
              + " | ".join(str(n) for n in COUNTS) + " |",
              "|---|" + "---|" * len(COUNTS)]
@@ -191,7 +190,7 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for method, label, style in (("ksam", "KnowledgeSAM propagate", "o-"), ("annotator", "… least confident next",
+    for method, label, style in (("ksam", "KnowledgeSAM propagate", "o-"), ("annotator", "… next slice to check",
                                                                               "s--"), ("fill", "Fill between slices",
                                                                                        "^-")):
         ns = [n for n in COUNTS if n in summary[method]]

@@ -443,19 +443,19 @@ class EffectPresenter:
         return self._withState(options, clear)
 
     def nextSliceToCheck(self, options):
-        """Show the least confident slice of the last result (not one of yours, not absent); returns its index."""
+        """Show the slice of the last result most likely wrong (not yours, not absent); returns its index."""
         from KnowledgeSAMLib import mrml
 
         def jump(state, source, segmentationNode):
-            found = mrml.least_confident_slice([state])
+            found = mrml.slice_to_check([state])
             if found is None:
                 self.view.setStatus("No slice to check: apply a result first (or every slice is yours).")
                 return None
             name, k, confidence = found
             if self._jumpToSlice is not None:
                 self._jumpToSlice(source, options.axis, k)
-            self.view.setStatus("Slice {k} is the least sure of '{name}' (confidence {c:.2f}): correct it if needed, "
-                                "then Update.".format(k=k, name=name, c=confidence))
+            self.view.setStatus("Slice {k} has the most of '{name}' likely wrong (confidence {c:.2f}): "
+                                "correct it if needed, then Update.".format(k=k, name=name, c=confidence))
             return k
 
         return self._withState(options, jump)

@@ -371,7 +371,7 @@ class PanelPresenter:
             self._jumpToSlice(p.targetVolume, p.axis, int(index))
 
     def nextSliceToCheck(self):
-        """Show the least confident slice of the output (not yours, not absent); returns its index (None: none)."""
+        """Show the slice of the output most likely wrong (not yours, not absent); returns its index (None: none)."""
         from KnowledgeSAMLib import mrml
         from KnowledgeSAMLib.errors import KnowledgeSAMError
 
@@ -379,7 +379,7 @@ class PanelPresenter:
         try:
             if p is None or p.outputSegmentation is None or p.targetVolume is None:
                 raise ValueError("Apply first: the output's confidence says where to look.")
-            found = mrml.least_confident_slice(self._outputStates(p))
+            found = mrml.slice_to_check(self._outputStates(p))
         except (KnowledgeSAMError, ValueError) as error:
             self.view.setStatus(str(error), error=True)
             return None
@@ -388,8 +388,8 @@ class PanelPresenter:
             return None
         name, index, confidence = found
         self.showSlice(index)
-        self.view.setStatus("Slice {k} is the least sure of '{name}' (confidence {c:.2f}): correct it in the output "
-                            "if needed, then Update.".format(k=index, name=name, c=confidence))
+        self.view.setStatus("Slice {k} has the most of '{name}' likely wrong (confidence {c:.2f}): "
+                            "correct it in the output if needed, then Update.".format(k=index, name=name, c=confidence))
         return index
 
     # ------------------------------------------------------------------ cancel, scene close, module exit

@@ -95,6 +95,11 @@ class AxisView:
         other = tuple(a for a in range(3) if a != self.slice_axis)
         return np.asarray(mask.any(axis=other))
 
+    def slice_sizes(self, mask: np.ndarray) -> np.ndarray:
+        """``(n,)`` foreground voxels per slice of a ``(z, y, x)`` mask."""
+        other = tuple(a for a in range(3) if a != self.slice_axis)
+        return np.asarray(np.count_nonzero(mask, axis=other))
+
 
 def axis_view(shape_zyx: tuple[int, ...], geometry: Geometry, axis: str) -> AxisView:
     """Build the :class:`AxisView` of a grid for ``axis`` in {"axial", "coronal", "sagittal"}."""

@@ -45,7 +45,7 @@ from .segmentations import labels_from_segmentation_node, resolve_segment_ids, s
 from .volumes import (geometry_from_volume_node, image_from_volume_node, oriented_image_from_mask, replace_slices,
                       slab_extent, slice_centre_ras, slice_index_at_ras)
 from .loop import (RECORD_TAG, SegmentState, SliceRecord, clear_absent, corrected_slices, drawn_slices,
-                   least_confident_slice, mark_absent, prepare_update, read_record, record_written, recorder,
+                   slice_to_check, mark_absent, prepare_update, read_record, record_written, recorder,
                    segment_states)
 from .writeback import (DEFAULT_OPTIONS, SEGMENTATION_FILE_TYPES, MRMLOptions, WriteBack,
                         apply_result_to_segmentation, check_output_node, write_segmentation_node)
@@ -67,7 +67,7 @@ __all__ = [
     # the annotator's loop: the annotator's slices, absent marks, update, confidence
     "RECORD_TAG", "SliceRecord", "SegmentState", "segment_states", "corrected_slices", "prepare_update",
     "record_written", "recorder", "drawn_slices", "read_record", "mark_absent", "clear_absent",
-    "least_confident_slice",
+    "slice_to_check",
     # the library behind the door, for the Slicer front-ends
     "choices", "Segmenter", "ModelCache", "shared_models", "Sources", "CancelToken", "SegmentationResult",
     "expand_targets", "plan_outputs", "target_name", "check_image_file", "OutputClaims",

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.volume import Geometry, Labels
 from ..errors import InputError
-from ..infer.interactive import next_slice_to_check
+from ..infer.interactive import expected_errors, next_slice_to_check
 from ..infer.provenance import Sources
 from ..infer.request import SegmentRequest
 from ..infer.segmenter import check
@@ -40,7 +40,7 @@ from .volumes import read_image
 
 __all__ = ["RECORD_TAG", "SliceRecord", "SegmentState", "slice_fingerprints", "read_record", "write_record",
            "segment_states", "corrected_slices", "prepare_update", "record_written", "recorder", "drawn_slices",
-           "mark_absent", "clear_absent", "least_confident_slice"]
+           "mark_absent", "clear_absent", "slice_to_check"]
 
 RECORD_TAG = "KnowledgeSAM.Slices"
 _VERSION = 1
@@ -125,6 +125,7 @@ class SegmentState:
     absent: list[int]
     changed: list[int]
     emptied: list[int]
+    areas: dict[int, int] = field(default_factory=dict)  # voxels per non-empty slice
 
 
 def _state(segment_id: str, segment, mask: np.ndarray, geometry: Geometry, axis: str) -> SegmentState:
@@ -142,8 +143,10 @@ def _state(segment_id: str, segment, mask: np.ndarray, geometry: Geometry, axis:
         changed, emptied = [], []
         absent = sorted(record.absent)
         drawn = sorted(set(now) - set(absent))
+    sizes = axis_view(mask.shape, geometry, axis).slice_sizes(mask)
+    areas = {k: int(sizes[k]) for k in now}
     return SegmentState(segment_id, segment.GetName() or segment_id, mask, record, sorted(now), drawn, absent, changed,
-                        emptied)
+                        emptied, areas)
 
 
 def segment_states(segmentation_node, segment_ids: Iterable[str], volume_node, axis: str) -> list[SegmentState]:
@@ -279,10 +282,13 @@ def clear_absent(segmentation_node, state: SegmentState) -> None:
     write_record(segmentation_node.GetSegmentation().GetSegment(state.segment_id), record)
 
 
-def least_confident_slice(states: Sequence[SegmentState]) -> tuple[str, int, float] | None:
-    """``(segment name, slice, confidence)`` of the slice to check next: the least confident slice of the last
-    result where a segment shows the structure, leaving out the annotator's and the absent slices; None if none."""
-    best = None
+def slice_to_check(states: Sequence[SegmentState]) -> tuple[str, int, float] | None:
+    """``(segment name, slice, confidence)`` of the slice to check next: where the last result most likely has the
+    most wrong voxels (:func:`~KnowledgeSAMLib.infer.interactive.expected_errors`, summed over the segments; the
+    name is the segment that contributes most there), leaving out every segment's own and absent slices; None if no
+    such slice shows a structure."""
+    errors: dict[str, np.ndarray] = {}
+    confidences: dict[str, np.ndarray] = {}
     for state in states:
         if not state.record.written or not state.record.confidence:
             continue
@@ -290,9 +296,18 @@ def least_confident_slice(states: Sequence[SegmentState]) -> tuple[str, int, flo
         confidence = np.full(n, np.nan)
         for k, value in state.record.confidence.items():
             confidence[k] = value
-        predicted = np.zeros(n, bool)
-        predicted[state.labelled] = True
-        k = next_slice_to_check(confidence, predicted, skip=set(state.drawn) | set(state.absent))
-        if k is not None and (best is None or confidence[k] < best[2]):
-            best = (state.name, int(k), float(confidence[k]))
-    return best
+        area = np.zeros(n)
+        for k, voxels in state.areas.items():
+            area[k] = voxels
+        own = expected_errors(confidence, area)
+        own[[k for k in {*state.drawn, *state.absent} if k < n]] = 0.0  # the annotator's: nothing to check there
+        errors[state.name], confidences[state.name] = own, confidence
+    if not errors:
+        return None
+    n = max(len(e) for e in errors.values())
+    padded = {name: np.pad(np.nan_to_num(e, nan=0.0), (0, n - len(e))) for name, e in errors.items()}
+    k = next_slice_to_check(np.sum(list(padded.values()), axis=0))
+    if k is None:
+        return None
+    name = max(padded, key=lambda name: padded[name][k])
+    return name, int(k), float(confidences[name][k])
