@@ -275,7 +275,7 @@ def test_bad_roi_is_one_line_and_writes_nothing(files, fake, tmp_path, capsys, r
     assert len(err) == 1 and message in err[0] and not out.exists()
 
 
-def test_absent_slices_and_slab_update_from_the_command_line(files, fake, tmp_path):
+def test_absent_slices_and_slab_update_from_the_command_line(files, fake, tmp_path, capsys):
     r = files["root"]
     first = tmp_path / "first.seg.nrrd"
     assert _run("--target", r / "ct.nrrd", "--reference-labels", r / "ct.seg.nrrd", "--mode", "propagate",
@@ -287,6 +287,16 @@ def test_absent_slices_and_slab_update_from_the_command_line(files, fake, tmp_pa
                 "--keep-slices", "4,8", "--update", 8, "--output", updated) == 0
     record = json.loads((tmp_path / "updated.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
     assert record["update"] == {"corrected_slice": 8, "slab": [5, 12]}
+    # where to look next, outside the slab from the earlier result's sidecar (the update computed slices 5-11)
+    before = json.loads((tmp_path / "first.seg.nrrd.ksam.json").read_text(encoding="utf-8"))
+    outside = [k for k in range(len(before["confidence"]["bright"])) if not 5 <= k < 12]
+    assert [record["confidence"]["bright"][k] for k in outside] == [before["confidence"]["bright"][k] for k in outside]
+    assert any(before["confidence"]["bright"][k] is not None for k in outside if k not in (4, 10))
+    for rec in (before, record):
+        look = rec["next_slice_to_check"]
+        assert look["segment"] == "bright" and look["slice"] not in (4, 8, 10)  # not yours, not absent
+    printed = capsys.readouterr().out
+    assert f"updated.seg.nrrd: next slice to check: {record['next_slice_to_check']['slice']} (bright" in printed
     again = read_labels(updated)
     np.testing.assert_array_equal(again.mask("bright")[:5], labels.mask("bright")[:5])
     assert _run("--target", r / "ct.nrrd", "--reference-labels", first, "--update", 8, "--output",

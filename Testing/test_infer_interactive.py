@@ -123,7 +123,7 @@ def test_update_slab_keeps_the_earlier_confidence_outside_the_slab(volume):
                              batch_size=4)
     model = ThresholdModel(64)
     alone = update_slab(lambda r: segment(r, model), request, 8)
-    merged = update_slab(lambda r: segment(r, model), request, 8, previous=earlier)
+    merged = update_slab(lambda r: segment(r, model), request, 8, previous_confidence=earlier.confidence)
     slab = merged.provenance["update"]["slab"]
     name = labels.segments[0].name
     outside = [k for k in range(len(earlier.confidence[name])) if not slab[0] <= k < slab[1]]
@@ -264,3 +264,29 @@ def test_a_structure_the_model_cannot_reproduce_is_interpolated_between_its_labe
                                        options=EngineOptions(self_check_min=0.0)), model)
     assert unchecked.provenance["warnings"] == []
     assert dice(unchecked.labels.mask("dim")[first + 1:last], truth[first + 1:last]) < 0.5, "the model's own answer"
+
+
+def test_a_propagate_result_says_where_to_look_next(volume):
+    image, labels = volume
+    result = _run(image, _labels_on(labels, [5, 10]), absent_slices={labels.segments[0].name: [13]})
+    look = result.provenance["next_slice_to_check"]
+    name = look["segment"]
+    assert look["slice"] not in (5, 10, 13) and name in [seg.name for seg in labels.segments]
+    view = axis_view(image.shape, image.geometry, "axial")
+    errors = expected_errors(result.confidence[name], view.slice_sizes(result.labels.mask(name)))
+    assert errors[look["slice"]] > 0 and look["confidence"] == pytest.approx(result.confidence[name][look["slice"]],
+                                                                            abs=1e-4)
+    other = _run(image, _labels_on(labels, [5, 10]), mode="anchor")
+    assert "next_slice_to_check" not in other.provenance  # only the annotator's loop (propagate mode) suggests
+
+
+def test_earlier_confidence_is_read_from_a_sidecar_of_the_same_axis(tmp_path):
+    from KnowledgeSAMLib.infer.output import earlier_confidence, sidecar_path
+
+    labels = tmp_path / "work.seg.nrrd"
+    assert earlier_confidence(labels, "axial") is None  # no sidecar
+    sidecar_path(labels).write_text('{"axis": "axial", "confidence": {"liver": [0.5, null, 0.25]}}', encoding="utf-8")
+    np.testing.assert_array_equal(earlier_confidence(labels, "axial")["liver"], [0.5, np.nan, 0.25])
+    assert earlier_confidence(labels, "sagittal") is None
+    sidecar_path(labels).write_text("{not json", encoding="utf-8")
+    assert earlier_confidence(labels, "axial") is None

@@ -141,7 +141,7 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
         current = assemble_labels(masks, truth.segments, truth.geometry, truth.shape)
         started = time.perf_counter()
         result = update_slab(segmenter.segment, replace(request, reference_labels=current, reference_slices=labelled),
-                             k, previous=result)
+                             k, previous_confidence=result.confidence)
         row["update_s"].append(time.perf_counter() - started)
         if rounds in COUNTS:
             row["annotator"][rounds] = {"dice": dice_of(result.labels, truth), "slices": list(labelled)}

@@ -355,9 +355,10 @@ def _segment_one(run: _Run, target_path: Path, output_path: Path, written: list[
     try:
         if args.update is not None:  # the annotator's loop: only the slab the corrected slice can change
             from ..infer.interactive import update_slab
+            from ..infer.output import earlier_confidence
 
             result = update_slab(lambda r: run.segmenter.segment(r, progress=bar, sources=sources), request,
-                                 args.update)
+                                 args.update, earlier_confidence(run.inputs.labels_path, request.axis))
         else:
             result = run.segmenter.segment(request, progress=bar, sources=sources)
     finally:
@@ -369,6 +370,10 @@ def _segment_one(run: _Run, target_path: Path, output_path: Path, written: list[
     summary = ", ".join(f"{s.name}={int(result.labels.mask(s).sum())} voxels" for s in result.labels.segments)
     print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "
           f"in {result.provenance['timings']['total_s']:.1f} s ({summary}); provenance in {written_files[-1].name}")
+    look = result.provenance.get("next_slice_to_check")
+    if look:  # propagate mode: where a correction pays most (the most voxels likely wrong)
+        confidence = "" if look["confidence"] is None else f", confidence {look['confidence']:.2f}"
+        print(f"{output_path}: next slice to check: {look['slice']} ({look['segment']}{confidence})")
     pause_point("written")
 
 

@@ -25,6 +25,7 @@ from .cancel import CancelToken, Progress
 from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
+from .interactive import suggestion
 from .gpu_precision import use_bf16
 from .modes import RUNNERS, RunContext, labelled_override, run_volume
 from .output import assemble_labels, labels_from_probabilities, postprocess
@@ -198,8 +199,11 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
         provenance["self_check"] = checks  # per structure: labelled slice -> Dice of the model's own prediction
     provenance["warnings"] = warnings
     confidence = {name: np.asarray(values, dtype=np.float32) for name, values in ctx.confidence.items()}
-    return SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
-                              probabilities=ctx.probabilities if request.keep_probabilities else None)
+    result = SegmentationResult(labels=labels, confidence=confidence, provenance=provenance,
+                                probabilities=ctx.probabilities if request.keep_probabilities else None)
+    if prepared.mode == "propagate" and prepared.same_volume:  # the annotator's loop: where to look next
+        provenance["next_slice_to_check"] = suggestion(request, result, prepared)
+    return result
 
 
 def _final_labels(ctx: RunContext, prepared, request: SegmentRequest, options: EngineOptions, view,

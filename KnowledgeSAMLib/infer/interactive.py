@@ -9,7 +9,7 @@ drawn. Several corrected slices give one slab: from the first one's lower neighb
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from ..data.volume import Labels
 from ..errors import InputError
 from .slicing import AxisView, axis_view
 
-__all__ = ["affected_slab", "expected_errors", "merge_slab", "next_slice_to_check", "update_slab"]
+__all__ = ["affected_slab", "expected_errors", "merge_slab", "next_slice_to_check", "slice_to_check", "suggestion",
+           "update_slab"]
 
 
 def affected_slab(labelled: Sequence[int], corrected: int, n_slices: int) -> tuple[int, int]:
@@ -72,7 +73,49 @@ def next_slice_to_check(errors: np.ndarray, skip: Sequence[int] = ()) -> int | N
     return max(candidates, key=lambda k: (float(errors[k]), -k))
 
 
-def _merged_confidence(earlier: dict[str, np.ndarray], update: dict[str, np.ndarray], view: AxisView,
+def slice_to_check(confidence: Mapping[str, np.ndarray], areas: Mapping[str, np.ndarray],
+                   skip: Mapping[str, Iterable[int]]) -> tuple[str, int, float] | None:
+    """``(segment, slice, confidence)`` to check next over several segments: :func:`expected_errors` summed over
+    them, a segment's own ``skip`` slices (the annotator's, absent) counting nothing for it; the segment named is
+    the one that contributes most on that slice. None if no slice has any."""
+    errors: dict[str, np.ndarray] = {}
+    for name, values in confidence.items():
+        own = np.nan_to_num(expected_errors(values, areas[name]), nan=0.0)
+        own[[int(k) for k in skip.get(name, ()) if 0 <= int(k) < len(own)]] = 0.0
+        errors[name] = own
+    if not errors:
+        return None
+    n = max(len(e) for e in errors.values())
+    padded = {name: np.pad(e, (0, n - len(e))) for name, e in errors.items()}
+    k = next_slice_to_check(np.sum(list(padded.values()), axis=0))
+    if k is None:
+        return None
+    name = max(padded, key=lambda name: padded[name][k])
+    return name, int(k), float(confidence[name][k])
+
+
+def suggestion(request, result, prepared=None) -> dict | None:
+    """Where the annotator should look next in a propagate-mode result (same volume), for the provenance and the
+    CLI: ``{"slice", "segment", "confidence"}``, leaving out each segment's own slices (the request's
+    ``reference_slices``, else every slice it is labelled on) and absent slices; None if nothing is left.
+    ``prepared``: the request already prepared (the engine has it)."""
+    from .request import labelled_slices, prepare_request
+    from .slicing import slice_count
+
+    prepared = prepared if prepared is not None else prepare_request(request, slice_count)
+    view = axis_view(request.target.shape, request.target.geometry, request.axis)
+    drawn = labelled_slices(prepared.reference_labels, prepared.segments, view.slice_has, request.reference_slices)
+    names = [seg.name for seg in prepared.segments if seg.name in result.confidence]
+    found = slice_to_check({name: result.confidence[name] for name in names},
+                           {name: view.slice_sizes(result.labels.mask(name)) for name in names},
+                           {name: [*drawn[name], *prepared.absent.get(name, [])] for name in names})
+    if found is None:
+        return None
+    name, k, value = found
+    return {"slice": k, "segment": name, "confidence": round(value, 4) if np.isfinite(value) else None}
+
+
+def _merged_confidence(earlier: Mapping[str, np.ndarray], update: dict[str, np.ndarray], view: AxisView,
                        slab: tuple[int, int]) -> dict[str, np.ndarray]:
     merged = {}
     for name, values in update.items():
@@ -91,7 +134,8 @@ def _absent_everywhere(prepared) -> set[int]:
     return set.intersection(*sets) if sets else set()
 
 
-def update_slab(run, request, corrected: int | Sequence[int], previous=None):
+def update_slab(run, request, corrected: int | Sequence[int],
+                previous_confidence: Mapping[str, np.ndarray] | None = None):
     """Re-segment only the slab a change to labelled slice(s) ``corrected`` can change; every other slice comes
     from the request's reference labels, which hold the annotator's slices *and* the earlier result (same volume).
 
@@ -130,8 +174,10 @@ def update_slab(run, request, corrected: int | Sequence[int], previous=None):
                               request.target.geometry, request.target.shape)
     merged = merge_slab(earlier, result.labels, view, slab)
     result.labels = merged
-    if previous is not None:
-        result.confidence = _merged_confidence(previous.confidence, result.confidence, view, slab)
+    if previous_confidence is not None:
+        result.confidence = _merged_confidence(previous_confidence, result.confidence, view, slab)
+    result.provenance = {**result.provenance,
+                         "next_slice_to_check": suggestion(replace(request, reference_slices=keep), result, prepared)}
     first = corrected[0] if len(corrected) == 1 else corrected
     result.provenance = {**result.provenance, "update": {"corrected_slice": first, "slab": list(slab)}}
     return result

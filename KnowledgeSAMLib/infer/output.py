@@ -168,6 +168,22 @@ def provenance_json(result: SegmentationResult, output: dict[str, str] | None = 
     return json.dumps(_jsonable(record, _home_prefix()), indent=2) + "\n"
 
 
+def earlier_confidence(labels_path: str | Path, axis: str) -> dict[str, np.ndarray] | None:
+    """The per-slice confidence in the sidecar of an earlier result (``labels_path``'s ``.ksam.json``), when it was
+    a run along ``axis``; None without a readable one. Why: an update from the command line recomputes one slab,
+    and the suggestion where to look next needs the confidence of the rest. The labels themselves may have been
+    corrected since (their hash then differs): the confidence of slices outside the slab is still the earlier
+    run's."""
+    try:
+        record = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
+        if record.get("axis") != axis or not isinstance(record.get("confidence"), dict):
+            return None
+        return {str(name): np.array([np.nan if v is None else float(v) for v in values], dtype=np.float32)
+                for name, values in record["confidence"].items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def write_result(result: SegmentationResult, path: str | Path, overwrite: bool = False,
                  sidecar: bool = True, on_commit: Callable[[], None] | None = None) -> list[Path]:
     """Write the labels (format by extension) and the provenance sidecar as one unit.

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.volume import Geometry, Labels
 from ..errors import InputError
-from ..infer.interactive import expected_errors, next_slice_to_check
+from ..infer.interactive import slice_to_check as choose_slice
 from ..infer.provenance import Sources
 from ..infer.request import SegmentRequest
 from ..infer.segmenter import check
@@ -284,30 +284,20 @@ def clear_absent(segmentation_node, state: SegmentState) -> None:
 
 def slice_to_check(states: Sequence[SegmentState]) -> tuple[str, int, float] | None:
     """``(segment name, slice, confidence)`` of the slice to check next: where the last result most likely has the
-    most wrong voxels (:func:`~KnowledgeSAMLib.infer.interactive.expected_errors`, summed over the segments; the
-    name is the segment that contributes most there), leaving out every segment's own and absent slices; None if no
-    such slice shows a structure."""
-    errors: dict[str, np.ndarray] = {}
+    most wrong voxels (:func:`~KnowledgeSAMLib.infer.interactive.slice_to_check`), leaving out every segment's own
+    and absent slices for that segment; None if no such slice shows a structure."""
     confidences: dict[str, np.ndarray] = {}
+    areas: dict[str, np.ndarray] = {}
+    skip: dict[str, list[int]] = {}
     for state in states:
         if not state.record.written or not state.record.confidence:
             continue
         n = max([*state.record.confidence, *state.labelled]) + 1
-        confidence = np.full(n, np.nan)
+        confidences[state.name] = np.full(n, np.nan)
         for k, value in state.record.confidence.items():
-            confidence[k] = value
-        area = np.zeros(n)
+            confidences[state.name][k] = value
+        areas[state.name] = np.zeros(n)
         for k, voxels in state.areas.items():
-            area[k] = voxels
-        own = expected_errors(confidence, area)
-        own[[k for k in {*state.drawn, *state.absent} if k < n]] = 0.0  # the annotator's: nothing to check there
-        errors[state.name], confidences[state.name] = own, confidence
-    if not errors:
-        return None
-    n = max(len(e) for e in errors.values())
-    padded = {name: np.pad(np.nan_to_num(e, nan=0.0), (0, n - len(e))) for name, e in errors.items()}
-    k = next_slice_to_check(np.sum(list(padded.values()), axis=0))
-    if k is None:
-        return None
-    name = max(padded, key=lambda name: padded[name][k])
-    return name, int(k), float(confidences[name][k])
+            areas[state.name][k] = voxels
+        skip[state.name] = [*state.drawn, *state.absent]
+    return choose_slice(confidences, areas, skip)
