@@ -234,3 +234,6 @@ def test_random_phase_is_fixed_per_seed_and_varies():
     assert set(phases) == {"corticomedullary", "non-contrast", "portal"}
     with pytest.raises(ValueError, match="phase must be one of"):
         make_kidney_phantom(0, shape=(8, 32, 32), phase="venous")
+    for phase in ("portal", "random"):  # nothing would be labelled (in some "random" cases): refused, not empty
+        with pytest.raises(ValueError, match="needs anatomy=True"):
+            make_kidney_phantom(0, shape=(8, 32, 32), phase=phase)

@@ -163,6 +163,9 @@ def kidney_phantom_case(seed: int, shape: tuple[int, int, int] = KidneyPhantomCo
                         anatomy: bool = False, phase: str = "corticomedullary") -> KidneyCase:
     """:func:`make_kidney_phantom` plus the drawn damage and tissue HU values (for tests and demos)."""
     drawn_phase = phase_of(seed, phase)
+    if phase != "corticomedullary" and not anatomy:  # "random" too: some of its cases would have no labels
+        raise ValueError(f"a kidney phantom in phase {phase!r} needs anatomy=True: outside the corticomedullary "
+                         "phase artery, medulla and cortex are not labelled, and nothing else would be")
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     if len(shape) != 3 or min(shape) < 1 or min(shape[1:]) < 16:
         raise ValueError(f"kidney phantom shape must be (z, y, x) with y, x >= 16; got {shape}")
