@@ -68,6 +68,7 @@ def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
      "data.sources[0].tasks: artery, medulla and cortex cannot be told apart"),
     ({"data": {"sources": [{"kind": "kidney_phantom", "phase": "non-contrast"}]}}, "without anatomy: true"),
     ({"data": {"sources": [{"kind": "fundus_phantom", "anatomy": True}]}}, "is for kidney_phantom sources"),
+    ({"data": {"sources": [{"kind": "fundus_phantom", "tuning_cases": 4}]}}, "tuning_cases: is for hippocampus"),
     ({**MINIMAL, "pairs": {"negative_fraction": 2}}, "pairs.negative_fraction: must be <= 0.9"),
     ({**MINIMAL, "run": {"device": "gpu"}}, "run.device: must be auto, cpu, cuda or cuda:N"),
     ({**MINIMAL, "optim": {"warmup_steps": 10_000, "epochs": 1, "steps_per_epoch": 10}}, "optim.warmup_steps"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,23 @@ def test_real_datasets_keep_their_test_cases_out():
         build_source(SourceConfig(kind="papila", root=str(root / "papila"), val_cases=3), 32, "papila")
 
 
+def test_tuning_cases_never_reach_training():
+    """msd-hippocampus-more's first 40 volumes choose the engine's settings; a training source leaves them out."""
+    from KnowledgeSAMLib.data.datasets import hippocampus_cases
+
+    root = _shared_data() / "msd-hippocampus-more"
+    if not (root / "images").is_dir():
+        pytest.skip(f"{root} not found")
+    ids = hippocampus_cases(root)
+    kept = build_source(SourceConfig(kind="hippocampus", root=str(root), test_split=False, tuning_cases=40,
+                                     train_cases=3, val_cases=1), 32, "more")
+    assert [c.name for c in kept.train] == ids[40:43] and [c.name for c in kept.val] == ids[-1:]
+    assert not {c.name for c in kept.train + kept.val} & set(ids[:40]) and kept.held_out == ids[:40]  # model card
+    with pytest.raises(InputError, match="leaves no case"):
+        build_source(SourceConfig(kind="hippocampus", root=str(root), test_split=False, tuning_cases=len(ids)), 32,
+                     "none")
+
+
 def test_kidney_roi_phantom_source():
     roi = build_source(SourceConfig(kind="kidney_roi_phantom", train_cases=1, val_cases=0), 32, "roi")
     case = roi.train[0]
@@ -95,6 +114,10 @@ def test_a_cache_is_found_again_after_its_dataset_folder_moves():
                          train_cases=5)
     assert _cache_key(here, 128) == _cache_key(there, 128)
     assert len({_cache_key(here, 128), _cache_key(other, 128), _cache_key(fewer, 128), _cache_key(here, 64)}) == 4
+    untuned = SourceConfig(kind="hippocampus", root="/work/shared/data/msd-hippocampus", tasks=["head", "body"],
+                           tuning_cases=0)
+    assert _cache_key(untuned, 128) == _cache_key(here, 128)  # a setting added later keeps the old caches' keys
+    assert _cache_key(replace(here, tuning_cases=40), 128) != _cache_key(here, 128)
 
 
 def test_reweighting_a_source_keeps_its_cache():

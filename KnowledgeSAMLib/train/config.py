@@ -142,6 +142,9 @@ class SourceConfig:
     test_split: bool = _f(
         True, "Real data: keep the dataset's fixed test split out (always true for msd-hippocampus and PAPILA "
               "evaluation); false = every case is training data (e.g. msd-hippocampus-more, IDs >= 150).")
+    tuning_cases: int = _f(
+        0, "hippocampus: the first N cases (sorted ids) are tuning data, never trained or validated on: the engine's "
+           "settings are chosen on the first 40 of msd-hippocampus-more.", ge=0)
     crop: bool = _f(True, "papila: disc-centred crops (true) or the whole photograph (false).")
     volumes: list[str] = _f(
         doc="totalsegmentator: which example volumes (ct, ct_sm, mr); empty = all three.", factory=list)
@@ -332,6 +335,8 @@ def _semantic_checks(cfg: TrainConfig, where: str) -> None:
                     fail(f"{key}.{name}", f"is for volume_folder and image_folder sources, not {src.kind}")
             if src.test_cases:
                 fail(f"{key}.test_cases", f"is for volume_folder and image_folder sources, not {src.kind}")
+        if src.tuning_cases and src.kind != "hippocampus":
+            fail(f"{key}.tuning_cases", f"is for hippocampus sources, not {src.kind}")
         if src.patients is not None:
             import re
 

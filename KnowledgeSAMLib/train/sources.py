@@ -64,7 +64,8 @@ DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abd
                    "image_folder": "auto"}
 
 _FOLDER_ONLY = {"test_cases": 0, "labels": None, "patients": None, "split_file": None}
-_ADDED_LATER = {"anatomy": False, "phase": "corticomedullary"}  # absent from cache keys at their defaults
+_ADDED_LATER = {"anatomy": False, "phase": "corticomedullary", "tuning_cases": 0}  # absent from cache keys at their
+# defaults
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
 _CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
@@ -176,7 +177,10 @@ def _split_train_val(ids: list[str], src: SourceConfig) -> tuple[list[str], list
 def _hippocampus_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
     from ..data.datasets import hippocampus_cases, hippocampus_split, load_hippocampus
 
-    ids = hippocampus_cases(src.root)
+    every = hippocampus_cases(src.root)
+    tuning, ids = every[:src.tuning_cases], every[src.tuning_cases:]  # tuning cases never reach training
+    if not ids:
+        raise InputError(f"{src.root}: tuning_cases={src.tuning_cases} leaves no case to train on")
     if src.test_split:
         train_ids, test_ids = hippocampus_split(ids)  # the test split never reaches training
     else:
@@ -188,7 +192,7 @@ def _hippocampus_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]
             image, labels = load_hippocampus(src.root, case_id)
             yield case_id if case_id.startswith("hippocampus") else f"hippocampus_{case_id}", image, labels
 
-    return gen(train), gen(val), list(test_ids)
+    return gen(train), gen(val), [*tuning, *test_ids]
 
 
 def _papila_volumes(src: SourceConfig) -> tuple[Volumes, Volumes, list[str]]:
