@@ -11,7 +11,7 @@ spread over that structure's extent along the axial axis), the rest of the volum
   (``pip install itk-morphologicalcontourinterpolation``; the row is left out without it); needs ≥ 2 slices;
 * **a simulated annotator** — starts from one slice per structure and each round corrects (makes exact for every
   structure) the slice "Next slice to check" shows: the most voxels likely wrong, predicted area × (1 − IoU-head
-  confidence) summed over the structures (:func:`~KnowledgeSAMLib.infer.interactive.next_slice_to_check`); n counts
+  confidence) summed over the structures (:func:`~KnowledgeSAMLib.infer.interactive.slice_to_check`); n counts
   its start plus n − 1 corrections. Each
   round updates only the affected slab
   (:func:`~KnowledgeSAMLib.infer.interactive.update_slab`) through one Segmenter that keeps the volume's embeddings;
@@ -101,7 +101,7 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
     from dataclasses import replace
 
     from KnowledgeSAMLib.infer import SegmentRequest
-    from KnowledgeSAMLib.infer.interactive import expected_errors, next_slice_to_check, update_slab
+    from KnowledgeSAMLib.infer.interactive import slice_to_check, update_slab
     from KnowledgeSAMLib.infer.output import assemble_labels
     from KnowledgeSAMLib.infer.slicing import axis_view
 
@@ -126,9 +126,11 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
     labelled, request, result = first  # COUNTS starts at 1
     row["annotator"][1] = {"dice": dice_of(result.labels, truth), "slices": list(labelled)}
     for rounds in range(2, max(COUNTS) + 1):
-        errors = sum(expected_errors(result.confidence[s.name], view.slice_sizes(result.labels.mask(s.name)))
-                     for s in truth.segments)
-        k = next_slice_to_check(errors, skip=labelled)
+        names = [s.name for s in truth.segments]
+        found = slice_to_check({name: result.confidence[name] for name in names},
+                               {name: view.slice_sizes(result.labels.mask(name)) for name in names},
+                               {name: labelled for name in names})
+        k = None if found is None else found[1]
         if k is None:  # nothing predicted outside the labelled slices: label the largest unlabelled truth slice
             sizes = [(int(view.get(truth.layers.max(axis=0), j).astype(bool).sum()), j) for j in range(view.n)
                      if j not in labelled]
@@ -167,9 +169,9 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def markdown(summary: dict, header: str) -> str:
-    names = {"ksam": "KnowledgeSAM propagate (default model)", "fill": "Fill between slices (ITK morphological "
-             "contour interpolation)", "annotator": "KnowledgeSAM, annotator corrects the \"next slice to check\" (most voxels likely "
-             "wrong)"}
+    names = {"ksam": "KnowledgeSAM propagate (default model)",
+             "fill": "Fill between slices (ITK morphological contour interpolation)",
+             "annotator": "KnowledgeSAM, annotator corrects the \"next slice to check\" (most voxels likely wrong)"}
     lines = [header, "", "| labelled slices per structure (annotator: start + corrections) | "
              + " | ".join(str(n) for n in COUNTS) + " |",
              "|---|" + "---|" * len(COUNTS)]

@@ -25,8 +25,8 @@ from .cancel import CancelToken, Progress
 from .cpu_runtime import use_cpu_runtime
 from .device import DevicePolicy, choose_device
 from .focus import resolve_roi, run_focused
-from .interactive import suggestion
 from .gpu_precision import use_bf16
+from .interactive import suggestion
 from .modes import RUNNERS, RunContext, labelled_override, run_volume
 from .output import assemble_labels, labels_from_probabilities, postprocess
 from .provenance import engine_record

@@ -176,8 +176,8 @@ def update_slab(run, request, corrected: int | Sequence[int],
     result.labels = merged
     if previous_confidence is not None:
         result.confidence = _merged_confidence(previous_confidence, result.confidence, view, slab)
-    result.provenance = {**result.provenance,
-                         "next_slice_to_check": suggestion(replace(request, reference_slices=keep), result, prepared)}
     first = corrected[0] if len(corrected) == 1 else corrected
-    result.provenance = {**result.provenance, "update": {"corrected_slice": first, "slab": list(slab)}}
+    result.provenance = {**result.provenance,
+                         "next_slice_to_check": suggestion(replace(request, reference_slices=keep), result, prepared),
+                         "update": {"corrected_slice": first, "slab": list(slab)}}
     return result

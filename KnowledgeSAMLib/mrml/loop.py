@@ -286,18 +286,22 @@ def slice_to_check(states: Sequence[SegmentState]) -> tuple[str, int, float] | N
     """``(segment name, slice, confidence)`` of the slice to check next: where the last result most likely has the
     most wrong voxels (:func:`~KnowledgeSAMLib.infer.interactive.slice_to_check`), leaving out every segment's own
     and absent slices for that segment; None if no such slice shows a structure."""
-    confidences: dict[str, np.ndarray] = {}
+    confidences: dict[str, np.ndarray] = {}  # by segment id: two segments may share a name
     areas: dict[str, np.ndarray] = {}
     skip: dict[str, list[int]] = {}
     for state in states:
         if not state.record.written or not state.record.confidence:
             continue
         n = max([*state.record.confidence, *state.labelled]) + 1
-        confidences[state.name] = np.full(n, np.nan)
+        confidences[state.segment_id] = np.full(n, np.nan)
         for k, value in state.record.confidence.items():
-            confidences[state.name][k] = value
-        areas[state.name] = np.zeros(n)
+            confidences[state.segment_id][k] = value
+        areas[state.segment_id] = np.zeros(n)
         for k, voxels in state.areas.items():
-            areas[state.name][k] = voxels
-        skip[state.name] = [*state.drawn, *state.absent]
-    return choose_slice(confidences, areas, skip)
+            areas[state.segment_id][k] = voxels
+        skip[state.segment_id] = [*state.drawn, *state.absent]
+    found = choose_slice(confidences, areas, skip)
+    if found is None:
+        return None
+    segment_id, k, confidence = found
+    return next(state.name for state in states if state.segment_id == segment_id), k, confidence

@@ -64,8 +64,8 @@ DEFAULT_PRESETS = {"kidney_phantom": "ct-abdomen", "kidney_roi_phantom": "ct-abd
                    "image_folder": "auto"}
 
 _FOLDER_ONLY = {"test_cases": 0, "labels": None, "patients": None, "split_file": None}
-_ADDED_LATER = {"anatomy": False, "phase": "corticomedullary", "tuning_cases": 0}  # absent from cache keys at their
-# defaults
+# settings added later: absent from cache keys at their defaults
+_ADDED_LATER = {"anatomy": False, "phase": "corticomedullary", "tuning_cases": 0}
 VAL_PHANTOM_SEED_OFFSET = 1000  # validation phantoms: seed + 1000 + i
 HELD_OUT_PHANTOM_SEED = 5000  # evaluation phantoms (bench/table2.py): 5000 + i, never trained or validated on
 _CACHE_VERSION = 3  # 3: slices in the engine's canonical orientation (axis_view)
