@@ -191,6 +191,20 @@ def test_reference_cache_is_reused_across_targets(volume, other_patient, prior):
     assert built <= pairs
 
 
+def test_reference_cache_bounds_whole_volumes_and_keeps_their_crops_together():
+    cache = ReferenceCache(max_volumes=2)
+    ref_whole, ref_crop = cache.entry(("ref",), (False, None)), cache.entry(("ref",), (False, (0, 8, 0, 8)))
+    ref_whole["embeddings"][0] = "kept"
+    cache.entry(("target 1",), (False, None))
+    cache.entry(("ref",), (True, None))  # the reference is used again: the oldest volume is now target 1
+    cache.entry(("target 2",), (False, None))
+    assert len(cache) == 2
+    assert cache.entry(("ref",), (False, None)) is ref_whole and ref_whole["embeddings"][0] == "kept"
+    assert cache.entry(("ref",), (False, (0, 8, 0, 8))) is ref_crop
+    assert cache.entry(("target 2",), (False, None))["embeddings"] == {}
+    assert len(cache) == 2  # target 1 went
+
+
 # ------------------------------------------------------------------------------ test-time flips
 
 class LeftStripModel(ThresholdModel):

@@ -144,6 +144,30 @@ def test_auto_finds_an_off_centre_structure_in_another_scan_and_looks_only_there
     assert 0 < record["scan_windows"] and counts["target_slices_encoded"] <= 18 // 2 + record["scan_windows"] + 18
 
 
+def test_a_focused_run_encodes_each_reference_crop_once_and_a_cached_rerun_none():
+    """The window scan and the fine pass look at the same reference region: its slices are encoded once in a call
+    (a cache bounded by crops, not volumes, had dropped them in between), and a second target with the same
+    reference and cache encodes no reference slice at all."""
+    from KnowledgeSAMLib.infer.reference import ReferenceCache
+
+    image, _ = small_structure(shape=(18, 96, 120), centre=(72, 28))
+    reference, ref_labels = small_structure(shape=(16, 96, 120), seed=1, centre=(30, 90))
+    labelled = int((ref_labels.layers[0] == 1).any(axis=(1, 2)).sum())
+    model = ThresholdModel(image_size=32)
+    cache = ReferenceCache(max_volumes=2)
+    first = segment(SegmentRequest(image, reference, ref_labels, batch_size=4), model, reference_cache=cache)
+    assert first.provenance["roi"]["mode"] == "auto" and first.provenance["roi"]["scan_windows"] > 0
+    # whole reference slices once (stack alignment), the region's labelled slices once (scan and fine pass)
+    assert first.provenance["counts"]["reference_slices_encoded"] == reference.shape[0] + labelled
+    uncached = segment(SegmentRequest(image, reference, ref_labels, batch_size=4), model)
+    assert uncached.provenance["counts"]["reference_slices_encoded"] == reference.shape[0] + labelled
+    second_target, _ = small_structure(shape=(18, 96, 120), centre=(70, 32), seed=2)
+    second = segment(SegmentRequest(second_target, reference, ref_labels, batch_size=4), model, reference_cache=cache)
+    assert second.provenance["roi"]["mode"] == "auto"
+    assert second.provenance["counts"]["reference_slices_encoded"] == 0
+    np.testing.assert_array_equal(uncached.labels.layers, first.labels.layers)
+
+
 def test_auto_in_another_volume_takes_the_region_that_looks_like_the_reference_not_a_decoy():
     """The coarse pass finds the structure and a large decoy of the same intensity (as bone taken for kidney);
     windows at the reference's zoom, compared with the reference structure's contrast and area, pick the

@@ -92,9 +92,10 @@ class _Runner:
                                    bf16_on_cuda=use_bf16(self.opts.mixed_precision, model),
                                    grow_batch=self.opts.batch_from_memory)
         self.dtype = getattr(torch, self.opts.embedding_dtype)
-        self.reference_cache = reference_cache
+        # without a caller's cache, one for this call: the passes of a focused run share the reference's crops
+        self.reference_cache = reference_cache if reference_cache is not None else ReferenceCache()
         self.reference_key = self.target_key = None
-        if reference_cache is not None and not self.same:
+        if not self.same:
             self.reference_key = (_digest(reference.array), reference.geometry,
                                   _digest(prepared.reference_labels.layers), request.axis,
                                   tuple(sorted(self.r_map.to_dict().items())), self.size, str(self.dtype),
@@ -123,10 +124,10 @@ class _Runner:
                                                        mirrored)
         kept = None
         if self.target_key is not None:
-            kept = self.reference_cache.entry(self.target_key + (mirrored, target_crop))["embeddings"]
+            kept = self.reference_cache.entry(self.target_key, (mirrored, target_crop))["embeddings"]
         targets = EmbeddingCache(self.model, t_src, self.policy, self.dtype, self.tracker, store=kept,
                                  retain=kept is not None)
-        key = None if self.reference_key is None else self.reference_key + (mirrored, reference_crop)
+        key = None if self.reference_key is None else (self.reference_key, (mirrored, reference_crop))
         bank = ReferenceBank(self.model, r_src, labels, segments, self.policy, request.reference_slices,
                              cache=targets if same_source else None, prompt_cache_size=self.opts.prompt_cache_size,
                              embedding_dtype=self.dtype, progress=self.tracker,

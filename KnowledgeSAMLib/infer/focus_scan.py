@@ -17,7 +17,6 @@ from ..data.volume import Labels
 from .modes import RunContext, positions_in_reference
 from .passes import (complete_run, expected_side, found_masks, merge_runs, region_prompt, region_slices, run_pass,
                      voxel_box)
-from .reference import ReferenceCache
 from .roi import Crop, overlaps
 from .scan import Look, centred, image_scale, look, scan_regions, window_cost, window_grid
 
@@ -51,17 +50,15 @@ def _reference_looks(runner, labels: Labels, segments, k: int) -> dict[str, Look
 
 @contextmanager
 def _scan_caches(runner):
-    """While windows are scanned: the target's window embeddings are not kept (not worth the cache's room), and
-    the reference region's embeddings and prompts are, also when the caller passed no cache (every window of a
-    scan uses the same reference region)."""
-    kept = runner.target_key, runner.reference_cache, runner.reference_key
+    """While windows are scanned, the target's window embeddings are not kept (not worth the cache's room). The
+    reference region's embeddings and prompts are: the engine's cache holds them for the fine pass over the
+    same region."""
+    kept = runner.target_key
     runner.target_key = None
-    if runner.reference_key is None:
-        runner.reference_cache, runner.reference_key = ReferenceCache(), ("window scan",)
     try:
         yield
     finally:
-        runner.target_key, runner.reference_cache, runner.reference_key = kept
+        runner.target_key = kept
 
 
 def _holds_centre(outer: Crop, inner: Crop) -> bool:

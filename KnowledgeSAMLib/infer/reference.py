@@ -194,9 +194,9 @@ class ReferenceBank:
                  policy: DevicePolicy, reference_slices: Sequence[int] | None = None,
                  cache: EmbeddingCache | None = None, prompt_cache_size: int = 64,
                  embedding_dtype: torch.dtype = torch.float16, progress: Progress | None = None,
-                 shared: "ReferenceCache | None" = None, shared_key: tuple | None = None) -> None:
+                 shared: "ReferenceCache | None" = None, shared_key: tuple[tuple, tuple] | None = None) -> None:
         self.model, self.source, self.labels, self.policy = model, source, labels, policy
-        entry = shared.entry(shared_key) if shared is not None and shared_key is not None else None
+        entry = shared.entry(*shared_key) if shared is not None and shared_key is not None else None
         self.cache = cache if cache is not None else EmbeddingCache(
             model, source, policy, embedding_dtype, progress, store=entry["embeddings"] if entry else None)
         self._prompts: OrderedDict[tuple[str, int], object] = entry["prompts"] if entry else OrderedDict()
@@ -279,24 +279,32 @@ class ReferenceCache:
 
     The engine keys an entry by everything the cached tensors depend on (reference voxels and labels,
     axis, intensity mapping, model weights, model size, dtype), so a stale entry is never reused. Pass one
-    instance to every call of a batch (the Segmenter does for every front-end). ``max_entries`` bounds the
-    memory of a long session: the least recently used entries go first (``None``: keep all).
+    instance to every call of a batch (the Segmenter does for every front-end).
+
+    Entries are grouped by volume: ``entry(volume, variant)``, where ``variant`` is what one pass looks at
+    (mirrored or not, a crop). ``max_volumes`` bounds the memory of a long session by whole volumes, the least
+    recently used going first (``None``: keep all). Why by volume: one ``roi="auto"`` run looks at a volume
+    through several crops (a window scan, then a fine pass over the same reference region); a bound counted in
+    crops evicted the scan's reference embeddings before the fine pass could reuse them.
     """
 
-    def __init__(self, max_entries: int | None = None) -> None:
-        self._entries: OrderedDict[tuple, dict] = OrderedDict()
-        self.max_entries = max_entries
+    def __init__(self, max_volumes: int | None = None) -> None:
+        self._volumes: OrderedDict[tuple, dict[tuple, dict]] = OrderedDict()
+        self.max_volumes = max_volumes
 
-    def entry(self, key: tuple) -> dict:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        while self.max_entries is not None and len(self._entries) >= max(1, self.max_entries):
-            self._entries.popitem(last=False)
-        return self._entries.setdefault(key, {"embeddings": {}, "prompts": OrderedDict(), "scan": {}})
+    def entry(self, volume: tuple, variant: tuple = ()) -> dict:
+        """The cached state of ``volume`` seen as ``variant``, made empty on first use."""
+        if volume in self._volumes:
+            self._volumes.move_to_end(volume)
+        else:
+            while self.max_volumes is not None and len(self._volumes) >= max(1, self.max_volumes):
+                self._volumes.popitem(last=False)
+            self._volumes[volume] = {}
+        return self._volumes[volume].setdefault(variant, {"embeddings": {}, "prompts": OrderedDict(), "scan": {}})
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The number of volumes held."""
+        return len(self._volumes)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._volumes.clear()

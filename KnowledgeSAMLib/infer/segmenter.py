@@ -36,7 +36,7 @@ __all__ = ["Segmenter", "ModelCache", "Sources", "check", "shared_models", "Engi
 ProgressCallback = Callable[[int, int], None]
 # The engine's signature, (request, model, progress, cancel) -> SegmentationResult: a test seam.
 Engine = Callable[[SegmentRequest, Any, "ProgressCallback | None", "CancelToken | None"], SegmentationResult]
-REFERENCES_KEPT = 2  # reference cache entries: one reference, as it is and mirrored (flip_tta)
+REFERENCES_KEPT = 2  # volumes whose embeddings are kept: the reference of a batch and the latest target
 
 
 def check(request: SegmentRequest) -> PreparedRequest:
@@ -181,7 +181,7 @@ class Segmenter:
         from .reference import ReferenceCache
 
         if self._references is None:
-            self._references = ReferenceCache(max_entries=self._references_kept)
+            self._references = ReferenceCache(max_volumes=self._references_kept)
         references = self._references
 
         def engine(request, model, progress, cancel):
