@@ -113,6 +113,23 @@ def test_next_slice_to_check_is_where_the_most_voxels_are_likely_wrong():
         expected_errors(confidence, area[:5])
 
 
+def test_a_correction_is_worth_the_likely_wrong_voxels_around_it_up_to_the_labelled_slices():
+    from KnowledgeSAMLib.infer.interactive import slice_to_check, spread_in_gaps
+
+    errors = np.array([0.0, 60.0, 50.0, 50.0, 0.0, 70.0, 0.0, 0.0])
+    spread = spread_in_gaps(errors, bounds=[0, 4], reach=1.0)
+    w1, w2 = np.exp(-1.0), np.exp(-2.0)
+    np.testing.assert_allclose(spread[:5], [0, 60 + 50 * w1 + 50 * w2, 50 + (60 + 50) * w1, 50 + 50 * w1 + 60 * w2, 0])
+    np.testing.assert_allclose(spread[5:], [70, 70 * w1, 70 * w2])  # slice 4 is labelled: nothing crosses it
+    assert spread[2] > spread[1] > spread[5]  # three likely-wrong slices side by side before the worst lone one
+    confidence = {"s": np.array([np.nan, 0.4, 0.5, 0.5, 1.0, 0.3, 1.0, 1.0])}
+    areas = {"s": np.array([0, 100, 100, 100, 90, 100, 0, 0])}
+    assert slice_to_check(confidence, areas, {"s": [0, 4]})[1] == 2
+    assert slice_to_check(confidence, areas, {"s": [0, 4]}, reach=0)[1] == 5  # its own errors alone: 70
+    # a slice with nothing predicted is never suggested, even beside likely-wrong ones
+    assert slice_to_check(confidence, areas, {"s": [0, 1, 2, 3, 4, 5]}) is None
+
+
 def test_update_slab_keeps_the_earlier_confidence_outside_the_slab(volume):
     from KnowledgeSAMLib.infer.interactive import update_slab
 

@@ -218,11 +218,13 @@ def test_next_slice_to_check_jumps_to_the_slice_most_likely_wrong_that_is_not_yo
     loop.applied()
     confidence = mrml.read_record(loop.segmentation.GetSegmentation().GetSegment(loop.kidney)).confidence
     assert confidence[0] == pytest.approx(0.25) and confidence[3] == pytest.approx(1.0)  # distance 3 and 0
-    assert loop.presenter.nextSliceToCheck(loop.options) == 0
-    assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 0
-    loop.presenter.markAbsent(loop.options, index=0)
-    assert loop.presenter.nextSliceToCheck(loop.options) == 1  # 100 voxels at confidence 1/3; the lowest of the ties
+    # expected wrong voxels per slice: 0-2: 75, 67, 50 (100 voxels each); 4-6: 50, 67, 42; 8-9: 42, 56. Slice 0 is the
+    # least sure, but a correction of slice 1 re-segments both its neighbours: the most likely-wrong voxels around it
+    assert loop.presenter.nextSliceToCheck(loop.options) == 1
     assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 1
+    loop.presenter.markAbsent(loop.options, index=0)  # now slices 1-2 hold 67 + 50, slices 4-6 hold 159
+    assert loop.presenter.nextSliceToCheck(loop.options) == 5
+    assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 5
     rows = dict(loop.presenter.sliceRows("axial"))
     assert rows[1] == "slice 1: 0.33" and rows[3] == "slice 3: yours" and rows[0] == "slice 0: absent"
 
@@ -239,9 +241,10 @@ def test_slice_to_check_weighs_confidence_by_area_and_sums_the_segments():
     cortex = _state_of("cortex", {2: 5, 4: 300, 6: 400}, {2: 0.2, 4: 1.0, 6: 0.7}, drawn=[4])
     assert mrml.slice_to_check([cortex]) == ("cortex", 6, pytest.approx(0.7))
     medulla = _state_of("medulla", {2: 100, 6: 10}, {2: 0.1, 6: 0.9})
-    assert mrml.slice_to_check([cortex, medulla])[:2] == ("cortex", 6)  # 120 + 1 against 4 + 90
+    # medulla's errors also count 4 slices away, at exp(-4/3) = 0.26 (cortex's own slice 4 parts its slices 2 and 6)
+    assert mrml.slice_to_check([cortex, medulla])[:2] == ("cortex", 6)  # 120 + 1 + 0.26 * 90 against 4 + 90 + 0.26
     medulla = _state_of("medulla", {2: 200, 6: 10}, {2: 0.1, 6: 0.9})
-    assert mrml.slice_to_check([cortex, medulla]) == ("medulla", 2, pytest.approx(0.1))  # 4 + 180 against 121
+    assert mrml.slice_to_check([cortex, medulla]) == ("medulla", 2, pytest.approx(0.1))  # 4 + 180 + 0.26 vs 168
     # a slice that is one segment's own counts nothing for it, but still for the others
     medulla = _state_of("medulla", {2: 200, 6: 10}, {2: 0.1, 6: 0.9}, drawn=[2])
     assert mrml.slice_to_check([cortex, medulla])[:2] == ("cortex", 6)
@@ -395,8 +398,8 @@ def test_panel_next_slice_to_check_jumps_to_the_slice_most_likely_wrong(panel_lo
     loop.run(loop.presenter.apply)
     rows = dict(loop.presenter.sliceRows())
     assert rows[0] == "kidney slice 0: 0.25" and 3 not in rows and 7 not in rows  # yours: not listed
-    assert loop.presenter.nextSliceToCheck() == 0
-    assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 0
-    loop.presenter.markAbsent(index=0)
-    assert loop.presenter.nextSliceToCheck() == 1
+    assert loop.presenter.nextSliceToCheck() == 1  # the middle of slices 0-2, as in the effect
     assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 1
+    loop.presenter.markAbsent(index=0)
+    assert loop.presenter.nextSliceToCheck() == 5
+    assert views.currentSliceIndex(loop.volume, "axial", loop.sliceNode) == 5

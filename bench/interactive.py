@@ -10,8 +10,9 @@ spread over that structure's extent along the axial axis), the rest of the volum
 * **Fill between slices** — ITK's morphological contour interpolation, the filter behind Slicer's effect
   (``pip install itk-morphologicalcontourinterpolation``; the row is left out without it); needs ≥ 2 slices;
 * **a simulated annotator** — starts from one slice per structure and each round corrects (makes exact for every
-  structure) the slice "Next slice to check" shows: the most voxels likely wrong, predicted area × (1 − IoU-head
-  confidence) summed over the structures (:func:`~KnowledgeSAMLib.infer.interactive.slice_to_check`); n counts
+  structure) the slice "Next slice to check" shows: the most likely-wrong voxels a correction there re-segments,
+  predicted area × (1 − IoU-head confidence) spread over the slice's gap between labelled slices and summed over
+  the structures (:func:`~KnowledgeSAMLib.infer.interactive.slice_to_check`); n counts
   its start plus n − 1 corrections. Each
   round updates only the affected slab
   (:func:`~KnowledgeSAMLib.infer.interactive.update_slab`) through one Segmenter that keeps the volume's embeddings;
@@ -122,7 +123,7 @@ def run_case(name: str, image, truth, segmenter, request_kwargs: dict) -> dict:
         if filled is not None:
             row["fill"][n] = {"dice": dice_of(filled, truth)}
     # the simulated annotator: one slice per structure, then each round it corrects the slice "Next slice to check"
-    # shows (the most voxels likely wrong; a slice it labelled or corrected is then exact for every structure)
+    # shows (the most likely-wrong voxels around it; a slice it labelled or corrected is then exact for every structure)
     labelled, request, result = first  # COUNTS starts at 1
     row["annotator"][1] = {"dice": dice_of(result.labels, truth), "slices": list(labelled)}
     for rounds in range(2, max(COUNTS) + 1):
@@ -171,7 +172,7 @@ def summarise(rows: list[dict]) -> dict:
 def markdown(summary: dict, header: str) -> str:
     names = {"ksam": "KnowledgeSAM propagate (default model)",
              "fill": "Fill between slices (ITK morphological contour interpolation)",
-             "annotator": "KnowledgeSAM, annotator corrects the \"next slice to check\" (most voxels likely wrong)"}
+             "annotator": "KnowledgeSAM, annotator corrects the \"next slice to check\" (most likely-wrong voxels around it)"}
     lines = [header, "", "| labelled slices per structure (annotator: start + corrections) | "
              + " | ".join(str(n) for n in COUNTS) + " |",
              "|---|" + "---|" * len(COUNTS)]

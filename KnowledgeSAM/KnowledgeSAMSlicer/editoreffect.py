@@ -443,7 +443,7 @@ class EffectPresenter:
         return self._withState(options, clear)
 
     def nextSliceToCheck(self, options):
-        """Show the slice of the last result most likely wrong (not yours, not absent); returns its index."""
+        """Show the slice of the last result where a correction fixes most (not yours, not absent); returns its index."""
         from KnowledgeSAMLib import mrml
 
         def jump(state, source, segmentationNode):
@@ -454,7 +454,7 @@ class EffectPresenter:
             name, k, confidence = found
             if self._jumpToSlice is not None:
                 self._jumpToSlice(source, options.axis, k)
-            self.view.setStatus("Slice {k} has the most of '{name}' likely wrong (confidence {c:.2f}): "
+            self.view.setStatus("Slice {k}: the most of '{name}' likely wrong around it (confidence {c:.2f}): "
                                 "correct it if needed, then Update.".format(k=k, name=name, c=confidence))
             return k
 

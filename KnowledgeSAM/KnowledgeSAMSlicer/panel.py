@@ -371,7 +371,7 @@ class PanelPresenter:
             self._jumpToSlice(p.targetVolume, p.axis, int(index))
 
     def nextSliceToCheck(self):
-        """Show the slice of the output most likely wrong (not yours, not absent); returns its index (None: none)."""
+        """Show the slice where a correction fixes most (not yours, not absent); returns its index (None: none)."""
         from KnowledgeSAMLib import mrml
         from KnowledgeSAMLib.errors import KnowledgeSAMError
 
@@ -388,7 +388,7 @@ class PanelPresenter:
             return None
         name, index, confidence = found
         self.showSlice(index)
-        self.view.setStatus("Slice {k} has the most of '{name}' likely wrong (confidence {c:.2f}): "
+        self.view.setStatus("Slice {k}: the most of '{name}' likely wrong around it (confidence {c:.2f}): "
                             "correct it in the output if needed, then Update.".format(k=index, name=name, c=confidence))
         return index
 

@@ -371,7 +371,7 @@ def _segment_one(run: _Run, target_path: Path, output_path: Path, written: list[
     print(f"{output_path}: {result.provenance['mode']} mode on {result.provenance['device']} "
           f"in {result.provenance['timings']['total_s']:.1f} s ({summary}); provenance in {written_files[-1].name}")
     look = result.provenance.get("next_slice_to_check")
-    if look:  # propagate mode: where a correction pays most (the most voxels likely wrong)
+    if look:  # propagate mode: where a correction pays most (the most likely-wrong voxels around it)
         confidence = "" if look["confidence"] is None else f", confidence {look['confidence']:.2f}"
         print(f"{output_path}: next slice to check: {look['slice']} ({look['segment']}{confidence})")
     pause_point("written")

@@ -96,8 +96,8 @@ starts it and loads the model); <i>Cancel</i> stops it.<p>
 between your neighbouring slices are recomputed, every slice you touched is kept exactly as drawn, and it is one
 undo step (with nothing changed, Update takes the slice in view as checked and yours). <i>Structure absent here</i>
 marks the slice in view as empty for this segment (propagation stops there); erasing a slice does the same.
-<i>Next slice to check</i> shows the slice where the most voxels are likely wrong (predicted area times one minus
-the model's confidence). Results must be reviewed; not for clinical use.</html>""")
+<i>Next slice to check</i> shows the slice where a correction fixes most: the voxels likely wrong there and around
+it up to your labelled slices (predicted area times one minus the model's confidence). Results must be reviewed; not for clinical use.</html>""")
 
     # ------------------------------------------------------------------ options
 
@@ -200,7 +200,7 @@ the model's confidence). Results must be reviewed; not for clinical use.</html>"
         self.clearAbsentButton = self._button("ClearAbsent", _("Clear absent"), _(
             "Forget this segment's 'structure absent' slices."), self.onClearAbsent)
         self.nextSliceButton = self._button("NextSlice", _("Next slice to check"), _(
-            "Show the slice of the last result where the most voxels are likely wrong (not yours, not absent)."),
+            "Show the slice of the last result where a correction fixes most (not yours, not absent)."),
             self.onNextSlice)
         loopButtons = qt.QGridLayout()
         loopButtons.addWidget(self.updateButton, 0, 0)
