@@ -300,6 +300,35 @@ def test_quick_run_end_to_end_writes_every_row(tmp_path):
     unseen = [r for r in payload["records"] if r["method"] == "prompt_free_unseen"]
     assert unseen and all(r["dataset"] == "kidney" for r in unseen)
     assert "not run: no SAM checkpoint supplied (--sam-checkpoint PATH)" in text
+    # a second run goes on where the first stopped: same models, every pair's records reused, nothing re-scored
+    again = tmp_path / "again.md"
+    assert accuracy.main(["--quick", "--datasets", ",".join(chosen), "--no-litemedsam",
+                          "--work-dir", str(tmp_path / "work"), "--out", str(again)]) == 0
+    second = json.loads(again.with_suffix(".json").read_text())
+    assert second["meta"]["reused_pairs"] == second["meta"]["pairs"] == len(ran)
+    assert second["records"] == payload["records"]
+    assert f"the records of {len(ran)} of its {len(ran)} evaluated pairs come from earlier runs" in again.read_text()
+
+
+def test_an_evaluated_pair_is_reused_only_under_the_same_fingerprint(tmp_path):
+    from bench.baselines.pair_records import fingerprint, load_pair, pair_path, save_pair
+    from bench.baselines.report import Record
+
+    path = pair_path(tmp_path, "kidney_full", "seed 5000 / ref: 6000")
+    assert path.parent == tmp_path / "records" / "kidney_full" and "/" not in path.name and " " not in path.name
+    key = fingerprint("code1", "model1", {"ksam_same": 12.5}, {"steps": 2000, "quick": False})
+    records = [Record("kidney_full", "atlas", "seed 5000", None, {"artery": 0.5}, 3.0)]
+    save_pair(path, key, records, [("kidney_full", "point", "seed 5000", "diverged")], 7.5)
+    assert load_pair(path, key) == (records, [("kidney_full", "point", "seed 5000", "diverged")], 7.5)
+    for other in (fingerprint("code2", "model1", {"ksam_same": 12.5}, {"steps": 2000, "quick": False}),
+                  fingerprint("code1", "model2", {"ksam_same": 12.5}, {"steps": 2000, "quick": False}),
+                  fingerprint("code1", "model1", {"ksam_same": 13.0}, {"steps": 2000, "quick": False}),
+                  fingerprint("code1", "model1", {"ksam_same": 12.5}, {"steps": 1000, "quick": False})):
+        assert other != key and load_pair(path, other) is None
+    assert fingerprint("code1", "model1", {"ksam_same": 12.5}, {"steps": 2000, "quick": False, "threads": 2}) == key
+    path.write_text("{not json", encoding="utf-8")
+    assert load_pair(path, key) is None
+    assert load_pair(tmp_path / "missing.json", key) is None
 
 
 def test_reused_models_must_match_the_runs_budget(tmp_path):
