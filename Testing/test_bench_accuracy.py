@@ -318,8 +318,8 @@ def test_an_evaluated_pair_is_reused_only_under_the_same_fingerprint(tmp_path):
     assert path.parent == tmp_path / "records" / "kidney_full" and "/" not in path.name and " " not in path.name
     key = fingerprint("code1", "model1", {"ksam_same": 12.5}, {"steps": 2000, "quick": False})
     records = [Record("kidney_full", "atlas", "seed 5000", None, {"artery": 0.5}, 3.0)]
-    save_pair(path, key, records, [("kidney_full", "point", "seed 5000", "diverged")], 7.5)
-    assert load_pair(path, key) == (records, [("kidney_full", "point", "seed 5000", "diverged")], 7.5)
+    save_pair(path, key, records, [("kidney_full", "point", "seed 5000", "diverged")], 7.5, load=2.25)
+    assert load_pair(path, key) == (records, [("kidney_full", "point", "seed 5000", "diverged")], 7.5, 2.25)
     for other in (fingerprint("code2", "model1", {"ksam_same": 12.5}, {"steps": 2000, "quick": False}),
                   fingerprint("code1", "model2", {"ksam_same": 12.5}, {"steps": 2000, "quick": False}),
                   fingerprint("code1", "model1", {"ksam_same": 13.0}, {"steps": 2000, "quick": False}),
@@ -393,3 +393,26 @@ def test_a_ksam_run_stopped_before_its_first_checkpoint_is_set_aside_and_retrain
     assert seen == {"resume": None, "folder_was_free": True}
     assert (tmp_path / "ksam_same.interrupted" / "train_log.csv").read_text(encoding="utf-8").endswith("0.9\n")
     assert seconds >= 0 and accuracy._recall(out, accuracy._budget_of(cfg)) == seconds
+
+
+def test_timings_taken_on_a_busy_machine_are_named_in_the_report(tmp_path, monkeypatch):
+    import os
+
+    import bench.accuracy as accuracy
+    from bench.load_watch import LoadWatch, busy
+
+    loads = iter([1.0, 4.0, 4.0, 4.0])
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads, 4.0), 0.0, 0.0))
+    with LoadWatch(every_s=60.0) as watch:  # sampled at the start and the end only
+        pass
+    assert watch.mean == 2.5
+    assert busy(2.5, threads=1) and not busy(2.5, threads=2) and not busy(None, 1) and not busy(float("nan"), 1)
+    budget = {"model": "tiny"}
+    accuracy._remember(tmp_path / "seed0" / "ksam_same", 10.0, budget, load=3.9)
+    accuracy._remember(tmp_path / "seed0" / "point", 5.0, budget, load=2.1)
+    accuracy._remember(tmp_path / "seed0" / "box", 5.0, budget)  # load unknown: not flagged
+    assert accuracy._recall(tmp_path / "seed0" / "ksam_same", budget) == 10.0
+    assert accuracy.busy_trainings(tmp_path, threads=2) == ["seed0/ksam_same"]
+    line = accuracy.busy_lines({"busy_trainings": ["seed0/ksam_same"], "busy_pairs": ["kidney seed 5000"]})
+    assert len(line) == 1 and "seed0/ksam_same" in line[0] and "1 pair(s) (kidney seed 5000)" in line[0]
+    assert accuracy.busy_lines({"busy_trainings": [], "busy_pairs": []}) == []

@@ -217,12 +217,29 @@ def _budget_of(cfg) -> dict[str, Any]:
             "sources": sorted(src.kind for src in cfg.data.sources), "slicing": SLICING_VERSION}
 
 
-def _remember(out: Path, seconds: float, budget: dict[str, Any]) -> float:
-    """Keep a model's training time and budget beside it, so a rerun that reuses the model still reports
-    its time, and a rerun with another budget refuses it instead of silently mixing budgets."""
+def _remember(out: Path, seconds: float, budget: dict[str, Any], load: float = math.nan) -> float:
+    """Keep a model's training time, budget and the machine's mean load while it trained beside it, so a rerun
+    that reuses the model still reports its time (and whether it was taken on a busy machine), and a rerun with
+    another budget refuses it instead of silently mixing budgets."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / _SECONDS_FILE).write_text(json.dumps({"seconds": seconds, "budget": budget}), encoding="utf-8")
+    record = {"seconds": seconds, "budget": budget, "load": None if math.isnan(load) else load}
+    (out / _SECONDS_FILE).write_text(json.dumps(record), encoding="utf-8")
     return seconds
+
+
+def busy_trainings(work_dir: Path, threads: int) -> list[str]:
+    """The models in ``work_dir`` whose training ran while other work used the CPUs (their folder names)."""
+    from bench.load_watch import busy
+
+    names = []
+    for path in sorted(Path(work_dir).rglob(_SECONDS_FILE)):
+        try:
+            load = json.loads(path.read_text(encoding="utf-8")).get("load")
+        except (OSError, ValueError):
+            continue
+        if busy(load, threads):
+            names.append(str(path.parent.relative_to(work_dir)))
+    return names
 
 
 def _recall(out: Path, budget: dict[str, Any]) -> float:
@@ -246,10 +263,13 @@ def _ksam(cfg, sources, init=None, checkpoint: str | None = None):
     out = Path(cfg.run.out_dir)
     if (out / "model" / "config.json").is_file():
         return load_model(out / "model", sam_checkpoint=checkpoint).eval(), _recall(out, _budget_of(cfg))
+    from bench.load_watch import LoadWatch
+
     trainer = Trainer(cfg, model=copy.deepcopy(init) if init is not None else None, sources=sources,
                       resume=resume_or_start_fresh(out))
-    _, seconds = _timed(trainer.fit)
-    return trainer.model.eval(), _remember(out, seconds, _budget_of(cfg))
+    with LoadWatch() as load:
+        _, seconds = _timed(trainer.fit)
+    return trainer.model.eval(), _remember(out, seconds, _budget_of(cfg), load.mean)
 
 
 def _baseline(cfg, sources, out: Path, build: Callable[[], Any], init=None):
@@ -259,11 +279,14 @@ def _baseline(cfg, sources, out: Path, build: Callable[[], Any], init=None):
 
     if (out / "model.safetensors").is_file():
         return load_baseline(out).eval(), _recall(out, _budget_of(cfg))
+    from bench.load_watch import LoadWatch
+
     seed_everything(cfg.run.seed)
     model = copy.deepcopy(init) if init is not None else build()
-    result = train_baseline(model, cfg, sources, device=_device(cfg.run.device))
+    with LoadWatch() as load:
+        result = train_baseline(model, cfg, sources, device=_device(cfg.run.device))
     save_baseline(model, out)
-    return model, _remember(out, result.seconds, _budget_of(cfg))
+    return model, _remember(out, result.seconds, _budget_of(cfg), load.mean)
 
 
 def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
@@ -287,14 +310,17 @@ def _unet(cases, tasks, size, steps, batch, seed, out: Path, quick: bool):
         model = UNet2D(1 + 2 * config.context, config.classes, config.base_channels, config.depth)
         model.load_state_dict(load_file(str(weights)))
         return (model.eval(), config, coding), _recall(out, budget)
-    (model, config, coding, stats), seconds = _timed(
-        lambda: train_unet_on_cases(cases, tasks, size, steps, batch, seed, base))
+    from bench.load_watch import LoadWatch
+
+    with LoadWatch() as load:
+        (model, config, coding, stats), seconds = _timed(
+            lambda: train_unet_on_cases(cases, tasks, size, steps, batch, seed, base))
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": {**asdict(config), "minutes": None}, "tasks": list(coding.tasks),
             "patterns": [list(p) for p in coding.patterns], "stats": stats}
     meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    return (model, config, coding), _remember(out, seconds, budget)
+    return (model, config, coding), _remember(out, seconds, budget, load.mean)
 
 
 def _device(name: str):
@@ -537,6 +563,20 @@ STATIC_NOTES = {
 }
 
 
+def busy_lines(meta: dict) -> list[str]:
+    """A line naming the timings taken while other work used the CPUs (bench/load_watch.py), if any."""
+    parts = []
+    if meta.get("busy_trainings"):
+        parts.append("the training of " + ", ".join(meta["busy_trainings"]))
+    if meta.get("busy_pairs"):
+        parts.append(f"the evaluation of {len(meta['busy_pairs'])} pair(s) ({', '.join(meta['busy_pairs'][:6])}"
+                     + (", …" if len(meta["busy_pairs"]) > 6 else "") + ")")
+    if not parts:
+        return []
+    return ["- **Timed on a busy machine:** " + " and ".join(parts) + " ran while other work used the CPUs (mean "
+            "1-minute load above the run's threads + 0.75): those seconds overstate this machine's time."]
+
+
 def write_outputs(args, records, notes: dict[str, dict[str, str]], meta: dict) -> None:
     from KnowledgeSAMLib.data.io import atomic_write
     from bench.baselines.protocol import DATASETS
@@ -572,6 +612,7 @@ def write_outputs(args, records, notes: dict[str, dict[str, str]], meta: dict) -
               f"{args.papila_steps} fine-tuning steps each on fundus phantoms + the other eyes.",
               "- Training time per method (s, summed over seeds and folds): " +
               ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["train_seconds"].items())) + ".",
+              *busy_lines(meta),
               "- Dice per structure on the target's own grid (3D Dice for volumes), mean ± sd over held-out cases "
               "(× seeds); *mean* = mean over structures per case; s/case = inference seconds per case on this "
               "machine (training excluded); n = cases × seeds. Protocol: `docs/benchmarks.md`.", ""]
@@ -746,7 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     pair_key = fingerprint(code_fingerprint([REPO / "KnowledgeSAMLib", REPO / "bench"]),
                            model_fingerprint(default_model) if default_model is not None else None,
                            train_seconds, vars(args))
-    reused_pairs, reused_s, pairs_total = 0, 0.0, 0
+    from bench.load_watch import LoadWatch, busy
+
+    reused_pairs, reused_s, pairs_total, busy_pairs = 0, 0.0, 0, []
     for key in active:
         spec = DATASETS[key]
         targets = [e for e, *_ in folds] if key == "papila" else None
@@ -759,14 +802,19 @@ def main(argv: list[str] | None = None) -> int:
                 records += kept[0]
                 failures += kept[1]
                 reused_pairs, reused_s = reused_pairs + 1, reused_s + kept[2]
+                if busy(kept[3], args.threads):
+                    busy_pairs.append(f"{key} {pair.case}")
                 continue
             log(f"evaluating {key} {pair.case} (reference {pair.reference_id})")
             seeds = {s: fold_models[s][pair.case] for s in args.seed_list} if key == "papila" else main_models
             default_ok = key != "papila" or pair.case not in seen_by_default
             started_pair, pair_failures = time.perf_counter(), []
-            pair_records = evaluate_pair(args, pair, spec, seeds, default_model, device, default_ok, pair_failures,
-                                         box_model=box_model)
-            save_pair(path, pair_key, pair_records, pair_failures, time.perf_counter() - started_pair)
+            with LoadWatch() as load:
+                pair_records = evaluate_pair(args, pair, spec, seeds, default_model, device, default_ok,
+                                             pair_failures, box_model=box_model)
+            save_pair(path, pair_key, pair_records, pair_failures, time.perf_counter() - started_pair, load.mean)
+            if busy(load.mean, args.threads):
+                busy_pairs.append(f"{key} {pair.case}")
             records += pair_records
             failures += pair_failures
     if "kidney" in active and not args.no_unseen:
@@ -792,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": train_s, "eval_s": eval_s, "hardware": hardware(), "size": size,
             "lr": float(base["optim"]["lr"]), "train_seconds": train_seconds, "probe_s_per_step": probe,
             "pairs": pairs_total, "reused_pairs": reused_pairs, "reused_eval_s": reused_s,
+            "busy_pairs": busy_pairs, "busy_trainings": busy_trainings(args.work_dir, args.threads),
             "default_model": str(default_model_dir()) if default_model is not None else None,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     write_outputs(args, records, notes, meta)

@@ -49,27 +49,28 @@ def pair_path(work_dir: Path, dataset: str, case: str) -> Path:
     return Path(work_dir) / "records" / dataset / f"{safe}.json"
 
 
-def load_pair(path: Path, key: str) -> tuple[list[Record], list[tuple[str, str, str, str]], float] | None:
-    """``(records, failures, seconds)`` stored for this fingerprint; None when absent, unreadable or stale."""
+def load_pair(path: Path, key: str) -> tuple[list[Record], list[tuple[str, str, str, str]], float, float | None] | None:
+    """``(records, failures, seconds, load)`` stored for this fingerprint (``load``: the machine's mean 1-minute load
+    average while the pair ran, None if unknown); None when absent, unreadable or stale."""
     try:
         stored = json.loads(Path(path).read_text(encoding="utf-8"))
         if stored.get("fingerprint") != key:
             return None
         records = [Record(**r) for r in stored["records"]]
         failures = [tuple(f) for f in stored["failures"]]
-        return records, failures, float(stored["seconds"])  # type: ignore[return-value]
+        return records, failures, float(stored["seconds"]), stored.get("load")  # type: ignore[return-value]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def save_pair(path: Path, key: str, records: list[Record], failures: list[tuple[str, str, str, str]],
-              seconds: float) -> None:
+              seconds: float, load: float | None = None) -> None:
     """Store one pair's records atomically (a run stopped while writing leaves no half file to trust)."""
     from KnowledgeSAMLib.data.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"fingerprint": key, "records": [r.to_json() for r in records], "failures": [list(f) for f in failures],
-               "seconds": seconds}
+               "seconds": seconds, "load": None if load is None or load != load else load}
     with atomic_write(path, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=1), encoding="utf-8")
