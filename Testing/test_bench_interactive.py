@@ -65,3 +65,11 @@ def test_one_case_runs_with_structures_that_share_no_slice(disjoint, monkeypatch
     summary = interactive.summarise([row])
     table = interactive.markdown(summary, "header")
     assert table.count("\n| ") == 4 and "—" in table  # three rows; no Fill row values without ITK
+
+
+def test_the_effort_is_the_distinct_slices_drawn_not_the_slices_per_structure():
+    row = {"ksam": {2: {"slices": {"head": [3, 6], "body": [6, 9]}}},
+           "annotator": {2: {"slices": [3, 6, 6]}}}
+    assert interactive.slices_drawn(row, "ksam", 2) == 3  # slice 6 holds both structures: drawn once
+    assert interactive.slices_drawn(row, "fill", 2) == 3  # Fill interpolates propagate's slices
+    assert interactive.slices_drawn(row, "annotator", 2) == 2
