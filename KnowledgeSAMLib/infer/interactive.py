@@ -83,11 +83,10 @@ def spread_in_gaps(errors: np.ndarray, bounds: Iterable[int], reach: float) -> n
     Why: a corrected slice becomes a labelled slice, and the walks from it re-segment its neighbours up to the next
     labelled slices, so a correction pays for the likely-wrong voxels around it, not only its own. Ranked by their
     own errors alone, the suggested slices bunched up and trailed slices spread evenly over the volume."""
-    errors = np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=0.0)
+    errors = np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=0.0)  # a copy: the caller's stays as it is
     n = len(errors)
     index = np.arange(n)
     edges = np.array(sorted({int(k) for k in bounds if 0 <= int(k) < n}), dtype=np.int64)
-    errors = errors.copy()
     errors[edges] = 0.0
     gap = np.searchsorted(edges, index, side="right")  # slices between the same two bounds share a number
     weights = np.exp(-np.abs(index[:, None] - index[None, :]) / float(reach)) * (gap[:, None] == gap[None, :])
