@@ -226,3 +226,47 @@ def test_openvino_computes_in_float32(fresh_cache):
     model = build_model("lite_tiny")
     assert accelerate(model, "cpu", "openvino") == "openvino"
     assert model.encoder_runtime.precision in ("f32", "float32", "<Type: 'float32'>")
+
+
+def test_a_pinned_run_checks_the_weights_once_and_a_change_after_it_drops_the_graph(monkeypatch):
+    """The engine pins the runtimes for a call: the weight stamp (a walk over every module) is read once per part,
+    not on every encode/decode; outside the block a weight change still drops the graph."""
+    model = build_model("tiny").eval()
+    calls = []
+    stamp = type(model)._stamp
+    monkeypatch.setattr(type(model), "_stamp", lambda self, part: calls.append(part) or stamp(self, part))
+    graph = lambda *tensors: "graph"  # noqa: E731 - a stand-in runtime: only who serves the call matters here
+    model.heads_runtime = graph
+    calls.clear()
+    with model.runtimes_pinned():
+        with model.runtimes_pinned():  # re-entrant: the engine's passes may nest
+            assert all(model.heads_runtime is graph for _ in range(5))
+        assert model.heads_runtime is graph and model.encoder_runtime is None
+        other = lambda *tensors: "other"  # noqa: E731
+        model.heads_runtime = other  # set inside the block: served at once
+        assert model.heads_runtime is other
+    assert calls.count("heads") == 2  # the first read, and the stamp stored with the new graph
+    with torch.no_grad():
+        model.mask_decoder.output_upscaling[0].weight.mul_(1.5)
+    assert model.heads_runtime is None  # unpinned: the changed weights are seen
+
+
+def test_the_engine_pins_the_runtimes_for_a_whole_call(demo_pair, monkeypatch):
+    from KnowledgeSAMLib.infer import engine
+
+    target, reference, reference_labels = demo_pair
+    model = build_model("tiny").eval()
+    calls, served = [], []
+    stamp = type(model)._stamp
+    monkeypatch.setattr(type(model), "_stamp", lambda self, part: calls.append(part) or stamp(self, part))
+
+    def stand_in(model, device, choice):  # an encoder "graph" that runs the encoder itself and counts its calls
+        model.encoder_runtime = lambda images: served.append(len(images)) or model.image_encoder(images)
+        calls.clear()
+        return "stand-in"
+
+    monkeypatch.setattr(engine, "use_cpu_runtime", stand_in)
+    result = segment(SegmentRequest(target, reference, reference_labels, device="cpu"), model)
+    assert result.provenance["encoder_runtime"] == "stand-in" and len(served) > 1
+    assert calls == ["encoder"], calls  # one check for the call, however many encoder calls it made
+    assert model._pinned is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import weakref
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -177,7 +178,8 @@ def segment(request: SegmentRequest, model, progress: Callable[[int, int], None]
     encoder_runtime = use_cpu_runtime(model, runner.policy.device, request.options.cpu_runtime)
     inference_started = time.perf_counter()
     try:
-        with torch.inference_mode():
+        pinned = getattr(model, "runtimes_pinned", None)  # weights are fixed for the run: check them once
+        with torch.inference_mode(), (pinned() if pinned is not None else nullcontext()):
             ctx, roi_record = run_focused(runner, slices, roi)
     finally:
         model.train(was_training)

@@ -14,8 +14,9 @@ inference encode each target slice once, cache each reference once, and run only
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -109,6 +110,7 @@ class KSAM(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1) / 255.0, persistent=False)
         self._runtimes: dict[str, tuple[object, tuple]] = {}  # part -> (runtime, weight stamp): see encoder_runtime
+        self._pinned: dict[str, object] | None = None  # part -> runtime checked once: see runtimes_pinned
         self._set_trainable()
 
     # --- construction ---------------------------------------------------------------------------
@@ -145,6 +147,15 @@ class KSAM(nn.Module):
         return tuple((t.data_ptr(), int(getattr(t, "_version", 0))) for t in tensors)
 
     def _get_runtime(self, part: str):
+        pinned = getattr(self, "_pinned", None)
+        if pinned is not None and part in pinned:
+            return pinned[part]
+        runtime = self._checked_runtime(part)
+        if pinned is not None:
+            pinned[part] = runtime
+        return runtime
+
+    def _checked_runtime(self, part: str):
         entry = self._runtimes.get(part)
         if entry is None:
             return None
@@ -154,7 +165,25 @@ class KSAM(nn.Module):
             return None
         return runtime
 
+    @contextmanager
+    def runtimes_pinned(self) -> Iterator[None]:
+        """Within this block each runtime's weight stamp is checked once, not on every encode/decode call.
+
+        For inference calls, whose weights cannot change under them: reading the stamp walks every module and
+        cost about 2 ms a call, 9 % of an annotator's update (25 head calls) and 0.3 s of a focused CT run.
+        Re-entrant; setting a runtime inside the block takes effect at once."""
+        outer = getattr(self, "_pinned", None)
+        if outer is None:
+            self._pinned = {}
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._pinned = None
+
     def _set_runtime(self, part: str, runtime) -> None:
+        if getattr(self, "_pinned", None) is not None:
+            self._pinned[part] = runtime  # built for the weights as they are now
         if runtime is None:
             self._runtimes.pop(part, None)
         else:
@@ -184,6 +213,7 @@ class KSAM(nn.Module):
         """Copies and pickles run in PyTorch: a runtime session is not copyable and belongs to these weights."""
         state = self.__dict__.copy()
         state["_runtimes"] = {}
+        state["_pinned"] = None
         return state
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
