@@ -88,6 +88,22 @@ def test_propagate_walks_out_and_stops_when_the_structure_ends(volume):
     assert result.provenance["mode"] == "propagate"
 
 
+def test_propagate_anchors_ride_in_the_walks_heads_calls(volume):
+    """Near a labelled slice the walk's prediction is averaged with that slice as the anchor: those rows join the
+    walk's batch, so the anchors add rows, not heads calls (each call costs an annotator's update ~20 ms on a CPU)."""
+    image, labels = volume
+    counts = {}
+    for hybrid in (0, 4):
+        model = ThresholdModel(image_size=64)
+        calls = []
+        decode = model.decode
+        model.decode = lambda embeddings, reference: calls.append(len(embeddings)) or decode(embeddings, reference)
+        segment(_same(image, labels, mode="propagate", options=EngineOptions(hybrid_slices=hybrid)), model)
+        counts[hybrid] = (len(calls), sum(calls))
+    assert counts[4][0] == counts[0][0]  # as many heads calls with anchors as without
+    assert counts[4][1] > counts[0][1]  # but more rows in them: the anchors
+
+
 def test_propagate_thresholds_at_its_own_threshold_and_another_scan_at_the_general_one(volume, other_patient):
     """The model is surer of itself on the target's own slices; propagate mode thresholds at
     ``propagate_threshold``, every other mode at ``threshold`` (``relabel`` likewise)."""
