@@ -104,6 +104,20 @@ def test_propagate_anchors_ride_in_the_walks_heads_calls(volume):
     assert counts[4][1] > counts[0][1]  # but more rows in them: the anchors
 
 
+def test_propagate_in_a_slice_range_walks_only_into_it(volume):
+    """An update's slab lies between two labelled slices: walks that would cover only other gaps are not run
+    (their results were thrown away), so the work is the labelled slices' own check plus the slab."""
+    image, labels = volume
+    request = _same(image, labels, mode="propagate", reference_slices=[3, 6, 9], slice_range=(7, 9),
+                    options=EngineOptions(hybrid_slices=0))
+    result = segment(request, ThresholdModel(image_size=64))
+    # per structure: 3 labelled slices (the self-check) + the walks 6 -> 7, 8 and 9 -> 8, 7; not 3 -> 4, 5, 6 -> 5, 4
+    assert result.provenance["counts"]["heads_run"] == 2 * (3 + 2 + 2)
+    whole = segment(replace(request, slice_range=None), ThresholdModel(image_size=64))
+    for name in ("bright", "dim"):
+        assert np.array_equal(result.labels.mask(name)[7:9], whole.labels.mask(name)[7:9]), name
+
+
 def test_propagate_thresholds_at_its_own_threshold_and_another_scan_at_the_general_one(volume, other_patient):
     """The model is surer of itself on the target's own slices; propagate mode thresholds at
     ``propagate_threshold``, every other mode at ``threshold`` (``relabel`` likewise)."""

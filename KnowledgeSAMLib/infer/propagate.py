@@ -74,6 +74,8 @@ def _start(ctx: RunContext) -> list[_Walker]:
             # drawing (engine._between_labelled), and an update of one slab must decide as the whole run does
             ctx.store(seg, seed, probs[i], float(ious[i]) if seed in wanted else float("nan"))
         for seed, step, limit in territories(seeds, _absent(ctx, seg), min(lo, *seeds), max(hi, *seeds)):
+            if not wanted.intersection(range(seed + step, limit + step, step)):
+                continue  # it would cover only slices outside the range (an update's other gaps): nothing to keep
             mask = ctx.bank.source.masks(ctx.bank.labels, seg, [seed]).to(ctx.policy.device)
             walkers.append(_Walker(seg, seed, step, limit, seed, mask))
     return walkers
