@@ -98,10 +98,25 @@ def test_propagate_anchors_ride_in_the_walks_heads_calls(volume):
         calls = []
         decode = model.decode
         model.decode = lambda embeddings, reference: calls.append(len(embeddings)) or decode(embeddings, reference)
-        segment(_same(image, labels, mode="propagate", options=EngineOptions(hybrid_slices=hybrid)), model)
+        segment(_same(image, labels, mode="propagate", options=EngineOptions(hybrid_slices=hybrid), batch_size=32),
+                model)
         counts[hybrid] = (len(calls), sum(calls))
-    assert counts[4][0] == counts[0][0]  # as many heads calls with anchors as without
+    assert counts[4][0] == counts[0][0]  # as many heads calls with anchors as without (the batch holds both)
     assert counts[4][1] > counts[0][1]  # but more rows in them: the anchors
+
+
+def test_propagate_pairs_each_anchor_with_its_own_walk_and_keeps_to_the_batch_size(volume):
+    """Every slice anchored (two structures of different intensity: an anchor averaged into the other structure's
+    walk would halve its probabilities); a model that cannot take more than one row a call runs without a note."""
+    image, labels = volume
+    options = EngineOptions(hybrid_slices=12)
+    batched = segment(_same(image, labels, mode="propagate", options=options), ThresholdModel(image_size=64))
+    for name in ("bright", "dim"):
+        assert dice(batched.labels.mask(name), labels.mask(name)) > 0.9, name
+    one_row = ThresholdModel(image_size=64, max_batch=1)
+    single = segment(_same(image, labels, mode="propagate", options=options, batch_size=1), one_row)
+    assert not single.provenance["notes"] and max(one_row.batch_sizes) == 1
+    np.testing.assert_array_equal(single.labels.layers, batched.labels.layers)
 
 
 def test_propagate_in_a_slice_range_walks_only_into_it(volume):
@@ -113,6 +128,8 @@ def test_propagate_in_a_slice_range_walks_only_into_it(volume):
     result = segment(request, ThresholdModel(image_size=64))
     # per structure: 3 labelled slices (the self-check) + the walks 6 -> 7, 8 and 9 -> 8, 7; not 3 -> 4, 5, 6 -> 5, 4
     assert result.provenance["counts"]["heads_run"] == 2 * (3 + 2 + 2)
+    short = segment(replace(request, slice_range=(7, 8)), ThresholdModel(image_size=64))
+    assert short.provenance["counts"]["heads_run"] == 2 * (3 + 1 + 2)  # 6 -> 7 stops at the range's end; 9 -> 8, 7
     whole = segment(replace(request, slice_range=None), ThresholdModel(image_size=64))
     for name in ("bright", "dim"):
         assert np.array_equal(result.labels.mask(name)[7:9], whole.labels.mask(name)[7:9]), name

@@ -76,6 +76,7 @@ def _start(ctx: RunContext) -> list[_Walker]:
         for seed, step, limit in territories(seeds, _absent(ctx, seg), min(lo, *seeds), max(hi, *seeds)):
             if not wanted.intersection(range(seed + step, limit + step, step)):
                 continue  # it would cover only slices outside the range (an update's other gaps): nothing to keep
+            limit = min(limit, hi) if step > 0 else max(limit, lo)  # nor walk on past the range's far end
             mask = ctx.bank.source.masks(ctx.bank.labels, seg, [seed]).to(ctx.policy.device)
             walkers.append(_Walker(seg, seed, step, limit, seed, mask))
     return walkers
@@ -94,33 +95,38 @@ def _prefetch(ctx: RunContext, active: list[_Walker]) -> None:
 
 
 def _step(ctx: RunContext, active: list[_Walker]) -> None:
-    """Every active walker predicts its next slice with its previous slice as the reference."""
+    """Every active walker predicts its next slice with its previous slice as the reference; near its seed the
+    prediction is averaged with the seed itself as the anchor.
+
+    The walks' rows and the anchors' rows share the heads calls, in chunks of the policy's batch size (rows, not
+    walkers): an anchor in a call of its own cost an annotator's update a third of its time on the CPU."""
     opts = ctx.options
     nexts = [w.ahead(1) for w in active]
-    results: list[tuple[torch.Tensor, float] | None] = [None] * len(active)
+    rows = [(i, False) for i in range(len(active))]  # (walker, anchor?)
+    rows += [(i, True) for i, w in enumerate(active) if abs(nexts[i] - w.seed) <= opts.hybrid_slices]
+    out: list[tuple[torch.Tensor, float] | None] = [None] * len(rows)
 
     def run(start: int, stop: int) -> None:
-        group = active[start:stop]
-        previous = [w.current for w in group]
-        ref = ctx.model.encode_reference(ctx.target.images(previous).to(ctx.policy.device),
-                                         torch.cat([w.mask.to(ctx.policy.device) for w in group]),
-                                         embeddings=ctx.targets.get(previous))
-        embeddings = ctx.targets.get(nexts[start:stop])
-        # near the seed the prediction is averaged with the seed itself as the anchor: those rows join the walk's
-        # batch, one heads call per step (a call each cost an annotator's update a third of its time on the CPU)
-        near = [i for i, w in enumerate(group) if abs(nexts[start + i] - w.seed) <= opts.hybrid_slices]
-        if near:
-            anchors = [ctx.bank.prompts(group[i].segment, [group[i].seed]) for i in near]
-            ref = type(ref).cat([ref, *anchors])
-            embeddings = torch.cat([embeddings, embeddings[near]])
-        probs, ious = ctx.decode(embeddings, ref)
-        for j, i in enumerate(near):
-            probs[i] = 0.5 * (probs[i] + probs[len(group) + j])
-            ious[i] = 0.5 * (ious[i] + ious[len(group) + j])
-        for i in range(len(group)):
-            results[start + i] = (probs[i], float(ious[i]))
+        chunk = rows[start:stop]
+        walks = [i for i, anchor in chunk if not anchor]
+        prompts = []
+        if walks:
+            previous = [active[i].current for i in walks]
+            prompts.append(ctx.model.encode_reference(
+                ctx.target.images(previous).to(ctx.policy.device),
+                torch.cat([active[i].mask.to(ctx.policy.device) for i in walks]),
+                embeddings=ctx.targets.get(previous)))
+        prompts += [ctx.bank.prompts(active[i].segment, [active[i].seed]) for i, anchor in chunk if anchor]
+        prompt = prompts[0] if len(prompts) == 1 else type(prompts[0]).cat(prompts)
+        probs, ious = ctx.decode(ctx.targets.get([nexts[i] for i, _ in chunk]), prompt)
+        for j in range(len(chunk)):
+            out[start + j] = (probs[j], float(ious[j]))
 
-    ctx.policy.run_chunks(len(active), run)
+    ctx.policy.run_chunks(len(rows), run)
+    results: list[tuple[torch.Tensor, float]] = [out[i] for i in range(len(active))]  # type: ignore[misc]
+    for (i, _), (prob, iou) in zip(rows[len(active):], out[len(active):]):  # type: ignore[misc]
+        walk_prob, walk_iou = results[i]
+        results[i] = (0.5 * (walk_prob + prob), 0.5 * (walk_iou + iou))
     for walker, k, (prob, iou) in zip(active, nexts, results):  # type: ignore[misc]
         binary = prob > opts.threshold
         if int(binary.sum()) < opts.propagate_min_pixels or iou < opts.propagate_min_confidence:
