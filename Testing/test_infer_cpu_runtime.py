@@ -249,6 +249,9 @@ def test_a_pinned_run_checks_the_weights_once_and_a_change_after_it_drops_the_gr
     with torch.no_grad():
         model.mask_decoder.output_upscaling[0].weight.mul_(1.5)
     assert model.heads_runtime is None  # unpinned: the changed weights are seen
+    with pytest.raises(RuntimeError, match="cancelled"), model.runtimes_pinned():
+        raise RuntimeError("cancelled")  # a run that fails or is cancelled leaves nothing pinned
+    assert model._pinned is None
 
 
 def test_the_engine_pins_the_runtimes_for_a_whole_call(demo_pair, monkeypatch):
