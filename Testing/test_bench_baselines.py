@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds ``bench``
 
 from bench._common import hippocampus_available, score_case, two_part_phantom  # noqa: E402
-from bench.atlas_registration import AtlasConfig, atlas_segment  # noqa: E402
+from bench.atlas_registration import AtlasConfig, atlas_segment, control_points, sampling_fraction  # noqa: E402
 from bench.unet_baseline import QUICK, UNet2D, predict_volume, segment, train_unet  # noqa: E402
 from KnowledgeSAMLib.errors import CancelledError  # noqa: E402
 
@@ -42,6 +42,19 @@ def test_atlas_registration_recovers_a_shifted_scaled_object():
     assert unregistered < 0.45
     assert registered["mean_dice"] > 0.85, registered
     assert min(registered["dice"].values()) > 0.8
+
+
+def test_atlas_cost_is_bounded_on_whole_fields_of_view_and_unchanged_on_the_tuning_crops():
+    """The registration settings were tuned on kidney crops; a whole abdomen at the same control spacing and sampling
+    share ran for over 25 min in 16 GB. The bounds leave the crops' settings as tuned and cap the large scans."""
+    config = AtlasConfig()
+    crop = (96 * 0.75, 96 * 0.75, 40 * 3.0)  # a kidney ROI phantom, x / y / z in mm
+    assert control_points(config, crop) == [9, 9, 15]
+    assert sampling_fraction(config, 40 * 96 * 96) == config.sampling_percentage
+    assert sampling_fraction(config, 34 * 52 * 35) == config.sampling_percentage  # a hippocampus volume
+    abdomen = (512 * 0.88, 512 * 0.88, 51 * 4.07)  # the unseen generator's whole-abdomen CT
+    assert control_points(config, abdomen) == [16, 16, 16]
+    assert sampling_fraction(config, 51 * 512 * 512) * 51 * 512 * 512 == pytest.approx(config.max_samples)
 
 
 def test_atlas_rejects_2d_images():

@@ -48,6 +48,12 @@ class AtlasConfig:
     histogram_bins: int = 32
     focus_mm: float | None = 5.0  # metric only near the reference labels (dilated by this); None: whole image
     sampling_percentage: float = 0.5  # of voxels per metric evaluation (the crops are small)
+    # Bounds for whole fields of view, which the tuning crops never reached (they bind on none of the kidney ROI
+    # crops, 72 x 72 x 120 mm, nor the hippocampus volumes): a 40 x 224 x 224 whole-abdomen phantom at 8 mm needed
+    # 42 x 42 x 15 control points and a million metric samples, and one B-spline registration ran for over 25 min
+    # in 16 GB on 2 cores; at 512 x 512 it would not fit in memory.
+    max_samples: int = 200_000  # metric samples per evaluation at most
+    bspline_max_points: int = 16  # control points per axis at the finest level at most (a wider grid then)
     affine_iterations: int = 200
     affine_shrink: tuple[int, ...] = (2, 1)
     affine_smoothing_mm: tuple[float, ...] = (1.0, 0.0)
@@ -96,10 +102,23 @@ def registration_method(metric: str, histogram_bins: int, threads: int, sampling
     return method
 
 
+def sampling_fraction(config: AtlasConfig, voxels: int) -> float:
+    """The share of the fixed image's voxels the metric samples: ``config.sampling_percentage``, lowered so that
+    no more than ``config.max_samples`` are drawn."""
+    return min(config.sampling_percentage, config.max_samples / max(int(voxels), 1))
+
+
+def control_points(config: AtlasConfig, extent_mm) -> list[int]:
+    """B-spline control points per axis at the finest level: one every ``bspline_mesh_mm``, at most
+    ``bspline_max_points``."""
+    return [min(max(int(round(e / config.bspline_mesh_mm)), 1), config.bspline_max_points) for e in extent_mm]
+
+
 def _registration(config: AtlasConfig, shrink: tuple[int, ...], smoothing: tuple[float, ...],
-                  focus: sitk.Image | None) -> sitk.ImageRegistrationMethod:
-    return registration_method(config.metric, config.histogram_bins, config.threads, config.sampling_percentage,
-                               config.seed, shrink, smoothing, focus, smoothing_in_mm=True)
+                  focus: sitk.Image | None, fixed: sitk.Image) -> sitk.ImageRegistrationMethod:
+    return registration_method(config.metric, config.histogram_bins, config.threads,
+                               sampling_fraction(config, fixed.GetNumberOfPixels()), config.seed, shrink, smoothing,
+                               focus, smoothing_in_mm=True)
 
 
 def _focus(reference_labels: Labels, config: AtlasConfig) -> sitk.Image | None:
@@ -120,7 +139,7 @@ def _centred(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
 def _affine(fixed: sitk.Image, moving: sitk.Image, focus: sitk.Image | None, config: AtlasConfig,
             check: Callable[[], None]) -> sitk.Transform:
     initial = _centred(fixed, moving)
-    method = _registration(config, config.affine_shrink, config.affine_smoothing_mm, focus)
+    method = _registration(config, config.affine_shrink, config.affine_smoothing_mm, focus, fixed)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=config.affine_learning_rate, minStep=1e-4,
                                                     numberOfIterations=config.affine_iterations,
                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
@@ -134,10 +153,10 @@ def _bspline(fixed: sitk.Image, moving: sitk.Image, focus: sitk.Image | None, af
              config: AtlasConfig, check: Callable[[], None]) -> sitk.Transform:
     extent = [size * spacing for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())]
     levels = len(config.bspline_shrink)
-    finest = [max(int(round(e / config.bspline_mesh_mm)), 1) for e in extent]
+    finest = control_points(config, extent)
     coarse = [max(m // 2 ** (levels - 1), 1) for m in finest]
     initial = sitk.BSplineTransformInitializer(fixed, coarse, order=3)
-    method = _registration(config, config.bspline_shrink, config.bspline_smoothing_mm, focus)
+    method = _registration(config, config.bspline_shrink, config.bspline_smoothing_mm, focus, fixed)
     method.SetOptimizerAsGradientDescentLineSearch(learningRate=config.bspline_learning_rate,
                                                    numberOfIterations=config.bspline_iterations,
                                                    convergenceMinimumValue=1e-5, convergenceWindowSize=5)
